@@ -1,0 +1,9 @@
+"""actzip: compress and accelerate the activation maps of convolutional neural networks."""
+
+__version__ = "0.1.0"
+
+from .analyze import AnalyzeConfig, analyze, measure  # noqa: E402
+from .errors import ActzipError, ActzipWarning, CorruptStreamError, MissingDataError  # noqa: E402
+
+__all__ = ["ActzipError", "ActzipWarning", "AnalyzeConfig", "CorruptStreamError", "MissingDataError",
+           "analyze", "measure", "__version__"]

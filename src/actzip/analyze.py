@@ -1,0 +1,171 @@
+"""The main job: run a model over images and measure its activation maps site by site.
+
+Two passes. The first calibrates one quantizer per site and bit width on the first
+`calibration_images` images (the quantizers are then fixed, as they would be on a device). The
+second streams every image through the model and accumulates, per site, counts, zero-skipping MACs
+and the exact histogram of quantized codes. No activation tensor outlives its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import __version__
+from .bitcount import HISTOGRAM_CODECS
+from .errors import ActzipError
+from .quant import QuantParams, check_bits, params_for_range
+from .sites import Site, capture
+from .stats import RangeStats, SiteStats
+
+Progress = Callable[[str, int, int], None]  # (phase, images done, images in phase)
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    bits: tuple[int, ...] = (8, 16)
+    batch_size: int = 16
+    limit: int | None = None
+    calibration: str = "max"  # or "percentile"
+    percentile: float = 99.99
+    per_channel: bool = False
+    calibration_images: int = 64
+
+    def __post_init__(self):
+        if not self.bits:
+            raise ValueError("at least one bit width is needed")
+        for b in self.bits:
+            check_bits(b)
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1, got {self.limit}")
+        if self.calibration not in ("max", "percentile"):
+            raise ValueError(f"calibration must be 'max' or 'percentile', got {self.calibration!r}")
+        if self.calibration_images < 1:
+            raise ValueError("calibration needs at least one image")
+
+
+@dataclass
+class Measurement:
+    """What analyze found: the sites in call order, their quantizers and statistics."""
+
+    sites: list[Site]
+    quantizers: dict[str, dict[int, QuantParams]]
+    stats: dict[str, SiteStats]
+    images: int
+    meta: dict = field(default_factory=dict)
+
+
+def _batches(images: Dataset, count: int, batch_size: int, progress: Progress | None, phase: str):
+    loader = DataLoader(Subset(images, range(count)), batch_size=batch_size, shuffle=False)
+    done = 0
+    for x, _ in loader:
+        yield x
+        done += len(x)
+        if progress:
+            progress(phase, done, count)
+
+
+def calibrate(model: nn.Module, images: Dataset, config: AnalyzeConfig,
+              progress: Progress | None = None) -> dict[str, dict[int, QuantParams]]:
+    """One quantizer per site and bit width, from the first `config.calibration_images` images."""
+    ranges: dict[str, RangeStats] = {}
+
+    def observe(site: Site, module: nn.Module, x: torch.Tensor):
+        if site.name not in ranges:
+            ranges[site.name] = RangeStats(x.shape[site.channel_axis], site.channel_axis)
+        ranges[site.name].update(x)
+
+    count = min(len(images), config.limit or len(images), config.calibration_images)
+    with capture(model, observe) as sites, torch.no_grad():
+        for x in _batches(images, count, config.batch_size, progress, "calibrate"):
+            model(x)
+    quantizers = {}
+    for site in sites:
+        lo, hi = ranges[site.name].bounds(config.calibration, config.percentile, config.per_channel)
+        axis = site.channel_axis if config.per_channel else None
+        quantizers[site.name] = {b: params_for_range(b, lo, hi, axis) for b in config.bits}
+    return quantizers
+
+
+def measure(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeConfig(),
+            progress: Progress | None = None) -> Measurement:
+    """Calibrate, then stream every image through the model and measure each site."""
+    if len(images) == 0:
+        raise ActzipError("no images to analyze")
+    model.eval()
+    quantizers = calibrate(model, images, config, progress)
+    stats: dict[str, SiteStats] = {}
+
+    def observe(site: Site, module: nn.Module, x: torch.Tensor):
+        if site.name not in stats:
+            stats[site.name] = SiteStats(quantizers[site.name])
+        stats[site.name].update(module, x)
+
+    count = min(len(images), config.limit or len(images))
+    with capture(model, observe) as sites, torch.no_grad():
+        for x in _batches(images, count, config.batch_size, progress, "measure"):
+            model(x)
+    return Measurement(list(sites), quantizers, stats, count)
+
+
+def build_report(m: Measurement, model_name: str, image_source: str, preprocess: dict | None,
+                 config: AnalyzeConfig) -> dict:
+    """The report.json document (bit widths as string keys)."""
+    bits = [str(b) for b in config.bits]
+    sites, totals_coded = [], {c: {b: 0.0 for b in bits} for c in HISTOGRAM_CODECS}
+    for site in m.sites:
+        s = m.stats[site.name]
+        coded = {c: {str(b): fn(s.codes[b]) for b in config.bits} for c, fn in HISTOGRAM_CODECS.items()}
+        for c in coded:
+            for b in bits:
+                totals_coded[c][b] += coded[c][b]
+        sites.append({
+            "name": site.name, "module": site.module_name, "type": site.module_type, "shape": list(site.shape),
+            "numel": s.numel, "zero_fraction": s.zero_fraction,
+            "macs": s.macs.macs, "effective_macs": s.macs.effective_macs,
+            "quantizer": {str(b): m.quantizers[site.name][b].to_dict() for b in config.bits},
+            "quantized_zero_fraction": {str(b): int(h.counts[h.zero_index]) / max(h.numel, 1)
+                                        for b, h in s.codes.items()},
+            "bits": coded,
+        })
+    numel = sum(s["numel"] for s in sites)
+    macs = sum(s["macs"] for s in sites)
+    effective = sum(s["effective_macs"] for s in sites)
+    zeros = sum(s["zero_fraction"] * s["numel"] for s in sites)
+    return {
+        "actzip_version": __version__,
+        "model": model_name,
+        "images": m.images,
+        "image_source": image_source,
+        "preprocess": preprocess,
+        "bits": [int(b) for b in bits],
+        "calibration": {"method": config.calibration, "percentile": config.percentile,
+                        "per_channel": config.per_channel,
+                        "images": min(m.images, config.calibration_images)},
+        "sites": sites,
+        "totals": {
+            "numel": numel,
+            "zero_fraction": zeros / numel if numel else 0.0,
+            "macs": macs,
+            "effective_macs": effective,
+            "theoretical_speedup": macs / effective if effective else math.inf,
+            "compression": {c: {b: (numel * int(b) / v if v else math.inf) for b, v in per_bits.items()}
+                            for c, per_bits in totals_coded.items()},
+        },
+    }
+
+
+def analyze(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeConfig(), *,
+            model_name: str | None = None, preprocess: dict | None = None,
+            progress: Progress | None = None) -> dict:
+    """Measure `model` over `images` and return the report dict (see build_report)."""
+    m = measure(model, images, config, progress)
+    return build_report(m, model_name or type(model).__name__, getattr(images, "name", type(images).__name__),
+                        preprocess, config)

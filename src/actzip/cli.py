@@ -1,0 +1,165 @@
+"""`actzip` on the command line. The only place that prints or exits: every ActzipError (and a
+bad-argument ValueError) becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ActzipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress and accelerate the activation maps of CNNs.")
+out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get whole rows
+err = Console(stderr=True)
+
+
+def _one_line_warnings():
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.print(f"actzip: warning: {message}", highlight=False, markup=False)
+
+    warnings.showwarning = show
+
+
+def _cli_errors(fn):
+    """Turn the errors users can cause into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _one_line_warnings()
+        try:
+            return fn(*args, **kwargs)
+        except (ActzipError, ValueError) as e:
+            err.print(f"actzip: error: {e}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("actzip: interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_bits(text: str) -> tuple[int, ...]:
+    from .quant import check_bits
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ActzipError(f"--bits takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ActzipError("--bits needs at least one bit width")
+    for b in values:
+        check_bits(b)
+    return values
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True)
+    tasks = {}
+
+    def update(phase: str, done: int, total: int):
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total, rate="")
+        task = bar.tasks[tasks[phase]]
+        rate = f"{done / task.elapsed:.1f} img/s" if task.elapsed else ""
+        bar.update(tasks[phase], completed=done, rate=rate)
+
+    return bar, update
+
+
+def _site_table(report: dict) -> Table:
+    bits = [str(b) for b in report["bits"]]
+    codecs = list(report["totals"]["compression"])
+    t = Table(title=f"{report['model']} - {report['images']} images - bits per activation", title_justify="left")
+    for col in ("#", "site", "shape", "zero %", "MACs/img", "skip x"):
+        t.add_column(col, justify="left" if col in ("site", "shape") else "right")
+    for c in codecs:
+        for b in bits:
+            t.add_column(f"{c} {b}b", justify="right")
+    n = max(report["images"], 1)
+    for i, s in enumerate(report["sites"]):
+        speed = s["macs"] / s["effective_macs"] if s["effective_macs"] else float("inf")
+        row = [str(i), s["name"], "x".join(map(str, s["shape"])), f"{100 * s['zero_fraction']:.1f}",
+               f"{s['macs'] / n / 1e6:.2f}M", f"{speed:.2f}"]
+        row += [f"{s['bits'][c][b] / s['numel']:.2f}" for c in codecs for b in bits]
+        t.add_row(*row)
+    tot = report["totals"]
+    row = ["", "total", "", f"{100 * tot['zero_fraction']:.1f}", f"{tot['macs'] / n / 1e6:.1f}M",
+           f"{tot['theoretical_speedup']:.2f}"]
+    row += [f"{int(b) / tot['compression'][c][b]:.2f}" for c in codecs for b in bits]
+    t.add_row(*row, style="bold")
+    return t
+
+
+@app.command()
+@_cli_errors
+def analyze(
+    model: str = typer.Option("efficientnet-lite0", help="registered name, torchvision/<arch>, or module:factory"),
+    weights: Optional[Path] = typer.Option(None, help="state dict to load into the model"),
+    images: Optional[str] = typer.Option(None, help="image folder, 'photos' (default), or 'fashion-mnist'"),
+    limit: Optional[int] = typer.Option(None, help="analyze at most this many images"),
+    bits: str = typer.Option("8,16", help="comma-separated bit widths, 2..16"),
+    batch_size: int = typer.Option(16, help="images per forward pass"),
+    calibration: str = typer.Option("max", help="'max' or 'percentile'"),
+    percentile: float = typer.Option(99.99, help="percentile of |x| for --calibration percentile"),
+    per_channel: bool = typer.Option(False, help="one quantizer scale per channel"),
+    calibration_images: int = typer.Option(64, help="calibrate quantizers on the first N images"),
+    out_dir: Path = typer.Option(Path("runs/analyze"), "--out", help="folder for report.json/.md and plots"),
+):
+    """Measure a model's activation maps: zeros, zero-skipping MACs, and coded size per site."""
+    from . import models
+    from .analyze import AnalyzeConfig
+    from .analyze import analyze as run_analysis
+    from .data import open_images
+    from .fileio import writable_dir
+    from .report import write_report
+
+    config = AnalyzeConfig(bits=_parse_bits(bits), batch_size=batch_size, limit=limit, calibration=calibration,
+                           percentile=percentile, per_channel=per_channel, calibration_images=calibration_images)
+    writable_dir(out_dir)  # fail now, not after the long run
+    preprocess = models.preprocessing(model)
+    net = models.load(model, weights=weights)
+    dataset = open_images(images, preprocess)
+    bar, update = _progress()
+    with bar:
+        report = run_analysis(net, dataset, config, model_name=model, preprocess=preprocess.to_dict(),
+                              progress=update)
+    out.print(_site_table(report))
+    paths = write_report(report, out_dir)
+    t = report["totals"]
+    best = max(((c, b, r) for c, per in t["compression"].items() for b, r in per.items()), key=lambda v: v[2])
+    out.print(f"{t['zero_fraction']:.1%} zeros, zero-skipping speedup {t['theoretical_speedup']:.2f}x, "
+              f"best compression {best[2]:.2f}x ({best[0]}, {best[1]}-bit)")
+    out.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command("models")
+@_cli_errors
+def list_models():
+    """List the models actzip can load by name."""
+    from . import models
+    from .models.registry import entries
+
+    for name, e in sorted(entries().items()):
+        out.print(f"{name:<22} {'weights' if e.has_weights else 'no weights':<11} {e.description}")
+    tv = [n for n in models.names() if n.startswith(models.TORCHVISION_PREFIX)]
+    if tv:
+        out.print(f"torchvision/<arch>     no weights  {len(tv)} architectures, e.g. torchvision/resnet18")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

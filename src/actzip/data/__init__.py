@@ -1,0 +1,36 @@
+"""Image sets that work offline: bundled photos, any image folder, Fashion-MNIST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ActzipError
+from .fashion_mnist import FashionMNIST
+from .images import ImageItem, ImageSet, bundled_photos, folder_images
+from .preprocess import EFFICIENTNET_LITE, FASHION_MNIST, IMAGENET, Preprocess
+
+NAMED_SETS = ("photos", "fashion-mnist", "fashion-mnist-train")
+
+
+def open_images(spec: str | Path | None, preprocess: Preprocess) -> torch.utils.data.Dataset:
+    """The image set `spec` names, each image preprocessed for the model.
+
+    spec: None or "photos" (the bundled photos), "fashion-mnist" (its 10k test split),
+    "fashion-mnist-train", or a folder of images.
+    """
+    if spec is None or str(spec) == "photos":
+        return ImageSet(bundled_photos(), preprocess, "photos")
+    if str(spec) in ("fashion-mnist", "fashion-mnist-test"):
+        return FashionMNIST("test", transform=preprocess)
+    if str(spec) == "fashion-mnist-train":
+        return FashionMNIST("train", transform=preprocess)
+    path = Path(spec)
+    if not path.exists():
+        raise ActzipError(f"--images {spec!r} is neither a folder nor one of {', '.join(NAMED_SETS)}")
+    return ImageSet(folder_images(path), preprocess, str(path))
+
+
+__all__ = ["FashionMNIST", "ImageItem", "ImageSet", "Preprocess", "IMAGENET", "EFFICIENTNET_LITE",
+           "FASHION_MNIST", "bundled_photos", "folder_images", "open_images"]

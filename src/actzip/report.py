@@ -1,0 +1,99 @@
+"""Writing a report: report.json (the data), report.md (for people), PNG bar charts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .fileio import atomic_write, writable_dir
+
+
+def _codecs(report: dict) -> list[str]:
+    return list(report["totals"]["compression"])
+
+
+def markdown(report: dict) -> str:
+    t = report["totals"]
+    bits = [str(b) for b in report["bits"]]
+    lines = [
+        f"# actzip analysis of {report['model']}",
+        "",
+        f"{report['images']} images from `{report['image_source']}`; {len(report['sites'])} activation sites; "
+        f"{t['zero_fraction']:.1%} zeros; zero-skipping speedup {t['theoretical_speedup']:.2f}x "
+        f"({t['macs'] / 1e6 / max(report['images'], 1):.1f} M MACs per image).",
+        "",
+        "| codec | " + " | ".join(f"{b}-bit ratio" for b in bits) + " |",
+        "| --- | " + " | ".join("---:" for _ in bits) + " |",
+    ]
+    for c in _codecs(report):
+        lines.append(f"| {c} | " + " | ".join(f"{t['compression'][c][b]:.2f}x" for b in bits) + " |")
+    head = ["site", "shape", "zero %", "MACs/img (M)", "speedup"] + [f"{c} {b}b (bits/value)"
+                                                                     for c in _codecs(report) for b in bits]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in report["sites"]:
+        cells = [s["name"], "x".join(map(str, s["shape"])), f"{s['zero_fraction']:.1%}",
+                 f"{s['macs'] / 1e6 / max(report['images'], 1):.2f}",
+                 f"{s['macs'] / s['effective_macs']:.2f}x" if s["effective_macs"] else "inf"]
+        cells += [f"{s['bits'][c][b] / s['numel']:.2f}" for c in _codecs(report) for b in bits]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _bar_charts(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sites = report["sites"]
+    x = list(range(len(sites)))
+    labels = [s["name"] for s in sites]
+    width = max(8.0, 0.22 * len(sites))
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(width, 4))
+    ax.bar(x, [s["zero_fraction"] for s in sites], color="tab:blue")
+    ax.set_ylabel("zero fraction")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{report['model']}: zeros per activation site ({report['images']} images)")
+    ax.set_xticks(x, labels, rotation=90, fontsize=6)
+    fig.tight_layout()
+    paths.append(out / "zero_fraction.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    series = [(c, b) for c in _codecs(report) for b in map(str, report["bits"])]
+    fig, ax = plt.subplots(figsize=(width, 4))
+    step = 0.8 / len(series)
+    for i, (c, b) in enumerate(series):
+        ratios = [s["numel"] * int(b) / s["bits"][c][b] if s["bits"][c][b] else 0 for s in sites]
+        ax.bar([v - 0.4 + step * (i + 0.5) for v in x], ratios, width=step, label=f"{c} {b}-bit")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_ylabel("compression ratio")
+    ax.set_title(f"{report['model']}: compression per activation site")
+    ax.set_xticks(x, labels, rotation=90, fontsize=6)
+    ax.legend(fontsize=7, ncol=min(4, len(series)))
+    fig.tight_layout()
+    paths.append(out / "compression.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no infinity; null means "unbounded" here
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def write_report(report: dict, out: str | Path) -> list[Path]:
+    """Write report.json, report.md and the charts into `out`; return the paths written."""
+    out = writable_dir(out)
+    atomic_write(out / "report.json", json.dumps(_json_safe(report), indent=1))
+    atomic_write(out / "report.md", markdown(report))
+    return [out / "report.json", out / "report.md", *_bar_charts(report, out)]
