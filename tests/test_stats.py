@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from actzip.errors import ActzipError
+
 from actzip.bitcount import entropy_bits, zvc_bits
 from actzip.quant import params_for_range, quantize
-from actzip.stats import CodeHistogram, RangeStats, SiteStats
+from actzip.stats import RangeStats, SiteStats
 
 
 @pytest.mark.parametrize("bits,per_channel", [(8, False), (16, False), (4, True), (16, True)])
@@ -16,17 +18,23 @@ def test_code_histogram_equals_bincount_of_quantize(bits, per_channel, signed):
     dims = (0, 2, 3)
     lo, hi = (x.amin(dims).numpy(), x.amax(dims).numpy()) if per_channel else (x.min().item(), x.max().item())
     p = params_for_range(bits, lo, hi, axis=1 if per_channel else None)
-    h = CodeHistogram(p)
-    h.update(x[:2])
-    h.update(x[2:])
+    other = params_for_range(5, -1.0, 1.0)  # a second quantizer measured in the same pass
+    s = SiteStats({bits: p, 5: other})
+    conv = torch.nn.Conv2d(5, 1, 1)
+    s.update(conv, x[:2])
+    s.update(conv, x[2:])
+    h = s.codes[bits]
     expected = torch.bincount((quantize(x, p) - p.qmin).flatten().long(), minlength=len(h.counts)).numpy()
     assert np.array_equal(h.counts, expected)
+    q5 = quantize(x, other) - other.qmin
+    assert np.array_equal(s.codes[5].counts, torch.bincount(q5.flatten().long(), minlength=31).numpy())
+    assert s.zeros == int((x == 0).sum()) and s.numel == x.numel()
 
 
 def test_bit_counts_from_histogram():
-    p = params_for_range(8, 0.0, 255.0)
-    h = CodeHistogram(p)
-    h.update(torch.tensor([0.0, 0.0, 0.0, 5.0]))
+    s = SiteStats({8: params_for_range(8, 0.0, 255.0)}, channel_axis=-1)
+    s.update(torch.nn.Linear(4, 1), torch.tensor([[0.0, 0.0, 0.0, 5.0]]))
+    h = s.codes[8]
     assert zvc_bits(h) == 4 + 1 * 8
     # distribution (3/4, 1/4): H = 0.811278 bits per value
     assert entropy_bits(h) == pytest.approx(4 * 0.8112781244591328)
@@ -44,13 +52,20 @@ def test_range_stats_bounds_and_percentile():
     lo, hi = r.bounds("max", per_channel=True)
     assert lo.tolist() == [0.0, -50.0] and hi.tolist() == [1.0, 0.0]
     lo, hi = r.bounds("percentile", percentile=99.0)  # the outlier is beyond the 99th percentile
-    assert 0.97 <= hi <= 1.03 and lo == -hi
+    assert 0.97 <= hi <= 1.04 and lo == -hi
 
 
 def test_range_stats_refuse_nan():
-    r = RangeStats(1, 1)
-    with pytest.raises(Exception, match="NaN"):
-        r.update(torch.tensor([[float("nan")]]))
+    for bad in (float("nan"), float("inf")):
+        r = RangeStats(2, 1)
+        with pytest.raises(ActzipError, match="NaN"):
+            r.update(torch.tensor([[1.0, bad], [0.0, 2.0]]))
+
+
+def test_nan_in_measure_pass_stays_inside_the_histogram():
+    s = SiteStats({8: params_for_range(8, -1.0, 1.0)}, channel_axis=-1)
+    s.update(torch.nn.Linear(3, 1), torch.tensor([[float("nan"), 0.5, -2.0]]))
+    assert s.codes[8].numel == 3
 
 
 def test_site_stats_merge_equals_one_pass():

@@ -105,7 +105,7 @@ def measure(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeCo
 
     def observe(site: Site, module: nn.Module, x: torch.Tensor):
         if site.name not in stats:
-            stats[site.name] = SiteStats(quantizers[site.name])
+            stats[site.name] = SiteStats(quantizers[site.name], site.channel_axis)
         stats[site.name].update(module, x)
 
     count = min(len(images), config.limit or len(images))
