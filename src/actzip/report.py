@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -59,9 +60,7 @@ def _bar_charts(report: dict, out: Path) -> list[Path]:
     ax.set_title(f"{report['model']}: zeros per activation site ({report['images']} images)")
     ax.set_xticks(x, labels, rotation=90, fontsize=6)
     fig.tight_layout()
-    paths.append(out / "zero_fraction.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "zero_fraction.png"))
 
     series = [(c, b) for c in _codecs(report) for b in map(str, report["bits"])]
     fig, ax = plt.subplots(figsize=(width, 4))
@@ -75,10 +74,18 @@ def _bar_charts(report: dict, out: Path) -> list[Path]:
     ax.set_xticks(x, labels, rotation=90, fontsize=6)
     ax.legend(fontsize=7, ncol=min(4, len(series)))
     fig.tight_layout()
-    paths.append(out / "compression.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "compression.png"))
     return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    return path
 
 
 def _json_safe(v):
