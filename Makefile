@@ -10,12 +10,12 @@ EXTRAS  := models,images,torchvision,dev
 
 install: $(STAMP) data
 
-# torch is pinned and installed first: the CPU wheel lies on disk, while any unpinned
-# torch requirement would pull a multi-GB CUDA build from the registry.
-$(STAMP): pyproject.toml
+# torch is installed first and every install is held to constraints.txt: the CPU wheel lies on
+# disk, while an unpinned torch (or a newer torchvision) would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 # Fashion-MNIST comes from Debian; skipped quietly where apt-get is missing (tests then skip too).
