@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from actzip import AnalyzeConfig, measure, models
-from actzip.analyze import calibrate
+from actzip.analysis import calibrate
 from actzip.data import open_images
 
 HERE = Path(__file__).parent

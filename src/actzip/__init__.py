@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .analyze import AnalyzeConfig, analyze, measure  # noqa: E402
+from .analysis import AnalyzeConfig, analyze, measure  # noqa: E402
 from .errors import ActzipError, ActzipWarning, CorruptStreamError, MissingDataError  # noqa: E402
 
 __all__ = ["ActzipError", "ActzipWarning", "AnalyzeConfig", "CorruptStreamError", "MissingDataError",

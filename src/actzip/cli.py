@@ -118,8 +118,8 @@ def analyze(
 ):
     """Measure a model's activation maps: zeros, zero-skipping MACs, and coded size per site."""
     from . import models
-    from .analyze import AnalyzeConfig
-    from .analyze import analyze as run_analysis
+    from .analysis import AnalyzeConfig
+    from .analysis import analyze as run_analysis
     from .data import open_images
     from .fileio import writable_dir
     from .report import write_report
