@@ -75,3 +75,23 @@ def test_report_files(tiny, random_images, tmp_path):
     assert set(loaded["totals"]["compression"]["zvc"]) == {"8", "16"}
     assert (tmp_path / "out" / "zero_fraction.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("calibration,per_channel", [("percentile", False), ("max", True)])
+def test_other_calibrations_give_consistent_codes(tiny, random_images, calibration, per_channel):
+    config = AnalyzeConfig(bits=(8,), calibration=calibration, per_channel=per_channel, percentile=99.0)
+    m = measure(tiny, random_images, config)
+    seen = {}
+    with capture(tiny, lambda site, mod, x: seen.setdefault(site.name, x.clone())), torch.no_grad():
+        tiny(random_images.x)
+    for site in m.sites:
+        p = m.quantizers[site.name][8]
+        assert (p.axis is not None) == per_channel
+        if per_channel:
+            assert len(p.scale) == site.shape[0 if len(site.shape) == 3 else -1]
+        q = quantize(seen[site.name], p)
+        expected = torch.bincount((q - p.qmin).flatten().long(), minlength=p.qmax - p.qmin + 1).numpy()
+        assert np.array_equal(m.stats[site.name].codes[8].counts, expected)
+    if calibration == "percentile":  # clipping at the 99th percentile saturates about 1 % of values
+        h = m.stats["conv2"].codes[8]
+        assert 0.001 < h.counts[-1] / h.numel < 0.05

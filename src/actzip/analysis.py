@@ -9,7 +9,7 @@ and the exact histogram of quantized codes. No activation tensor outlives its ba
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -59,7 +59,6 @@ class Measurement:
     quantizers: dict[str, dict[int, QuantParams]]
     stats: dict[str, SiteStats]
     images: int
-    meta: dict = field(default_factory=dict)
 
 
 def _batches(images: Dataset, count: int, batch_size: int, progress: Progress | None, phase: str):
