@@ -1,0 +1,36 @@
+"""Lossless codecs for quantized activation maps, numcodecs-style.
+
+>>> import numpy as np
+>>> from actzip import codecs
+>>> c = codecs.get("seg", bits=8)
+>>> a = np.array([0, 0, 3, 0, 200], dtype=np.uint8)
+>>> codecs.from_config(c.get_config()).decode(c.encode(a)).tolist()
+[0, 0, 3, 0, 200]
+"""
+
+from __future__ import annotations
+
+from ..errors import ActzipError
+from . import golomb, huffman, raw, rle, zvc  # noqa: F401  (each registers its codec)
+from .base import Codec, registry
+
+
+def names() -> list[str]:
+    return list(registry())
+
+
+def get(name: str, **params) -> Codec:
+    try:
+        cls = registry()[name]
+    except KeyError:
+        raise ActzipError(f"unknown codec {name!r}; known: {', '.join(names())}") from None
+    return cls(**params)
+
+
+def from_config(config: dict) -> Codec:
+    if not isinstance(config, dict) or "id" not in config:
+        raise ActzipError("a codec config is a dict with an 'id'")
+    return get(config["id"], **{k: v for k, v in config.items() if k != "id"})
+
+
+__all__ = ["Codec", "from_config", "get", "names"]

@@ -1,0 +1,191 @@
+"""The codec interface (numcodecs-style), the stream header every codec shares, and the registry.
+
+Every codec takes an integer array (uint8/uint16 for unsigned quantized activations, int8/int16 for
+signed) and returns bytes that begin with the same small header:
+
+    byte 0      dtype code (see DTYPES)
+    byte 1      bit width b of the values (1..16; values must fit it)
+    varint      number of values n (LEB128)
+
+followed by the codec's own parameters and payload. `decode` returns the 1-D array a.ravel() with the
+original dtype. Decoders treat their input as hostile: every length is checked against the bytes
+that are really there before anything is allocated, and every failure is a CorruptStreamError.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import CorruptStreamError
+
+DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.int8), 2: np.dtype(np.uint16), 3: np.dtype(np.int16)}
+DTYPE_CODES = {v: k for k, v in DTYPES.items()}
+MAX_VALUES = 1 << 34  # no stream claims more values than this, whatever its payload
+
+
+@dataclass(frozen=True)
+class Header:
+    dtype: np.dtype
+    bits: int
+    n: int
+    size: int  # header length in bytes
+
+    @property
+    def signed(self) -> bool:
+        return self.dtype.kind == "i"
+
+
+def write_varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = v & 0x7F
+        v >>= 7
+        out.append(byte | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def read_varint(buf: bytes | memoryview, pos: int, what: str = "length") -> tuple[int, int]:
+    """(value, next position); at most 10 bytes, so a hostile run of 0x80 cannot loop for long."""
+    value = 0
+    for i in range(10):
+        if pos + i >= len(buf):
+            raise CorruptStreamError(f"stream truncated inside the {what}")
+        byte = buf[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos + i + 1
+    raise CorruptStreamError(f"the {what} field is longer than 10 bytes")
+
+
+def check_input(a, bits: int | None) -> tuple[np.ndarray, int]:
+    """a as a contiguous 1-D array of a supported dtype, and the bit width its values must fit."""
+    a = np.asarray(a)
+    if a.dtype not in DTYPE_CODES:
+        raise TypeError(f"codecs take uint8, int8, uint16 or int16 arrays, got {a.dtype}")
+    width = a.dtype.itemsize * 8
+    bits = width if bits is None else int(bits)
+    if not 1 <= bits <= width:
+        raise ValueError(f"bit width {bits} does not fit dtype {a.dtype} (1..{width})")
+    a = np.ascontiguousarray(a).reshape(-1)
+    if a.size:
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if a.dtype.kind == "i" else (0, (1 << bits) - 1)
+        amin, amax = int(a.min()), int(a.max())
+        if amin < lo or amax > hi:
+            raise ValueError(f"values span [{amin}, {amax}], outside the {bits}-bit range [{lo}, {hi}]")
+    return a, bits
+
+
+def pack_header(a: np.ndarray, bits: int) -> bytes:
+    return bytes([DTYPE_CODES[a.dtype], bits]) + write_varint(a.size)
+
+
+def parse_header(buf: bytes | memoryview) -> Header:
+    if len(buf) < 3:
+        raise CorruptStreamError("stream shorter than its header")
+    if buf[0] not in DTYPES:
+        raise CorruptStreamError(f"unknown dtype code {buf[0]}")
+    dtype = DTYPES[buf[0]]
+    bits = buf[1]
+    if not 1 <= bits <= dtype.itemsize * 8:
+        raise CorruptStreamError(f"bit width {bits} does not fit dtype {dtype}")
+    n, pos = read_varint(buf, 2, "value count")
+    if n > MAX_VALUES:
+        raise CorruptStreamError(f"stream claims {n} values, more than any stream holds")
+    return Header(dtype, bits, n, pos)
+
+
+def check_count(header: Header, payload_bits: int, values_per_bit: float, codec: str) -> None:
+    """Refuse a header whose value count the payload cannot hold, before allocating the output."""
+    if header.n > values_per_bit * max(payload_bits, 0) + 64:
+        raise CorruptStreamError(f"{codec}: header claims {header.n} values, the {payload_bits}-bit payload "
+                                 f"holds at most {int(values_per_bit * payload_bits) + 64}")
+
+
+def zigzag(a: np.ndarray) -> np.ndarray:
+    """Signed -> unsigned (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...) as uint32; unsigned input passes through."""
+    if a.dtype.kind == "u":
+        return a.astype(np.uint32)
+    v = a.astype(np.int32)
+    return ((v << 1) ^ (v >> 31)).astype(np.uint32)
+
+
+def unzigzag(u: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Inverse of zigzag, into `dtype`."""
+    if dtype.kind == "u":
+        return u.astype(dtype)
+    u = u.astype(np.int32)
+    return ((u >> 1) ^ -(u & 1)).astype(dtype)
+
+
+class Codec(ABC):
+    """A lossless codec for integer activation maps. Subclasses set `codec_id` and implement
+    `_encode(a, bits) -> payload` and `_decode(header, payload) -> values`; parameters are
+    constructor keywords that `get_config` returns."""
+
+    codec_id: ClassVar[str]
+    # largest number of values one payload bit can stand for (bounds what a header may claim)
+    values_per_bit: ClassVar[float] = 1.0
+
+    def __init__(self, bits: int | None = None):
+        self.bits = bits
+
+    def encode(self, a) -> bytes:
+        a, bits = check_input(a, self.bits)
+        return pack_header(a, bits) + self._encode(a, bits)
+
+    def decode(self, buf) -> np.ndarray:
+        if not isinstance(buf, (bytes, bytearray, memoryview)):
+            raise TypeError(f"decode takes bytes, got {type(buf).__name__}")
+        buf = bytes(buf)
+        h = parse_header(buf)
+        payload = buf[h.size:]
+        check_count(h, 8 * len(payload), self.values_per_bit, self.codec_id)
+        out = self._decode(h, payload)
+        if out.shape != (h.n,) or out.dtype != h.dtype:  # a codec bug, never the input's fault
+            raise AssertionError(f"{self.codec_id} decoded {out.shape} {out.dtype}, header says {h.n} {h.dtype}")
+        return out
+
+    @abstractmethod
+    def _encode(self, a: np.ndarray, bits: int) -> bytes: ...
+
+    @abstractmethod
+    def _decode(self, h: Header, payload: bytes) -> np.ndarray: ...
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id, **self._params()}
+
+    def _params(self) -> dict:
+        return {"bits": self.bits}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Codec":
+        config = dict(config)
+        config.pop("id", None)
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items() if v is not None)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.get_config().items())))
+
+
+_REGISTRY: dict[str, type[Codec]] = {}
+
+
+def register(cls: type[Codec]) -> type[Codec]:
+    _REGISTRY[cls.codec_id] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Codec]]:
+    return dict(_REGISTRY)
