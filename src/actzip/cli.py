@@ -143,6 +143,74 @@ def analyze(
     out.print("wrote " + ", ".join(str(p) for p in paths))
 
 
+@app.command()
+@_cli_errors
+def encode(
+    source: Path = typer.Argument(..., help="tensor file: .npy, .pt or .safetensors"),
+    out_file: Path = typer.Option(..., "-o", "--out", help="stream file to write"),
+    codec: str = typer.Option("seg", help="codec name (see `actzip codecs`)"),
+    bits: int = typer.Option(8, help="quantizer bit width, 2..16"),
+    per_channel: bool = typer.Option(False, help="one scale per channel (axis 1)"),
+    key: Optional[str] = typer.Option(None, help="which tensor, for files that hold several"),
+):
+    """Quantize a float tensor and encode it into a self-describing stream."""
+    from .fileio import atomic_write
+    from .stream import dumps, info
+    from .tensorio import read_tensor
+
+    data = dumps(read_tensor(source, key), codec=codec, bits=bits, per_channel=per_channel)
+    atomic_write(out_file, data)
+    i = info(data)
+    out.print(f"{source} -> {out_file}: {i['bytes']} bytes, {i['bits_per_value']:.3f} bits/value, "
+              f"{i['compression']:.2f}x vs {bits}-bit raw ({codec})")
+
+
+@app.command()
+@_cli_errors
+def decode(
+    source: Path = typer.Argument(..., help="stream file written by `actzip encode`"),
+    out_file: Path = typer.Option(..., "-o", "--out", help="tensor file to write: .npy, .pt or .safetensors"),
+):
+    """Decode a stream back into a float tensor (dequantized)."""
+    from .stream import loads
+    from .tensorio import write_tensor
+
+    array = loads(_read_bytes(source))
+    write_tensor(out_file, array)
+    out.print(f"{source} -> {out_file}: {array.dtype} {tuple(array.shape)}")
+
+
+@app.command("info")
+@_cli_errors
+def stream_info(source: Path = typer.Argument(..., help="stream file written by `actzip encode`")):
+    """Show what a stream holds, without decoding it."""
+    from .stream import info
+
+    i = info(_read_bytes(source))
+    q = i["quant"]
+    out.print(f"shape {tuple(i['shape'])} {i['dtype']}; codec {i['codec']}; {q['bits']}-bit "
+              f"{'signed' if q['signed'] else 'unsigned'}, {len(q['scale'])} scale(s)")
+    out.print(f"{i['bytes']} bytes ({i['payload_bytes']} payload), {i['bits_per_value']:.3f} bits/value, "
+              f"{i['compression']:.2f}x vs raw")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ActzipError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+@app.command("codecs")
+@_cli_errors
+def list_codecs():
+    """List the codecs."""
+    from . import codecs
+
+    for name in codecs.names():
+        out.print(f"{name:<8} {codecs.summary(name)}")
+
+
 @app.command("models")
 @_cli_errors
 def list_models():

@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 from ..errors import ActzipError
-from . import golomb, huffman, raw, rle, zvc  # noqa: F401  (each registers its codec)
+# Import order is the listing order: the baseline first, the byte compressors last.
+from . import raw, zvc, rle, golomb, huffman, rans, generic  # noqa: F401,I001  (each registers its codec)
 from .base import Codec, registry
 
 
@@ -27,10 +28,15 @@ def get(name: str, **params) -> Codec:
     return cls(**params)
 
 
+def summary(name: str) -> str:
+    """One line on what the codec does."""
+    return (registry()[name].__doc__ or "").strip().splitlines()[0]
+
+
 def from_config(config: dict) -> Codec:
     if not isinstance(config, dict) or "id" not in config:
         raise ActzipError("a codec config is a dict with an 'id'")
     return get(config["id"], **{k: v for k, v in config.items() if k != "id"})
 
 
-__all__ = ["Codec", "from_config", "get", "names"]
+__all__ = ["Codec", "from_config", "get", "names", "summary"]

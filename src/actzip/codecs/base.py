@@ -24,7 +24,8 @@ from ..errors import CorruptStreamError
 
 DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.int8), 2: np.dtype(np.uint16), 3: np.dtype(np.int16)}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
-MAX_VALUES = 1 << 34  # no stream claims more values than this, whatever its payload
+MAX_VALUES = 1 << 32  # no stream claims more values than this, whatever its payload
+FREE_VALUES = 1 << 24  # any stream may claim this many; past it the payload must justify the count
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,17 @@ def parse_header(buf: bytes | memoryview) -> Header:
     return Header(dtype, bits, n, pos)
 
 
+def count_limit(payload_bits: int, values_per_bit: float) -> int:
+    """The most values a stream with this payload may claim (bounds every decoder's allocation)."""
+    return max(FREE_VALUES, int(values_per_bit * payload_bits))
+
+
 def check_count(header: Header, payload_bits: int, values_per_bit: float, codec: str) -> None:
     """Refuse a header whose value count the payload cannot hold, before allocating the output."""
-    if header.n > values_per_bit * max(payload_bits, 0) + 64:
-        raise CorruptStreamError(f"{codec}: header claims {header.n} values, the {payload_bits}-bit payload "
-                                 f"holds at most {int(values_per_bit * payload_bits) + 64}")
+    limit = count_limit(payload_bits, values_per_bit)
+    if header.n > limit:
+        raise CorruptStreamError(f"{codec}: header claims {header.n} values, a {payload_bits}-bit payload "
+                                 f"may hold at most {limit}")
 
 
 def zigzag(a: np.ndarray) -> np.ndarray:
@@ -136,7 +143,11 @@ class Codec(ABC):
 
     def encode(self, a) -> bytes:
         a, bits = check_input(a, self.bits)
-        return pack_header(a, bits) + self._encode(a, bits)
+        payload = self._encode(a, bits)
+        if a.size > count_limit(8 * len(payload), self.values_per_bit):
+            raise ValueError(f"{a.size} values compress too well for one {self.codec_id} stream to prove its "
+                             f"size to a decoder; split the array into pieces of at most {FREE_VALUES} values")
+        return pack_header(a, bits) + payload
 
     def decode(self, buf) -> np.ndarray:
         if not isinstance(buf, (bytes, bytearray, memoryview)):

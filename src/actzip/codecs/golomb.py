@@ -184,6 +184,8 @@ class _Golomb(Codec):
 
 @register
 class ExpGolomb(_Golomb):
+    """Order-k exp-Golomb of every value, k chosen per stream."""
+
     codec_id = "eg"
     sparse = False
     values_per_bit = 1.0
@@ -191,6 +193,8 @@ class ExpGolomb(_Golomb):
 
 @register
 class SparseExpGolomb(_Golomb):
+    """Sparse exp-Golomb: a zero is 1 bit, a non-zero x is 1 bit + exp-Golomb(x - 1)."""
+
     codec_id = "seg"
     sparse = True
     values_per_bit = 1.0

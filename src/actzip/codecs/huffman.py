@@ -204,6 +204,8 @@ def _pack_lengths(lengths: np.ndarray) -> bytes:
 
 @register
 class Huffman(Codec):
+    """Canonical Huffman, 15-bit length limit, table in the stream."""
+
     codec_id = "huffman"
     values_per_bit = 1.0
 

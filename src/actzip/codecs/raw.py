@@ -52,6 +52,8 @@ def check_fits(u: np.ndarray, bits: int, what: str) -> None:
 
 @register
 class Raw(Codec):
+    """Every value on b bits: n * b bits."""
+
     codec_id = "raw"
 
     def _encode(self, a, bits):

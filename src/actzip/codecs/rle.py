@@ -93,6 +93,8 @@ def _expand(tokens, n, bits, out):
 
 @register
 class RLE(Codec):
+    """Zero run-lengths: (run, value) tokens on r + b bits, r chosen per stream."""
+
     codec_id = "rle"
     values_per_bit = float(1 << MAX_RUN_BITS) / (MAX_RUN_BITS + 1)
 

@@ -19,6 +19,8 @@ from .raw import pack_values, unpack_values
 
 @register
 class ZVC(Codec):
+    """Zero-value compression: a 1-bit zero map, then the non-zeros on b bits."""
+
     codec_id = "zvc"
 
     def _encode(self, a, bits):
