@@ -1,0 +1,201 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from actzip import codecs
+from actzip.codecs.base import FREE_VALUES, pack_header, write_varint
+from actzip.errors import CorruptStreamError
+
+NAMES = codecs.names()
+DTYPES = [np.uint8, np.int8, np.uint16, np.int16]
+
+
+def value_range(dtype, bits):
+    if np.dtype(dtype).kind == "i":
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+@st.composite
+def activation_arrays(draw):
+    """Integer arrays shaped like quantized activations: many zeros, small values, some extremes."""
+    dtype = draw(st.sampled_from(DTYPES))
+    width = np.dtype(dtype).itemsize * 8
+    bits = draw(st.integers(1, width))
+    lo, hi = value_range(dtype, bits)
+    shape = draw(st.sampled_from([(0,), (1,), (7,), (3, 5), (2, 3, 4, 5), (600,)]))
+    values = st.one_of(st.just(0), st.integers(lo, hi), st.sampled_from([lo, hi]),
+                       st.integers(max(lo, -3), min(hi, 3)))
+    return draw(arrays(dtype, shape, elements=values)), bits
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=activation_arrays())
+def test_round_trip_is_bit_exact(name, data):
+    a, bits = data
+    c = codecs.get(name, bits=bits)
+    out = c.decode(c.encode(a))
+    assert out.dtype == a.dtype and out.shape == (a.size,)
+    assert np.array_equal(out, a.ravel())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_arrays(name, dtype):
+    width = np.dtype(dtype).itemsize * 8
+    lo, hi = value_range(dtype, width)
+    rng = np.random.default_rng(0)
+    cases = [np.zeros(0, dtype), np.array([hi], dtype), np.zeros(5000, dtype), np.full(3000, lo, dtype),
+             rng.integers(1, hi, 4000).astype(dtype),  # no zero at all
+             np.tile(np.array([lo, 0, hi, 1], dtype), 999)]
+    c = codecs.get(name)
+    for a in cases:
+        assert np.array_equal(c.decode(c.encode(a)), a)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_outside_the_bit_width_are_refused(name):
+    with pytest.raises(ValueError, match="outside the 4-bit range"):
+        codecs.get(name, bits=4).encode(np.array([0, 16], np.uint8))
+    with pytest.raises(ValueError, match="outside the 4-bit range"):
+        codecs.get(name, bits=4).encode(np.array([-9], np.int8))
+    with pytest.raises(TypeError):
+        codecs.get(name).encode(np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trip(name):
+    c = codecs.get(name, bits=8)
+    assert codecs.from_config(c.get_config()) == c
+    assert c.get_config()["id"] == name == c.codec_id
+
+
+def test_seg_and_eg_costs_are_as_documented():
+    a = np.array([0, 0, 5, 0, 1, 200], np.uint8)
+    for k in range(4):
+        def eg_len(x):
+            return 2 * int(np.floor(np.log2(x + 2**k))) - k + 1
+        seg_bits = sum(1 if x == 0 else 1 + eg_len(x - 1) for x in a)
+        eg_bits = sum(eg_len(x) for x in a)
+        header = 3 + 1  # dtype, bits, one-byte count, then the k byte
+        assert len(codecs.get("seg", k=k).encode(a)) == header + (seg_bits + 7) // 8
+        assert len(codecs.get("eg", k=k).encode(a)) == header + (eg_bits + 7) // 8
+
+
+def test_k_is_chosen_to_minimise_size():
+    a = np.random.default_rng(0).geometric(0.01, 5000).astype(np.uint16)
+    best = len(codecs.get("eg").encode(a))
+    assert best == min(len(codecs.get("eg", k=k).encode(a)) for k in range(17))
+
+
+def test_rans_lands_on_the_entropy_of_its_model():
+    rng = np.random.default_rng(0)
+    a = np.minimum(rng.geometric(0.05, 200_000) - 1, 255).astype(np.uint8)
+    a[rng.random(a.size) < 0.4] = 0
+    _, counts = np.unique(a, return_counts=True)
+    entropy_bytes = -(counts * np.log2(counts / a.size)).sum() / 8
+    stream = codecs.get("rans").encode(a)
+    table = len(write_varint(256)) + sum(len(write_varint(int(c))) for c in np.bincount(a, minlength=a.max() + 1))
+    assert len(stream) <= 1.01 * (entropy_bytes + table) + 16
+
+
+def _streams():
+    rng = np.random.default_rng(1)
+    sparse = np.maximum(rng.integers(-60, 200, 3000), 0).astype(np.uint8)
+    signed = rng.integers(-2000, 2000, 2000).astype(np.int16)
+    signed[rng.random(2000) < 0.5] = 0
+    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)]
+
+
+def _decode_or_corrupt(name, data):
+    try:
+        out = codecs.get(name).decode(data)
+    except CorruptStreamError:
+        return 1
+    assert out.ndim == 1  # a mutation the format cannot see may decode; it must still be an array
+    return 0
+
+
+def _fuzz_one(data):
+    """Truncation, bit flips, garbage appended, random bytes, forged counts: a CorruptStreamError
+    or an array, never a crash, a hang (the deadline) or another exception."""
+    streams = _streams_cache()
+    name, stream = data.draw(st.sampled_from(streams))
+    kind = data.draw(st.sampled_from(["truncate", "flip", "append", "random", "header"]))
+    b = bytearray(stream)
+    if kind == "truncate":
+        b = b[: data.draw(st.integers(0, len(b) - 1))]
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(b) - 1))
+            b[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "append":
+        b += data.draw(st.binary(min_size=1, max_size=64))
+    elif kind == "random":
+        b = bytearray(data.draw(st.binary(max_size=300)))
+    else:  # rewrite the value count
+        n = data.draw(st.sampled_from([0, 1, 10**6, 2**31, 2**40, 2**63]))
+        b = bytearray(b[:2] + write_varint(n) + b[2 + len(write_varint(3000)):])
+    _decode_or_corrupt(name, bytes(b))
+
+
+@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_mutated_streams(data):
+    _fuzz_one(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=20000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_mutated_streams_long(data):
+    _fuzz_one(data)
+
+
+_CACHE = []
+
+
+def _streams_cache():
+    if not _CACHE:
+        _CACHE.extend(_streams())
+    return _CACHE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_huge_claimed_count_is_refused_before_allocating(name):
+    a = np.zeros(10, np.uint8)
+    payload = codecs.get(name).encode(a)[3:]
+    for n in (FREE_VALUES + 1, 2**31, 2**40):
+        forged = pack_header(a, 8)[:2] + write_varint(n) + payload
+        with pytest.raises(CorruptStreamError):
+            codecs.get(name).decode(forged)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_truncation_and_single_bit_flip_of_the_header(name):
+    stream = codecs.get(name).encode(np.array([0, 3, 0, 0, 250, 1, 0, 9] * 50, np.uint8))
+    for cut in range(len(stream)):  # every proper prefix is refused
+        with pytest.raises(CorruptStreamError):
+            codecs.get(name).decode(stream[:cut])
+    for i in range(min(len(stream), 12)):
+        for bit in range(8):
+            b = bytearray(stream)
+            b[i] ^= 1 << bit
+            _decode_or_corrupt(name, bytes(b))
+
+
+def test_numcodecs_and_zarr_store_activations():
+    numcodecs = pytest.importorskip("numcodecs")
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(0)
+    for dtype, name in [(np.uint8, "seg"), (np.int16, "huffman"), (np.uint16, "rans")]:
+        codec = numcodecs.get_codec({"id": f"actzip.{name}"})  # found through the entry point
+        a = rng.integers(-50, 200, (4, 8, 6, 6)).clip(0 if dtype != np.int16 else -50, None).astype(dtype)
+        store = zarr.storage.MemoryStore()
+        z = zarr.create_array(store, shape=a.shape, chunks=(2, 8, 6, 6), dtype=a.dtype, zarr_format=2,
+                              compressors=codec)
+        z[:] = a
+        assert np.array_equal(zarr.open_array(store, mode="r")[:], a)
