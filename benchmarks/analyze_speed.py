@@ -49,7 +49,7 @@ def peak_rss_mb(count: int) -> float:
     """Run analyze over `count` images in a fresh process and return its peak RSS."""
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import analyze_speed as b, resource; "
             f"from actzip import measure, models, AnalyzeConfig; "
-            f"measure(models.load('efficientnet-lite0'), b.dataset({count}), AnalyzeConfig(batch_size=16)); "
+            f"measure(models.load('efficientnet-lite0'), b.dataset({count}), AnalyzeConfig(batch_size=16, codecs=())); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -65,7 +65,8 @@ def main():
 
     model = models.load("efficientnet-lite0")
     data = dataset(args.images)
-    config = AnalyzeConfig(bits=(8, 16), batch_size=args.batch_size)
+    # the statistics alone (the streams of the codec suite have their own benchmark)
+    config = AnalyzeConfig(bits=(8, 16), batch_size=args.batch_size, codecs=())
     batches = [torch.stack([data[j][0] for j in range(i, min(i + args.batch_size, len(data)))])
                for i in range(0, len(data), args.batch_size)]
     measure(model, Cycled(data.tensors, 32), config)  # warm-up: numba compile, allocator

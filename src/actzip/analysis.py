@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import __version__
-from .bitcount import HISTOGRAM_CODECS
+from . import __version__, codecs
+from .bitcount import HISTOGRAM_BOUNDS
 from .errors import ActzipError
 from .quant import QuantParams, check_bits, params_for_range
 from .sites import Site, capture
@@ -35,6 +35,7 @@ class AnalyzeConfig:
     percentile: float = 99.99
     per_channel: bool = False
     calibration_images: int = 64
+    codecs: tuple[str, ...] = tuple(codecs.names())  # real streams, one per site and batch
 
     def __post_init__(self):
         if not self.bits:
@@ -49,6 +50,8 @@ class AnalyzeConfig:
             raise ValueError(f"calibration must be 'max' or 'percentile', got {self.calibration!r}")
         if self.calibration_images < 1:
             raise ValueError("calibration needs at least one image")
+        for name in self.codecs:
+            codecs.get(name)  # unknown names fail here, before any work
 
 
 @dataclass
@@ -102,9 +105,11 @@ def measure(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeCo
     quantizers = calibrate(model, images, config, progress)
     stats: dict[str, SiteStats] = {}
 
+    coders = {name: {b: codecs.get(name, bits=b) for b in config.bits} for name in config.codecs}
+
     def observe(site: Site, module: nn.Module, x: torch.Tensor):
         if site.name not in stats:
-            stats[site.name] = SiteStats(quantizers[site.name], site.channel_axis)
+            stats[site.name] = SiteStats(quantizers[site.name], site.channel_axis, coders)
         stats[site.name].update(module, x)
 
     count = min(len(images), config.limit or len(images))
@@ -118,10 +123,12 @@ def build_report(m: Measurement, model_name: str, image_source: str, preprocess:
                  config: AnalyzeConfig) -> dict:
     """The report.json document (bit widths as string keys)."""
     bits = [str(b) for b in config.bits]
-    sites, totals_coded = [], {c: {b: 0.0 for b in bits} for c in HISTOGRAM_CODECS}
+    names = [*config.codecs, *HISTOGRAM_BOUNDS]
+    sites, totals_coded = [], {c: {b: 0.0 for b in bits} for c in names}
     for site in m.sites:
         s = m.stats[site.name]
-        coded = {c: {str(b): fn(s.codes[b]) for b in config.bits} for c, fn in HISTOGRAM_CODECS.items()}
+        coded = {c: {str(b): v for b, v in per_bits.items()} for c, per_bits in s.stream_bits.items()}
+        coded.update({c: {str(b): fn(s.codes[b]) for b in config.bits} for c, fn in HISTOGRAM_BOUNDS.items()})
         for c in coded:
             for b in bits:
                 totals_coded[c][b] += coded[c][b]
@@ -145,6 +152,8 @@ def build_report(m: Measurement, model_name: str, image_source: str, preprocess:
         "image_source": image_source,
         "preprocess": preprocess,
         "bits": [int(b) for b in bits],
+        "codecs": {"streams": list(config.codecs), "bounds": list(HISTOGRAM_BOUNDS),
+                   "note": "stream bits are real stream lengths, one stream per site and batch, headers included"},
         "calibration": {"method": config.calibration, "percentile": config.percentile,
                         "per_channel": config.per_channel,
                         "images": min(m.images, config.calibration_images)},

@@ -1,8 +1,7 @@
-"""Coded sizes that follow exactly from a histogram of quantized codes.
+"""Coded sizes that follow exactly from a histogram of quantized codes: the bounds a report sets
+beside the real streams of the codec suite.
 
-These are the codecs of the foundation: `zvc` (zero-value compression) and `entropy` (the order-0
-empirical entropy, the bound no memoryless coder beats). The codec suite adds coders that produce
-real bitstreams; both kinds fill the same table.
+`entropy` is the order-0 empirical entropy, which no memoryless coder beats.
 """
 
 from __future__ import annotations
@@ -10,12 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from .stats import CodeHistogram
-
-
-def zvc_bits(h: CodeHistogram) -> int:
-    """One bit per value for the zero map, plus every non-zero value at the full bit width."""
-    nonzero = h.numel - int(h.counts[h.zero_index])
-    return h.numel + nonzero * h.params.bits
 
 
 def entropy_bits(h: CodeHistogram) -> float:
@@ -27,4 +20,4 @@ def entropy_bits(h: CodeHistogram) -> float:
     return float(-(counts * np.log2(counts / total)).sum())
 
 
-HISTOGRAM_CODECS = {"zvc": zvc_bits, "entropy": entropy_bits}
+HISTOGRAM_BOUNDS = {"entropy": entropy_bits}

@@ -78,26 +78,40 @@ def _progress():
 
 
 def _site_table(report: dict) -> Table:
+    """Per site: zeros, MACs, zero-skipping speedup, and the best codec at each bit width."""
     bits = [str(b) for b in report["bits"]]
-    codecs = list(report["totals"]["compression"])
-    t = Table(title=f"{report['model']} - {report['images']} images - bits per activation", title_justify="left")
+    streams = report["codecs"]["streams"] or list(report["totals"]["compression"])
+    t = Table(title=f"{report['model']}: {report['images']} images, best codec per site (bits per value)",
+              title_justify="left")
     for col in ("#", "site", "shape", "zero %", "MACs/img", "skip x"):
         t.add_column(col, justify="left" if col in ("site", "shape") else "right")
-    for c in codecs:
-        for b in bits:
-            t.add_column(f"{c} {b}b", justify="right")
+    for b in bits:
+        t.add_column(f"best {b}-bit", justify="right")
     n = max(report["images"], 1)
     for i, s in enumerate(report["sites"]):
         speed = s["macs"] / s["effective_macs"] if s["effective_macs"] else float("inf")
         row = [str(i), s["name"], "x".join(map(str, s["shape"])), f"{100 * s['zero_fraction']:.1f}",
                f"{s['macs'] / n / 1e6:.2f}M", f"{speed:.2f}"]
-        row += [f"{s['bits'][c][b] / s['numel']:.2f}" for c in codecs for b in bits]
+        for b in bits:
+            best = min(streams, key=lambda c: s["bits"][c][b])
+            row.append(f"{best} {s['bits'][best][b] / s['numel']:.2f}")
         t.add_row(*row)
+    return t
+
+
+def _codec_table(report: dict) -> Table:
+    """Total compression ratio (raw bits / coded bits) of every codec at every bit width."""
+    bits = [str(b) for b in report["bits"]]
     tot = report["totals"]
-    row = ["", "total", "", f"{100 * tot['zero_fraction']:.1f}", f"{tot['macs'] / n / 1e6:.1f}M",
-           f"{tot['theoretical_speedup']:.2f}"]
-    row += [f"{int(b) / tot['compression'][c][b]:.2f}" for c in codecs for b in bits]
-    t.add_row(*row, style="bold")
+    t = Table(title="compression, all sites", title_justify="left",
+              caption=f"{100 * tot['zero_fraction']:.1f} % zeros; zero-skipping speedup "
+                      f"{tot['theoretical_speedup']:.2f}x", caption_justify="left")
+    t.add_column("codec")
+    for b in bits:
+        t.add_column(f"{b}-bit", justify="right")
+    for c, per_bits in tot["compression"].items():
+        t.add_row(c + (" (bound)" if c not in report["codecs"]["streams"] else ""),
+                  *[f"{per_bits[b]:.3f}x" for b in bits])
     return t
 
 
@@ -114,6 +128,7 @@ def analyze(
     percentile: float = typer.Option(99.99, help="percentile of |x| for --calibration percentile"),
     per_channel: bool = typer.Option(False, help="one quantizer scale per channel"),
     calibration_images: int = typer.Option(64, help="calibrate quantizers on the first N images"),
+    codecs: str = typer.Option("all", help="comma-separated codecs whose real streams are measured, or 'all'"),
     out_dir: Path = typer.Option(Path("runs/analyze"), "--out", help="folder for report.json/.md and plots"),
 ):
     """Measure a model's activation maps: zeros, zero-skipping MACs, and coded size per site."""
@@ -124,8 +139,12 @@ def analyze(
     from .fileio import writable_dir
     from .report import write_report
 
+    from . import codecs as codec_suite
+
+    chosen = codec_suite.names() if codecs == "all" else [c.strip() for c in codecs.split(",") if c.strip()]
     config = AnalyzeConfig(bits=_parse_bits(bits), batch_size=batch_size, limit=limit, calibration=calibration,
-                           percentile=percentile, per_channel=per_channel, calibration_images=calibration_images)
+                           percentile=percentile, per_channel=per_channel, calibration_images=calibration_images,
+                           codecs=tuple(chosen))
     writable_dir(out_dir)  # fail now, not after the long run
     preprocess = models.preprocessing(model)
     net = models.load(model, weights=weights)
@@ -135,11 +154,8 @@ def analyze(
         report = run_analysis(net, dataset, config, model_name=model, preprocess=preprocess.to_dict(),
                               progress=update)
     out.print(_site_table(report))
+    out.print(_codec_table(report))
     paths = write_report(report, out_dir)
-    t = report["totals"]
-    best = max(((c, b, r) for c, per in t["compression"].items() for b, r in per.items()), key=lambda v: v[2])
-    out.print(f"{t['zero_fraction']:.1%} zeros, zero-skipping speedup {t['theoretical_speedup']:.2f}x, "
-              f"best compression {best[2]:.2f}x ({best[0]}, {best[1]}-bit)")
     out.print("wrote " + ", ".join(str(p) for p in paths))
 
 

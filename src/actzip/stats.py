@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import ActzipError
 from .macs import MacCount, count_macs
-from .quant import QuantParams, code_range
+from .quant import QuantParams, code_dtype, code_range, quantize
 
 # Magnitude histogram: a float32's bits without the sign, shifted right by 18, keep its exponent and
 # the top 5 mantissa bits, so bins are 1/32 of an octave wide (3 % relative) over every float32.
@@ -182,10 +182,16 @@ class CodeHistogram:
 
 
 class SiteStats:
-    """Everything the report says of one site, accumulated batch by batch."""
+    """Everything the report says of one site, accumulated batch by batch.
 
-    def __init__(self, quantizers: dict[int, QuantParams], channel_axis: int = 1):
+    `coders` maps a codec name to one codec per bit width; each batch's quantized codes are encoded
+    with each, and the real stream lengths add up in `stream_bits[name][bits]`.
+    """
+
+    def __init__(self, quantizers: dict[int, QuantParams], channel_axis: int = 1, coders: dict | None = None):
         self.channel_axis = channel_axis
+        self.coders = coders or {}
+        self.stream_bits = {name: {b: 0 for b in quantizers} for name in self.coders}
         self.numel = 0
         self.zeros = 0
         self.macs = MacCount()
@@ -222,6 +228,11 @@ class SiteStats:
         self.macs.effective_macs += c.effective_macs
         self.numel += x.numel()
         self.zeros += x.numel() - nonzero
+        if self.coders:
+            for b, p in zip(self.codes, self._params):
+                q = quantize(x, p).numpy().astype(code_dtype(p.bits, p.signed))
+                for name, per_bits in self.coders.items():
+                    self.stream_bits[name][b] += 8 * len(per_bits[b].encode(q))
 
     def merge(self, other: "SiteStats") -> None:
         self.numel += other.numel
@@ -229,6 +240,9 @@ class SiteStats:
         self.macs.macs += other.macs.macs
         self.macs.effective_macs += other.macs.effective_macs
         self._hist += other._hist
+        for name, per_bits in other.stream_bits.items():
+            for b, v in per_bits.items():
+                self.stream_bits[name][b] += v
 
     @property
     def zero_fraction(self) -> float:
