@@ -80,7 +80,7 @@ def test_seg_and_eg_costs_are_as_documented():
             return 2 * int(np.floor(np.log2(x + 2**k))) - k + 1
         seg_bits = sum(1 if x == 0 else 1 + eg_len(x - 1) for x in a)
         eg_bits = sum(eg_len(x) for x in a)
-        header = 3 + 1  # dtype, bits, one-byte count, then the k byte
+        header = 3 + 1 + 1  # dtype, bits, one-byte count; the chunk size; the k byte
         assert len(codecs.get("seg", k=k).encode(a)) == header + (seg_bits + 7) // 8
         assert len(codecs.get("eg", k=k).encode(a)) == header + (eg_bits + 7) // 8
 

@@ -6,16 +6,23 @@ signed) and returns bytes that begin with the same small header:
     byte 0      dtype code (see DTYPES)
     byte 1      bit width b of the values (1..16; values must fit it)
     varint      number of values n (LEB128)
+    varints     the byte length of each chunk's payload, ceil(n / CHUNK) of them
+    payloads    one per chunk of CHUNK values (the last may be shorter), each coded on its own
 
-followed by the codec's own parameters and payload. `decode` returns the 1-D array a.ravel() with the
-original dtype. Decoders treat their input as hostile: every length is checked against the bytes
-that are really there before anything is allocated, and every failure is a CorruptStreamError.
+Chunks are coded independently (each chooses its own parameters: k, run field, tables), so they
+are encoded and decoded in parallel: the kernels release the GIL. `decode` returns the 1-D array
+a.ravel() with the original dtype. Decoders treat their input as hostile: every chunk's claimed
+count is checked against its payload before anything is allocated, and every failure is a
+CorruptStreamError.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import cache
 from typing import ClassVar
 
 import numpy as np
@@ -25,7 +32,8 @@ from ..errors import CorruptStreamError
 DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.int8), 2: np.dtype(np.uint16), 3: np.dtype(np.int16)}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 MAX_VALUES = 1 << 32  # no stream claims more values than this, whatever its payload
-FREE_VALUES = 1 << 24  # any stream may claim this many; past it the payload must justify the count
+CHUNK = 1 << 18  # values per independently coded chunk
+FREE_VALUES = 1 << 10  # a chunk may claim this many values; past it its payload must justify the count
 
 
 @dataclass(frozen=True)
@@ -101,16 +109,28 @@ def parse_header(buf: bytes | memoryview) -> Header:
 
 
 def count_limit(payload_bits: int, values_per_bit: float) -> int:
-    """The most values a stream with this payload may claim (bounds every decoder's allocation)."""
+    """The most values a chunk with this payload may claim (bounds every decoder's allocation)."""
     return max(FREE_VALUES, int(values_per_bit * payload_bits))
 
 
 def check_count(header: Header, payload_bits: int, values_per_bit: float, codec: str) -> None:
-    """Refuse a header whose value count the payload cannot hold, before allocating the output."""
+    """Refuse a chunk whose value count its payload cannot hold, before allocating the output."""
     limit = count_limit(payload_bits, values_per_bit)
     if header.n > limit:
-        raise CorruptStreamError(f"{codec}: header claims {header.n} values, a {payload_bits}-bit payload "
+        raise CorruptStreamError(f"{codec}: a chunk claims {header.n} values, its {payload_bits}-bit payload "
                                  f"may hold at most {limit}")
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="actzip-codec")
+
+
+def parallel_map(fn, items: list) -> list:
+    """fn over items on the codec thread pool (in this thread when there is only one item)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    return list(_pool().map(fn, items))
 
 
 def zigzag(a: np.ndarray) -> np.ndarray:
@@ -131,8 +151,8 @@ def unzigzag(u: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 class Codec(ABC):
     """A lossless codec for integer activation maps. Subclasses set `codec_id` and implement
-    `_encode(a, bits) -> payload` and `_decode(header, payload) -> values`; parameters are
-    constructor keywords that `get_config` returns."""
+    `_encode(a, bits) -> payload` and `_decode(header, payload) -> values` for one chunk (at most
+    CHUNK values, never empty); parameters are constructor keywords that `get_config` returns."""
 
     codec_id: ClassVar[str]
     # largest number of values one payload bit can stand for (bounds what a header may claim)
@@ -143,20 +163,35 @@ class Codec(ABC):
 
     def encode(self, a) -> bytes:
         a, bits = check_input(a, self.bits)
-        payload = self._encode(a, bits)
-        if a.size > count_limit(8 * len(payload), self.values_per_bit):
-            raise ValueError(f"{a.size} values compress too well for one {self.codec_id} stream to prove its "
-                             f"size to a decoder; split the array into pieces of at most {FREE_VALUES} values")
-        return pack_header(a, bits) + payload
+        pieces = [a[i:i + CHUNK] for i in range(0, a.size, CHUNK)]
+        payloads = parallel_map(lambda piece: self._encode(piece, bits), pieces)
+        for piece, payload in zip(pieces, payloads):
+            if piece.size > count_limit(8 * len(payload), self.values_per_bit):  # a codec bug if ever hit
+                raise AssertionError(f"{self.codec_id}: a chunk compressed past what its decoder accepts")
+        sizes = b"".join(write_varint(len(p)) for p in payloads)
+        return pack_header(a, bits) + sizes + b"".join(payloads)
 
     def decode(self, buf) -> np.ndarray:
         if not isinstance(buf, (bytes, bytearray, memoryview)):
             raise TypeError(f"decode takes bytes, got {type(buf).__name__}")
         buf = bytes(buf)
         h = parse_header(buf)
-        payload = buf[h.size:]
-        check_count(h, 8 * len(payload), self.values_per_bit, self.codec_id)
-        out = self._decode(h, payload)
+        n_chunks = -(-h.n // CHUNK)
+        if n_chunks > len(buf) - h.size:  # every chunk needs at least its one-byte size
+            raise CorruptStreamError(f"{self.codec_id}: {h.n} values need {n_chunks} chunks, the stream is too short")
+        pos, chunks = h.size, []
+        for i in range(n_chunks):
+            size, pos = read_varint(buf, pos, "chunk size")
+            chunks.append((replace(h, n=min(CHUNK, h.n - i * CHUNK)), size))
+        if pos + sum(size for _, size in chunks) != len(buf):
+            raise CorruptStreamError(f"{self.codec_id}: chunk sizes do not add up to the stream length")
+        jobs = []
+        for sub, size in chunks:  # every claim is checked before any output is allocated
+            check_count(sub, 8 * size, self.values_per_bit, self.codec_id)
+            jobs.append((sub, buf[pos:pos + size]))
+            pos += size
+        parts = parallel_map(lambda job: self._decode(*job), jobs)
+        out = np.concatenate(parts) if parts else np.zeros(0, h.dtype)
         if out.shape != (h.n,) or out.dtype != h.dtype:  # a codec bug, never the input's fault
             raise AssertionError(f"{self.codec_id} decoded {out.shape} {out.dtype}, header says {h.n} {h.dtype}")
         return out

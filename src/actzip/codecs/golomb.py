@@ -7,13 +7,14 @@ the L + 1 bits of w: 2L - k + 1 bits in all.
 k (0..16) is chosen per stream to minimise the size unless given; it is one byte of the stream.
 
 Decoding is table-driven: the next 12 bits index a table of (value, length) for every code that
-short, and only longer codes take the bit-by-bit path.
+short, and only longer codes take a slow path; in `seg` a run of zeros is one count of leading
+zero bits.
 
 >>> import numpy as np
 >>> from actzip.codecs import get
 >>> c = get("seg", k=0)
 >>> s = c.encode(np.array([0, 0, 1, 2], dtype=np.uint8))
->>> c.decode(s).tolist(), len(s) - 3   # "0" "0" "1"+"1" "1"+"010": 8 bits, then the k byte
+>>> c.decode(s).tolist(), len(s) - 4   # header and chunk size, then k, then "0" "0" "1"+"1" "1"+"010"
 ([0, 0, 1, 2], 2)
 """
 
@@ -23,8 +24,10 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, register, unzigzag, zigzag
-from .bits import packed_bytes, padded, peek
+from .base import Codec, Header, register
+from numba.cpython.unsafe.numbers import leading_zeros
+
+from .bits import packed_bytes, padded, refill, unzigzag_value, zigzag_histogram, zigzag_value
 
 MAX_K = 16
 TABLE_BITS = 12
@@ -59,13 +62,13 @@ def _code(x, k, sparse, log2_byte):
     return w, length
 
 
-@njit(cache=True)
-def _encode(u, k, sparse, out, log2_byte):
+@njit(cache=True, nogil=True)
+def _encode(a, signed, k, sparse, out, log2_byte):
     acc = np.uint64(0)
     nacc = 0
     o = 0
-    for i in range(u.shape[0]):
-        code, length = _code(u[i], k, sparse, log2_byte)
+    for i in range(a.shape[0]):
+        code, length = _code(zigzag_value(a[i], signed), k, sparse, log2_byte)
         acc = (acc << np.uint64(length)) | np.uint64(code)
         nacc += length
         while nacc >= 8:
@@ -76,57 +79,69 @@ def _encode(u, k, sparse, out, log2_byte):
         out[o] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
 
 
-@njit(cache=True)
-def _decode_table(k, sparse, maxval, log2_byte):
-    """value and length for every TABLE_BITS-bit prefix that starts with a whole code (length 0: none)."""
+@njit(cache=True, nogil=True)
+def _decode_table(k, umax, log2_byte):
+    """For every TABLE_BITS-bit prefix that starts with a whole exp-Golomb code of some u <= umax:
+    u and the code length (0 where the prefix holds no whole code)."""
     size = 1 << TABLE_BITS
     values = np.zeros(size, np.uint32)
     lengths = np.zeros(size, np.uint8)
-    x = 0
-    while x <= maxval:
-        code, length = _code(x, k, sparse, log2_byte)
+    for u in range(umax + 1):
+        code, length = _code(u, k, False, log2_byte)
         if length > TABLE_BITS:
-            if not sparse or x > 0:
-                break  # lengths only grow with x (past the 1-bit zero of seg)
-        else:
-            first = code << (TABLE_BITS - length)
-            for j in range(first, first + (1 << (TABLE_BITS - length))):
-                values[j] = x
-                lengths[j] = length
-        x += 1
+            break  # lengths only grow with u
+        first = code << (TABLE_BITS - length)
+        for j in range(first, first + (1 << (TABLE_BITS - length))):
+            values[j] = u
+            lengths[j] = length
     return values, lengths
 
 
-@njit(cache=True)
-def _decode(buf, payload_bits, n, k, sparse, maxval, out, values, lengths):
-    """Returns the bits read, or -1 if the stream is malformed (overrun, overlong code, value too big)."""
-    pos = 0
-    for i in range(n):
-        prefix = peek(buf, pos, TABLE_BITS)
+@njit(cache=True, nogil=True)
+def _decode(buf, payload_bits, n, k, sparse, maxval, signed, out, values, lengths):
+    """Decode n values into the zeroed `out` (its final dtype; zigzag undone when signed). Returns the bits read, or -1 if the stream is
+    malformed (a read past the end, an overlong code, a value too big)."""
+    p, acc, nacc = 0, np.uint64(0), 0
+    i = 0
+    while i < n:
+        p, acc, nacc = refill(buf, p, acc, nacc)
+        if sparse:
+            run = np.int64(leading_zeros(acc))  # each 0 bit is a zero value; `out` already holds it
+            if run:
+                run = min(run, nacc, n - i, 63)
+                i += run
+                acc <<= np.uint64(run)
+                nacc -= run
+                if 8 * p - nacc > payload_bits:
+                    return -1
+                continue
+            acc <<= np.uint64(1)  # the non-zero flag
+            nacc -= 1
+        prefix = np.int64(acc >> np.uint64(64 - TABLE_BITS))
         length = lengths[prefix]
         if length:
-            out[i] = values[prefix]
-            pos += length
-        else:
-            p = pos + 1 if sparse else pos  # seg: a long code is always a non-zero's "1" + exp-Golomb
-            zeros = 0
-            while peek(buf, p, 1) == 0:
-                zeros += 1
-                p += 1
-                if zeros > 24 or p > payload_bits:
-                    return -1
-            width = zeros + k + 1
-            x = peek(buf, p, width) - (np.int64(1) << k)
-            p += width
-            if sparse:
-                x += 1
-            if x > maxval:
+            u = np.int64(values[prefix])
+            acc <<= np.uint64(length)
+            nacc -= length
+        else:  # a code longer than the table: z zeros, then the z + k + 1 bits of u + 2^k
+            z = np.int64(leading_zeros(acc))
+            if z > 32:
                 return -1
-            out[i] = x
-            pos = p
-        if pos > payload_bits:
+            acc <<= np.uint64(z)
+            nacc -= z
+            p, acc, nacc = refill(buf, p, acc, nacc)
+            width = z + k + 1
+            u = np.int64(acc >> np.uint64(64 - width)) - (np.int64(1) << k)
+            acc <<= np.uint64(width)
+            nacc -= width
+        x = u + 1 if sparse else u
+        if x > maxval:
             return -1
-    return pos
+        out[i] = unzigzag_value(x, signed)
+        i += 1
+        if 8 * p - nacc > payload_bits:
+            return -1
+    return 8 * p - nacc
 
 
 def _bits_per_k(counts: np.ndarray, sparse: bool) -> np.ndarray:
@@ -159,11 +174,11 @@ class _Golomb(Codec):
         return {"bits": self.bits, "k": self.k}
 
     def _encode(self, a, bits):
-        u = zigzag(a)
-        totals = _bits_per_k(np.bincount(u, minlength=1), self.sparse)
+        signed = a.dtype.kind == "i"
+        totals = _bits_per_k(zigzag_histogram(a, signed, 1 << bits), self.sparse)
         k = int(np.argmin(totals)) if self.k is None else self.k
         out = np.zeros(packed_bytes(int(totals[k])), np.uint8)
-        _encode(u, k, self.sparse, out, _LOG2_BYTE)
+        _encode(a, signed, k, self.sparse, out, _LOG2_BYTE)
         return bytes([k]) + out.tobytes()
 
     def _decode(self, h: Header, payload: bytes):
@@ -173,13 +188,14 @@ class _Golomb(Codec):
         if k > MAX_K:
             raise CorruptStreamError(f"{self.codec_id}: k = {k} is out of range")
         maxval = (1 << h.bits) - 1
-        values, lengths = _decode_table(k, self.sparse, maxval, _LOG2_BYTE)
-        u = np.empty(h.n, np.uint32)
+        values, lengths = _decode_table(k, maxval - 1 if self.sparse else maxval, _LOG2_BYTE)
+        out = np.zeros(h.n, h.dtype)
         payload_bits = 8 * (len(payload) - 1)
-        used = _decode(padded(payload, 1), payload_bits, h.n, k, self.sparse, maxval, u, values, lengths)
+        used = _decode(padded(payload, 1), payload_bits, h.n, k, self.sparse, maxval, h.signed, out, values,
+                       lengths)
         if used < 0 or packed_bytes(used) != len(payload) - 1:
             raise CorruptStreamError(f"{self.codec_id}: malformed or truncated code stream")
-        return unzigzag(u, h.dtype)
+        return out
 
 
 @register

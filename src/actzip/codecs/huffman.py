@@ -37,7 +37,7 @@ def _bit_length(u):
     return m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _symbol_counts(u, direct, n_symbols):
     """Histogram of symbols and the total number of escape bits."""
     counts = np.zeros(n_symbols, np.int64)
@@ -54,7 +54,7 @@ def _symbol_counts(u, direct, n_symbols):
     return counts, extra
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _code_lengths(counts):
     """Huffman code lengths (0 = unused), limited to MAX_LEN bits."""
     n = counts.shape[0]
@@ -109,7 +109,7 @@ def _code_lengths(counts):
     return lengths
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _canonical_codes(lengths):
     """Canonical codes: by (length, symbol) in increasing order. Returns -1 if the lengths
     oversubscribe the code space (only a corrupt table does)."""
@@ -135,7 +135,7 @@ def _canonical_codes(lengths):
     return codes
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _encode(u, direct, codes, lengths, out):
     limit = 1 << direct
     acc = np.uint64(0)
@@ -161,7 +161,7 @@ def _encode(u, direct, codes, lengths, out):
         out[o] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _decode(buf, payload_bits, n, direct, codes, lengths, out):
     """Returns the bits read, or -1 on a code that is not in the table or a read past the end."""
     size = 1 << MAX_LEN

@@ -24,7 +24,7 @@ from .bits import packed_bytes, padded, peek, write_codes
 from .huffman import DIRECT_BITS, _bit_length, _symbol_counts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _split(u, direct):
     """Symbols, and the escape bits (code, length) of each value (length 0 for direct values)."""
     limit = 1 << direct
@@ -43,7 +43,7 @@ def _split(u, direct):
     return symbols, extra, extra_len
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _join(symbols, buf, payload_bits, direct, out):
     """Inverse of _split; returns the escape bits read, or -1 on a read past the end."""
     limit = 1 << direct

@@ -17,76 +17,102 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import pack_fixed, packed_bytes, padded, unpack_fixed
+from .base import Codec, Header, read_varint, register, write_varint
+from .bits import packed_bytes, padded, refill, unzigzag_value, zigzag_value
 
 MAX_RUN_BITS = 16
 
 
-@njit(cache=True)
-def _zero_runs(u):
-    """Lengths of the zero runs before each non-zero value, and of the trailing run (last entry)."""
-    runs = np.empty(u.shape[0] + 1, np.int64)
-    count = 0
+SHORT_RUNS = 4096
+
+
+@njit(cache=True, nogil=True)
+def _token_counts(a):
+    """Tokens needed for every run field width r in 0..MAX_RUN_BITS: a run of L zeros before a
+    value takes L >> r + 1 tokens, the trailing run ceil(L / 2^r). Short runs go through a
+    histogram (one increment each); the rare long ones are counted for every r directly."""
+    counts = np.zeros(MAX_RUN_BITS + 1, np.int64)
+    short = np.zeros(SHORT_RUNS, np.int64)
     run = 0
-    for i in range(u.shape[0]):
-        if u[i] == 0:
+    for i in range(a.shape[0]):
+        if a[i] == 0:
             run += 1
         else:
-            runs[count] = run
-            count += 1
+            if run < SHORT_RUNS:
+                short[run] += 1
+            else:
+                for r in range(MAX_RUN_BITS + 1):
+                    counts[r] += (run >> r) + 1
             run = 0
-    runs[count] = run
-    return runs[: count + 1]
+    for r in range(MAX_RUN_BITS + 1):
+        for length in range(SHORT_RUNS):
+            counts[r] += short[length] * ((length >> r) + 1)
+        if run:
+            counts[r] += (run + (1 << r) - 1) >> r
+    return counts
 
 
-def _token_count(runs: np.ndarray, r: int) -> int:
-    """Tokens needed with r-bit run fields (see _tokens for the rule)."""
+@njit(cache=True, nogil=True)
+def _encode(a, signed, r, bits, out):
+    """Tokens (z << bits | v) on r + bits bits: a run of L zeros before v is L >> r tokens
+    (2^r - 1, 0) then (L % 2^r, v); a trailing run is tokens (2^r - 1, 0) and a last (rest - 1, 0)."""
     span = 1 << r
-    head, tail = runs[:-1], int(runs[-1])
-    return int((head // span).sum()) + head.size + (tail + span - 1) // span
-
-
-@njit(cache=True)
-def _tokens(u, r, bits, total):
-    """The (z << bits | v) tokens: a run of L zeros before v takes L // 2^r tokens (2^r - 1, 0)
-    and then (L % 2^r, v); the trailing run of L zeros takes ceil(L / 2^r) tokens, the last one
-    (rest - 1, 0)."""
-    span = 1 << r
-    out = np.empty(total, np.uint32)
-    t = 0
+    width = r + bits
+    acc = np.uint64(0)
+    nacc = 0
+    o = 0
     run = 0
-    for i in range(u.shape[0]):
-        if u[i] == 0:
+    n = a.shape[0]
+    i = 0
+    while i <= n:
+        if i < n and a[i] == 0:
             run += 1
+            i += 1
             continue
-        while run >= span:
-            out[t] = (span - 1) << bits
-            t += 1
-            run -= span
-        out[t] = (run << bits) | u[i]
-        t += 1
+        if i == n and run == 0:
+            break
+        while run >= span or (i == n and run > 0):
+            step = min(run, span)
+            token = (step - 1) << bits
+            run -= step
+            acc = (acc << np.uint64(width)) | np.uint64(token)
+            nacc += width
+            while nacc >= 8:
+                nacc -= 8
+                out[o] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
+                o += 1
+        if i == n:
+            break
+        token = (run << bits) | zigzag_value(a[i], signed)
+        acc = (acc << np.uint64(width)) | np.uint64(token)
+        nacc += width
+        while nacc >= 8:
+            nacc -= 8
+            out[o] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
+            o += 1
         run = 0
-    while run > 0:
-        step = min(run, span)
-        out[t] = (step - 1) << bits
-        t += 1
-        run -= step
-    return out
+        i += 1
+    if nacc:
+        out[o] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
 
 
-@njit(cache=True)
-def _expand(tokens, n, bits, out):
-    """Inverse of _tokens into the zeroed `out`; returns -1 if the tokens do not make exactly n values."""
+@njit(cache=True, nogil=True)
+def _decode(buf, total, r, bits, signed, out):
+    """Expand `total` tokens into the zeroed `out`; -1 if they do not make exactly out.size values."""
+    n = out.shape[0]
+    width = r + bits
     mask = (1 << bits) - 1
+    p, acc, nacc = 0, np.uint64(0), 0
     pos = 0
-    for t in range(tokens.shape[0]):
-        z = np.int64(tokens[t] >> bits)
-        v = tokens[t] & mask
-        pos += z
+    for _ in range(total):
+        p, acc, nacc = refill(buf, p, acc, nacc)
+        token = np.int64(acc >> np.uint64(64 - width))
+        acc <<= np.uint64(width)
+        nacc -= width
+        pos += token >> bits
         if pos >= n:
             return -1
-        out[pos] = v
+        out[pos] = unzigzag_value(token & mask, signed)
         pos += 1
     return 0 if pos == n else -1
 
@@ -108,14 +134,12 @@ class RLE(Codec):
         return {"bits": self.bits, "run_bits": self.run_bits}
 
     def _encode(self, a, bits):
-        u = zigzag(a)
-        runs = _zero_runs(u)
+        counts = _token_counts(a)
         choices = [self.run_bits] if self.run_bits is not None else range(MAX_RUN_BITS + 1)
-        r = min(choices, key=lambda r: _token_count(runs, r) * (r + bits))
-        total = _token_count(runs, r)
-        tokens = _tokens(u, r, bits, total)
+        r = min(choices, key=lambda r: int(counts[r]) * (r + bits))
+        total = int(counts[r])
         out = np.zeros(packed_bytes(total * (r + bits)), np.uint8)
-        pack_fixed(tokens, r + bits, out)
+        _encode(a, a.dtype.kind == "i", r, bits, out)
         return bytes([r]) + write_varint(total) + out.tobytes()
 
     def _decode(self, h: Header, payload: bytes):
@@ -130,9 +154,7 @@ class RLE(Codec):
             raise CorruptStreamError(f"rle: {total} tokens of {width} bits do not match {len(payload) - pos} bytes")
         if h.n > total << r:
             raise CorruptStreamError(f"rle: {total} tokens cannot make {h.n} values")
-        tokens = np.empty(total, np.uint32)
-        unpack_fixed(padded(payload, pos), total, width, tokens)
-        u = np.zeros(h.n, np.uint32)
-        if _expand(tokens, h.n, h.bits, u) < 0:
+        out = np.zeros(h.n, h.dtype)
+        if _decode(padded(payload, pos), total, r, h.bits, h.signed, out) < 0:
             raise CorruptStreamError("rle: the tokens do not add up to the stated number of values")
-        return unzigzag(u, h.dtype)
+        return out
