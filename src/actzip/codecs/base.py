@@ -161,10 +161,12 @@ class Codec(ABC):
     def __init__(self, bits: int | None = None):
         self.bits = bits
 
-    def encode(self, a) -> bytes:
-        a, bits = check_input(a, self.bits)
+    def encode(self, a_in) -> bytes:
+        a, bits = check_input(a_in, self.bits)
+        shape = np.shape(a_in)
         pieces = [a[i:i + CHUNK] for i in range(0, a.size, CHUNK)]
-        payloads = parallel_map(lambda piece: self._encode(piece, bits), pieces)
+        payloads = parallel_map(lambda i: self._encode_chunk(pieces[i], bits, shape, i * CHUNK),
+                                list(range(len(pieces))))
         for piece, payload in zip(pieces, payloads):
             if piece.size > count_limit(8 * len(payload), self.values_per_bit):  # a codec bug if ever hit
                 raise AssertionError(f"{self.codec_id}: a chunk compressed past what its decoder accepts")
@@ -195,6 +197,11 @@ class Codec(ABC):
         if out.shape != (h.n,) or out.dtype != h.dtype:  # a codec bug, never the input's fault
             raise AssertionError(f"{self.codec_id} decoded {out.shape} {out.dtype}, header says {h.n} {h.dtype}")
         return out
+
+    def _encode_chunk(self, a: np.ndarray, bits: int, shape: tuple, start: int) -> bytes:
+        """Encode one chunk; `shape` is the whole array's and `start` the chunk's offset in it, for
+        codecs whose model uses the layout (channels, rows)."""
+        return self._encode(a, bits)
 
     @abstractmethod
     def _encode(self, a: np.ndarray, bits: int) -> bytes: ...
