@@ -131,7 +131,7 @@ N_PROBS = ZERO_PROBS + LEN_PROBS + MAN_PROBS
 
 
 @njit(cache=True, nogil=True)
-def _encode(a, signed, bits, width, height, channels, x0, y0, c0, out, raw_out):
+def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours, use_channel, out, raw_out):
     """Range-code `a` into `out` and its raw mantissa bits into `raw_out`; returns (bytes, raw bits),
     with bytes > out.size when `out` was too small (the chunk does not compress).
 
@@ -150,12 +150,12 @@ def _encode(a, signed, bits, width, height, channels, x0, y0, c0, out, raw_out):
     x, y, c = x0, y0, c0
     zb, ch_class = 0, 0
     for i in range(n):
-        if i == 0 or (x == 0 and y == 0) or i % REFRESH == 0:
+        if use_channel and (i == 0 or (x == 0 and y == 0) or i % REFRESH == 0):
             zb, ch_class = _channel_classes(c, ch_zero, ch_total, ch_len_sum, ch_nonzero, bits)
         left = up = upleft = upright = 0  # bit lengths of the causal neighbours (0 outside the chunk)
-        if x > 0 and i >= 1:
-            left = lengths[i - 1]
-        if y > 0 and i >= width + 1:
+        if use_neighbours and x > 0 and i >= 1:
+            left = np.int64(lengths[i - 1])
+        if use_neighbours and y > 0 and i >= width + 1:
             up = np.int64(lengths[i - width])
             if x > 0:
                 upleft = np.int64(lengths[i - width - 1])
@@ -217,7 +217,8 @@ def _encode(a, signed, bits, width, height, channels, x0, y0, c0, out, raw_out):
 
 
 @njit(cache=True, nogil=True)
-def _decode(buf, n_bytes, raw, raw_bits, n, signed, bits, width, height, channels, x0, y0, c0, out):
+def _decode(buf, n_bytes, raw, raw_bits, n, signed, bits, width, height, channels, x0, y0, c0, use_neighbours,
+            use_channel, out):
     """Inverse of _encode into `out`; returns 0, or -1 if the stream does not decode using exactly
     its bytes (truncated, damaged, or with garbage after it)."""
     probs = np.full(N_PROBS, 1 << (PROB_BITS - 1), np.uint16)  # small, to stay in L1
@@ -238,12 +239,12 @@ def _decode(buf, n_bytes, raw, raw_bits, n, signed, bits, width, height, channel
     x, y, c = x0, y0, c0
     zb, ch_class = 0, 0
     for i in range(n):
-        if i == 0 or (x == 0 and y == 0) or i % REFRESH == 0:
+        if use_channel and (i == 0 or (x == 0 and y == 0) or i % REFRESH == 0):
             zb, ch_class = _channel_classes(c, ch_zero, ch_total, ch_len_sum, ch_nonzero, bits)
         left = up = upleft = upright = 0  # bit lengths of the causal neighbours (0 outside the chunk)
-        if x > 0 and i >= 1:
-            left = lengths[i - 1]
-        if y > 0 and i >= width + 1:
+        if use_neighbours and x > 0 and i >= 1:
+            left = np.int64(lengths[i - 1])
+        if use_neighbours and y > 0 and i >= width + 1:
             up = np.int64(lengths[i - width])
             if x > 0:
                 upleft = np.int64(lengths[i - width - 1])
@@ -342,6 +343,17 @@ class Context(Codec):
     codec_id = "ctx"
     values_per_bit = 64.0  # an adaptive coder can go far below a bit per value, not below 1/64
 
+    def __init__(self, bits: int | None = None, neighbours: bool = True, channel: bool = False):
+        """neighbours / channel: use the causal neighbours / the channel statistics as context
+        (switching them off measures what each buys; on Lite0 the channel statistics add nothing
+        once the neighbours are used, so they are off by default)."""
+        super().__init__(bits)
+        self.neighbours = bool(neighbours)
+        self.channel = bool(channel)
+
+    def _params(self):
+        return {"bits": self.bits, "neighbours": self.neighbours, "channel": self.channel}
+
     def _encode(self, a, bits):
         return self._encode_chunk(a, bits, a.shape, 0)
 
@@ -351,11 +363,14 @@ class Context(Codec):
         c0, rest = divmod(start, plane)
         c0 %= channels
         y0, x0 = divmod(rest, width)
-        params = write_varint(channels) + write_varint(height) + write_varint(width) + write_varint(start % (plane * channels))
+        flags = (1 if self.neighbours else 0) | (2 if self.channel else 0)
+        params = (bytes([flags]) + write_varint(channels) + write_varint(height) + write_varint(width)
+                  + write_varint(start % (plane * channels)))
         raw_size = packed_bytes(a.size * bits)
         out = np.zeros(raw_size, np.uint8)
         raw_out = np.zeros(packed_bytes(a.size * max(bits - 3, 0)) + 1, np.uint8)
-        n_bytes, raw_bits = _encode(a, a.dtype.kind == "i", bits, width, height, channels, x0, y0, c0, out, raw_out)
+        n_bytes, raw_bits = _encode(a, a.dtype.kind == "i", bits, width, height, channels, x0, y0, c0,
+                                    self.neighbours, self.channel, out, raw_out)
         coded = n_bytes <= out.size and n_bytes + packed_bytes(raw_bits) < raw_size
         if not coded:
             return bytes([RAW]) + pack_values(zigzag(a), bits)
@@ -369,7 +384,10 @@ class Context(Codec):
             return unzigzag(unpack_values(payload, 1, h.n, h.bits, "ctx"), h.dtype)
         if payload[0] != CODED:
             raise CorruptStreamError(f"ctx: unknown chunk mode {payload[0]}")
-        pos = 1
+        if len(payload) < 2 or payload[1] > 3:
+            raise CorruptStreamError("ctx: bad context flags")
+        use_neighbours, use_channel = bool(payload[1] & 1), bool(payload[1] & 2)
+        pos = 2
         channels, pos = read_varint(payload, pos, "channels")
         height, pos = read_varint(payload, pos, "height")
         width, pos = read_varint(payload, pos, "width")
@@ -387,6 +405,6 @@ class Context(Codec):
         coded = padded(payload[pos:pos + n_bytes])
         raw = padded(payload, pos + n_bytes)
         if _decode(coded, n_bytes, raw, raw_bits, h.n, h.signed, h.bits, width, height, channels, x0, y0, c0,
-                   out) < 0:
+                   use_neighbours, use_channel, out) < 0:
             raise CorruptStreamError("ctx: malformed or truncated stream")
         return out

@@ -7,8 +7,7 @@ the L + 1 bits of w: 2L - k + 1 bits in all.
 k (0..16) is chosen per stream to minimise the size unless given; it is one byte of the stream.
 
 Decoding is table-driven: the next 12 bits index a table of (value, length) for every code that
-short, and only longer codes take a slow path; in `seg` a run of zeros is one count of leading
-zero bits.
+short (seg's one-bit zero included), and only longer codes take a slow path.
 
 >>> import numpy as np
 >>> from actzip.codecs import get
@@ -80,50 +79,42 @@ def _encode(a, signed, k, sparse, out, log2_byte):
 
 
 @njit(cache=True, nogil=True)
-def _decode_table(k, umax, log2_byte):
-    """For every TABLE_BITS-bit prefix that starts with a whole exp-Golomb code of some u <= umax:
-    u and the code length (0 where the prefix holds no whole code)."""
+def _decode_table(k, sparse, maxval, log2_byte):
+    """For every TABLE_BITS-bit prefix that starts with a whole code of some value x <= maxval:
+    x and the code length (0 where the prefix holds no whole code)."""
     size = 1 << TABLE_BITS
     values = np.zeros(size, np.uint32)
     lengths = np.zeros(size, np.uint8)
-    for u in range(umax + 1):
-        code, length = _code(u, k, False, log2_byte)
+    for x in range(maxval + 1):
+        code, length = _code(x, k, sparse, log2_byte)
         if length > TABLE_BITS:
-            break  # lengths only grow with u
+            if sparse and x == 0:
+                continue
+            break  # lengths only grow with x (past seg's one-bit zero)
         first = code << (TABLE_BITS - length)
         for j in range(first, first + (1 << (TABLE_BITS - length))):
-            values[j] = u
+            values[j] = x
             lengths[j] = length
     return values, lengths
 
 
 @njit(cache=True, nogil=True)
 def _decode(buf, payload_bits, n, k, sparse, maxval, signed, out, values, lengths):
-    """Decode n values into the zeroed `out` (its final dtype; zigzag undone when signed). Returns the bits read, or -1 if the stream is
-    malformed (a read past the end, an overlong code, a value too big)."""
+    """Decode n values into `out` (its final dtype; zigzag undone when signed). Returns the bits
+    read, or -1 if the stream is malformed (a read past the end, an overlong code, a value too big)."""
     p, acc, nacc = 0, np.uint64(0), 0
-    i = 0
-    while i < n:
+    for i in range(n):
         p, acc, nacc = refill(buf, p, acc, nacc)
-        if sparse:
-            run = np.int64(leading_zeros(acc))  # each 0 bit is a zero value; `out` already holds it
-            if run:
-                run = min(run, nacc, n - i, 63)
-                i += run
-                acc <<= np.uint64(run)
-                nacc -= run
-                if 8 * p - nacc > payload_bits:
-                    return -1
-                continue
-            acc <<= np.uint64(1)  # the non-zero flag
-            nacc -= 1
         prefix = np.int64(acc >> np.uint64(64 - TABLE_BITS))
         length = lengths[prefix]
-        if length:
-            u = np.int64(values[prefix])
+        if length:  # the common case: one lookup gives the value and its length
+            x = np.int64(values[prefix])
             acc <<= np.uint64(length)
             nacc -= length
-        else:  # a code longer than the table: z zeros, then the z + k + 1 bits of u + 2^k
+        else:  # a code longer than the table: [seg's "1"], z zeros, then the z + k + 1 bits of u + 2^k
+            if sparse:
+                acc <<= np.uint64(1)
+                nacc -= 1
             z = np.int64(leading_zeros(acc))
             if z > 32:
                 return -1
@@ -131,14 +122,14 @@ def _decode(buf, payload_bits, n, k, sparse, maxval, signed, out, values, length
             nacc -= z
             p, acc, nacc = refill(buf, p, acc, nacc)
             width = z + k + 1
-            u = np.int64(acc >> np.uint64(64 - width)) - (np.int64(1) << k)
+            x = np.int64(acc >> np.uint64(64 - width)) - (np.int64(1) << k)
             acc <<= np.uint64(width)
             nacc -= width
-        x = u + 1 if sparse else u
-        if x > maxval:
-            return -1
+            if sparse:
+                x += 1
+            if x > maxval:
+                return -1
         out[i] = unzigzag_value(x, signed)
-        i += 1
         if 8 * p - nacc > payload_bits:
             return -1
     return 8 * p - nacc
@@ -188,8 +179,8 @@ class _Golomb(Codec):
         if k > MAX_K:
             raise CorruptStreamError(f"{self.codec_id}: k = {k} is out of range")
         maxval = (1 << h.bits) - 1
-        values, lengths = _decode_table(k, maxval - 1 if self.sparse else maxval, _LOG2_BYTE)
-        out = np.zeros(h.n, h.dtype)
+        values, lengths = _decode_table(k, self.sparse, maxval, _LOG2_BYTE)
+        out = np.empty(h.n, h.dtype)
         payload_bits = 8 * (len(payload) - 1)
         used = _decode(padded(payload, 1), payload_bits, h.n, k, self.sparse, maxval, h.signed, out, values,
                        lengths)

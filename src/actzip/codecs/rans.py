@@ -20,7 +20,7 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import Codec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import packed_bytes, padded, peek, write_codes
+from .bits import packed_bytes, padded, peek, write_codes, zigzag_histogram
 from .huffman import DIRECT_BITS, _bit_length, _symbol_counts
 
 
@@ -119,9 +119,14 @@ class RANS(Codec):
             if isinstance(e, (KeyboardInterrupt, MemoryError)):
                 raise
             raise CorruptStreamError(f"rans: {e}") from None
-        if not coder.is_empty() or not np.array_equal(np.bincount(symbols, minlength=used), counts[:used]):
+        # every decoded symbol is below `used` (constriction's model has `used` symbols)
+        if not coder.is_empty() or not np.array_equal(zigzag_histogram(symbols, False, used), counts[:used]):
             raise CorruptStreamError("rans: the ANS words do not decode to the counted symbols")
         start = pos + 4 * n_words
+        if used <= 1 << direct:  # no escape symbols (always so at 8 bits): the symbols are the values
+            if start != len(payload):
+                raise CorruptStreamError("rans: garbage after the ANS words")
+            return unzigzag(symbols, h.dtype)
         u = np.empty(h.n, np.uint32)
         used_bits = _join(symbols, padded(payload, start), 8 * (len(payload) - start), direct, u)
         if used_bits < 0 or packed_bytes(used_bits) != len(payload) - start:
