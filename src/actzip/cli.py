@@ -227,6 +227,58 @@ def list_codecs():
         out.print(f"{name:<8} {codecs.summary(name)}")
 
 
+@app.command()
+@_cli_errors
+def train(
+    model: str = typer.Option("resnet20", help="resnet20, resnet18, mobilenet-v1, torchvision/<arch>, module:factory"),
+    dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, cifar10, or a folder with train/ and val/"),
+    out_dir: Path = typer.Option(Path("runs/train"), "--out", help="run directory"),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(128),
+    optimizer: str = typer.Option("sgd", help="sgd or adamw (cosine schedule either way)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default 0.05 SGD, 1e-3 AdamW)"),
+    weight_decay: float = typer.Option(5e-4),
+    width: Optional[float] = typer.Option(None, help="width multiplier of the small models"),
+    init: Optional[Path] = typer.Option(None, help="weights or checkpoint to fine-tune from"),
+    l1: float = typer.Option(0.0, help="L1 activation penalty strength"),
+    hoyer: float = typer.Option(0.0, help="Hoyer-square activation penalty strength"),
+    fatrelu: float = typer.Option(0.0, help="FATReLU target extra sparsity, 0..1"),
+    seed: int = typer.Option(0),
+    data_root: Optional[Path] = typer.Option(None, help="where the dataset lives"),
+    download: bool = typer.Option(False, help="allow downloading CIFAR-10"),
+    eval_images: int = typer.Option(500, help="test images whose activations are measured each epoch"),
+    train_limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
+    resume: bool = typer.Option(False, help="continue the run in --out"),
+):
+    """Train or fine-tune a model with activation sparsity; writes a run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    config = TrainConfig(model=model, width=width, dataset=dataset, data_root=str(data_root) if data_root else None,
+                         download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1, hoyer=hoyer,
+                         fatrelu=fatrelu, eval_images=eval_images, train_limit=train_limit)
+    bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
+    tasks = {}
+
+    def update(phase: str, done: int, total: int, info: dict):
+        if phase == "evaluated":
+            out.print(f"epoch {done}/{total}: top-1 {100 * info['top1']:.2f} %, {100 * info['zeros']:.1f} % zeros")
+            return
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total, info="")
+        bar.update(tasks[phase], completed=done, info=f"loss {info['loss']:.4f}")
+
+    with bar:
+        report = run_training(config, out_dir, resume=resume, progress=update)
+    t = report["totals"]
+    out.print(f"top-1 {100 * report['training']['top1']:.2f} %; {100 * t['zero_fraction']:.1f} % zeros; "
+              f"zero-skipping speedup {t['theoretical_speedup']:.2f}x; run in {out_dir}")
+
+
 @app.command("models")
 @_cli_errors
 def list_models():

@@ -32,7 +32,8 @@ class Site:
         return 1 if len(self.shape) == 3 else -1
 
 
-SiteCallback = Callable[[Site, nn.Module, torch.Tensor], None]
+# A callback may return a tensor to replace the activation the module receives (None keeps it).
+SiteCallback = Callable[[Site, nn.Module, torch.Tensor], "torch.Tensor | None"]
 
 
 def site_modules(model: nn.Module) -> dict[nn.Module, str]:
@@ -82,7 +83,9 @@ class _Recorder:
                 raise ActzipError(f"site {name} changed shape from {site.shape} to {tuple(x.shape[1:])}: "
                                   "all images of one run must have the same size")
         self._position += 1
-        self.callback(site, module, x)
+        replaced = self.callback(site, module, x)
+        if replaced is not None:
+            return (replaced, *args[1:])
 
     def end_forward(self, *_):
         if not self._frozen:
@@ -98,7 +101,8 @@ class _Recorder:
 
 @contextlib.contextmanager
 def capture(model: nn.Module, callback: SiteCallback) -> Iterator[list[Site]]:
-    """Call `callback(site, module, activation)` for every site in every forward inside the block.
+    """Call `callback(site, module, activation)` for every site in every forward inside the block;
+    a tensor it returns replaces the activation the module receives.
 
     Yields the list of sites, filled by the first forward. The hooks are removed on exit, errors included.
     """

@@ -1,0 +1,249 @@
+"""Training and fine-tuning with activation sparsity, one process (DDP comes with torchrun).
+
+A run directory holds config.json, metrics.jsonl (one line per epoch), checkpoint.pt (the last
+finished epoch: model, optimizer, schedule, RNG), and at the end weights.pt plus the analyze-style
+report (report.json/.md and charts). Every file is written atomically, so a run killed at any
+moment leaves a loadable checkpoint, and `resume=True` continues it to the same result as an
+uninterrupted run: each epoch shuffles with a generator seeded from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from . import models
+from .analysis import AnalyzeConfig, build_report, measure
+from .data.training import training_sets
+from .errors import ActzipError
+from .fileio import atomic_write, writable_dir
+from .report import write_report
+from .sparsify import FATReLU, Hoyer, L1, attach_fatrelu, attach_penalty, calibrate_thresholds
+
+Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, info)
+SMALL_MODELS = ("resnet20", "resnet18", "mobilenet-v1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "resnet20"
+    width: float | None = None  # width multiplier of the small models (None: the model's default)
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    download: bool = False
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # or "adamw"
+    lr: float | None = None  # None: 0.05 for SGD, 1e-3 for AdamW
+    weight_decay: float = 5e-4
+    seed: int = 0
+    init: str | None = None  # weights to fine-tune from
+    l1: float = 0.0  # L1 penalty strength (alpha on each site's mean |x|)
+    hoyer: float = 0.0  # Hoyer-square penalty strength
+    fatrelu: float = 0.0  # FATReLU target extra sparsity
+    eval_images: int = 500  # test images whose activations are measured each epoch
+    bits: tuple[int, ...] = (8, 16)
+    codecs: tuple[str, ...] = ("zvc", "seg", "ctx")
+    train_limit: int | None = None  # use only the first N training images (quick runs)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be at least 1")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.l1 and self.hoyer:
+            raise ValueError("choose one penalty: l1 or hoyer")
+        if min(self.l1, self.hoyer) < 0 or not 0 <= self.fatrelu < 1:
+            raise ValueError("penalties must be >= 0 and the FATReLU sparsity in [0, 1)")
+        AnalyzeConfig(bits=self.bits, codecs=self.codecs)  # validates bits and codec names
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**d)
+
+
+@dataclass
+class Run:
+    """Everything one training run works with."""
+
+    config: TrainConfig
+    out: Path
+    model: nn.Module
+    train_set: torch.utils.data.Dataset
+    test_set: torch.utils.data.Dataset
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    thresholds: dict = field(default_factory=dict)
+    start_epoch: int = 0
+    metrics: list = field(default_factory=list)
+
+
+def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
+    if config.model in SMALL_MODELS:
+        kwargs = {"in_channels": in_channels, "num_classes": num_classes}
+        if config.width is not None:
+            kwargs["width"] = config.width
+        return models.load(config.model, pretrained=False, **kwargs)
+    return models.load(config.model, pretrained=False, num_classes=num_classes)
+
+
+def _save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def _checkpoint(run: Run, epoch: int) -> None:
+    _save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+           "scheduler": run.scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+           "thresholds": run.thresholds, "config": run.config.to_dict()}, run.out / "checkpoint.pt")
+    atomic_write(run.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics))
+
+
+def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
+    if resume and not (out / "checkpoint.pt").is_file():
+        raise ActzipError(f"{out} is not a training run (no checkpoint.pt and config.json) to resume")
+    out = writable_dir(out)
+    checkpoint = out / "checkpoint.pt"
+    state = None
+    if resume:
+        if not checkpoint.is_file() or not (out / "config.json").is_file():
+            raise ActzipError(f"{out} is not a training run (no checkpoint.pt and config.json) to resume")
+        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ActzipError(f"cannot read {checkpoint}: {str(e).splitlines()[0]}") from None
+    elif checkpoint.exists():
+        raise ActzipError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    torch.manual_seed(config.seed)
+    sets = training_sets(config.dataset, config.data_root, config.download)
+    train_set = sets.train if config.train_limit is None else Subset(sets.train, range(min(config.train_limit,
+                                                                                         len(sets.train))))
+    model = build_model(config, sets.in_channels, sets.num_classes)
+    if config.init and state is None:
+        models.load_weights(model, config.init)
+    lr = config.lr if config.lr is not None else (0.05 if config.optimizer == "sgd" else 1e-3)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=config.weight_decay,
+                                    nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    steps = config.epochs * (len(train_set) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        run.thresholds = state["thresholds"]
+        run.start_epoch = int(state["epoch"])
+        if (out / "metrics.jsonl").is_file():
+            run.metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    else:
+        atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1))
+        if config.fatrelu:
+            run.thresholds = calibrate_thresholds(model, train_set, FATReLU(config.fatrelu))
+    return run
+
+
+def evaluate(model: nn.Module, test_set, config: TrainConfig) -> tuple[float, dict]:
+    """(top-1 on the whole test set, analyze report of the first eval_images test images)."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in DataLoader(test_set, batch_size=500):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    analyze_config = AnalyzeConfig(bits=config.bits, codecs=config.codecs, batch_size=100,
+                                   calibration_images=min(config.eval_images, 200))
+    subset = Subset(test_set, range(min(config.eval_images, len(test_set))))
+    report = build_report(measure(model, subset, analyze_config), config.model, config.dataset, None, analyze_config)
+    return correct / max(total, 1), report
+
+
+def _epoch_metrics(epoch, loss, penalty, seconds, top1, report, config) -> dict:
+    t = report["totals"]
+    numel = max(t["numel"], 1)
+    return {"epoch": epoch + 1, "loss": loss, "penalty": penalty, "top1": top1, "seconds": seconds,
+            "zero_fraction": t["zero_fraction"], "macs": t["macs"], "effective_macs": t["effective_macs"],
+            "zero_skipping_speedup": t["theoretical_speedup"],
+            "bits_per_activation": {c: {b: numel * int(b) / r / numel if r else None for b, r in per.items()}
+                                    for c, per in t["compression"].items()},
+            "site_zero_fraction": {s["name"]: s["zero_fraction"] for s in report["sites"]}}
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: Progress | None = None) -> dict:
+    """Train (or fine-tune, or resume) and return the final report, with its `training` metrics."""
+    run = _prepare(config, Path(out), resume)
+    config = run.config
+    fat = attach_fatrelu(run.model, run.thresholds) if run.thresholds else None
+    penalty_cfg = L1(config.l1) if config.l1 else Hoyer(config.hoyer) if config.hoyer else None
+    penalty = attach_penalty(run.model, penalty_cfg) if penalty_cfg else None
+    try:
+        last = None
+        for epoch in range(run.start_epoch, config.epochs):
+            metrics, last = _train_epoch(run, epoch, penalty, progress)
+            run.metrics.append(metrics)
+            _checkpoint(run, epoch + 1)
+        top1, report = last if last else evaluate(run.model, run.test_set, config)
+    finally:
+        if penalty:
+            penalty.detach()
+        if fat:
+            fat.detach()
+    report["training"] = {"config": config.to_dict(), "top1": top1, "epochs": run.metrics}
+    _save(run.model.state_dict(), run.out / "weights.pt")
+    write_report(report, run.out)
+    return report
+
+
+def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tuple[dict, tuple[float, dict]]:
+    """Train one epoch, evaluate; (metrics, (top1, report))."""
+    config = run.config
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    loader = DataLoader(run.train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        generator=generator)
+    run.model.train()
+    start = time.perf_counter()
+    total_loss = total_penalty = 0.0
+    steps = len(loader)
+    for step, (x, y) in enumerate(loader):
+        loss = F.cross_entropy(run.model(x), y)
+        extra = penalty.take() if penalty else torch.zeros(())
+        objective = loss + extra
+        value = float(objective.detach())
+        if not math.isfinite(value):
+            raise ActzipError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                              f"{run.out / 'checkpoint.pt'} holds the last good epoch (try a lower --lr)")
+        run.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        total_loss += float(loss.detach())
+        total_penalty += float(extra.detach())
+        if progress:
+            progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, steps, {"loss": total_loss / (step + 1)})
+    seconds = time.perf_counter() - start
+    top1, report = evaluate(run.model, run.test_set, config)
+    if progress:
+        progress("evaluated", epoch + 1, config.epochs, {"top1": top1, "zeros": report["totals"]["zero_fraction"]})
+    metrics = _epoch_metrics(epoch, total_loss / max(steps, 1), total_penalty / max(steps, 1), seconds, top1,
+                             report, config)
+    return metrics, (top1, report)

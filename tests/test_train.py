@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from actzip.cli import app
+from actzip.errors import ActzipError
+from actzip.train import TrainConfig, train
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def folder_dataset(tmp_path_factory):
+    """Two classes (dark vs bright squares) in train/ and val/, 32x32 RGB."""
+    root = tmp_path_factory.mktemp("ds")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 24), ("val", 8)):
+        for cls, base in (("dark", 40), ("bright", 200)):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                noise = torch.randint(-30, 30, (32, 32, 3), generator=g)
+                Image.fromarray((noise + base).clamp(0, 255).byte().numpy()).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def config(ds, **kw):
+    base = dict(model="resnet20", width=0.25, dataset=str(ds), epochs=2, batch_size=8, eval_images=16,
+                codecs=("zvc", "ctx"), l1=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_writes_a_run_and_learns(folder_dataset, tmp_path):
+    report = train(config(folder_dataset, epochs=3, lr=0.02), tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "weights.pt", "report.json", "report.md"} <= files
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["epoch"] == 3
+    assert report["training"]["top1"] >= 0.9  # dark vs bright is easy
+    assert set(report["totals"]["compression"]) >= {"zvc", "ctx", "entropy"}
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 3
+
+
+def test_resume_reaches_the_uninterrupted_result(folder_dataset, tmp_path):
+    train(config(folder_dataset), tmp_path / "whole")
+
+    def stop_in_epoch_two(phase, done, total, info):
+        if phase.startswith("epoch 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(folder_dataset), tmp_path / "cut", progress=stop_in_epoch_two)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    train(config(folder_dataset), tmp_path / "cut", resume=True)
+    a = torch.load(tmp_path / "whole" / "weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "weights.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_runs(folder_dataset, tmp_path):
+    train(config(folder_dataset, epochs=1), tmp_path / "run")
+    with pytest.raises(ActzipError, match="already holds a run"):
+        train(config(folder_dataset, epochs=1), tmp_path / "run")
+    with pytest.raises(ActzipError, match="not a training run"):
+        train(config(folder_dataset), tmp_path / "nothing", resume=True)
+    assert not (tmp_path / "nothing").exists()
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ActzipError, match="do not fit"):
+        train(config(folder_dataset, init=str(tmp_path / "other.pt")), tmp_path / "ft")
+    with pytest.raises(ActzipError, match="became"):
+        train(config(folder_dataset, lr=1e30, epochs=1), tmp_path / "nan")
+    with pytest.raises(ActzipError, match="unknown dataset"):
+        train(config("no-such-set"), tmp_path / "x")
+
+
+def test_fine_tune_from_weights_with_fatrelu(folder_dataset, tmp_path):
+    train(config(folder_dataset, epochs=1, l1=0.0), tmp_path / "base")
+    report = train(config(folder_dataset, epochs=1, l1=0.0, fatrelu=0.3, init=str(tmp_path / "base" / "weights.pt")),
+                   tmp_path / "ft")
+    base = json.loads((tmp_path / "base" / "report.json").read_text())["totals"]["zero_fraction"]
+    assert report["totals"]["zero_fraction"] > base + 0.1
+
+
+def test_cli_train(folder_dataset, tmp_path):
+    r = CliRunner().invoke(app, ["train", "--dataset", str(folder_dataset), "--epochs", "1", "--batch-size", "8",
+                                 "--width", "0.25", "--eval-images", "8", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "top-1" in r.output
+    r = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "not a training run" in r.output
