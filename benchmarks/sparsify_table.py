@@ -1,0 +1,83 @@
+"""Georgiadis 2019 stage 1 on Fashion-MNIST: baseline vs L1-sparsified fine-tuning.
+
+For each model: train a baseline without penalty, then fine-tune it with the L1 activation penalty
+at several strengths (same seed, same schedule). Per row: top-1 on the 10k test set, zero fraction
+and effective (zero-skipping) MACs over `--eval-images` test images, the speedup of a zero-skipping
+engine over the *baseline's* effective MACs, and the compression ratio of every codec at 8 and 16
+bits. Runs live in --runs and are resumed if interrupted, so the script can be re-run to finish.
+
+    python benchmarks/sparsify_table.py [--models resnet20 mobilenet-v1] [--base-epochs 15]
+        [--tune-epochs 5] [--strengths 3e-3 1e-2 3e-2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from actzip import codecs
+from actzip.train import TrainConfig, train
+
+HERE = Path(__file__).parent
+
+
+def run(config: TrainConfig, out: Path) -> dict:
+    if (out / "report.json").is_file():
+        return json.loads((out / "report.json").read_text())
+    return train(config, out, resume=(out / "checkpoint.pt").is_file())
+
+
+def row(label: str, report: dict, baseline_effective: float) -> dict:
+    t = report["totals"]
+    return {"run": label, "top1": report["training"]["top1"], "zero_fraction": t["zero_fraction"],
+            "macs": t["macs"], "effective_macs": t["effective_macs"],
+            "zero_skipping_speedup_vs_own_dense": t["theoretical_speedup"],
+            "speedup_vs_baseline": baseline_effective / t["effective_macs"],
+            "compression": t["compression"]}
+
+
+def markdown(results: dict) -> str:
+    lines = ["| model | run | top-1 % | zeros % | eff. MACs vs baseline | best 8-bit | best 16-bit |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model, rows in results["models"].items():
+        for r in rows:
+            best = {b: max((c for c in r["compression"] if c != "entropy"), key=lambda c: r["compression"][c][b] or 0)
+                    for b in ("8", "16")}
+            lines.append(f"| {model} | {r['run']} | {100 * r['top1']:.2f} | {100 * r['zero_fraction']:.1f} | "
+                         f"{r['speedup_vs_baseline']:.2f}x | {r['compression'][best['8']]['8']:.2f}x ({best['8']}) | "
+                         f"{r['compression'][best['16']]['16']:.2f}x ({best['16']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["resnet20", "mobilenet-v1"])
+    ap.add_argument("--base-epochs", type=int, default=15)
+    ap.add_argument("--tune-epochs", type=int, default=5)
+    ap.add_argument("--strengths", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2])
+    ap.add_argument("--eval-images", type=int, default=1000)
+    ap.add_argument("--runs", type=Path, default=Path("runs/sparsify_table"))
+    ap.add_argument("--out", type=Path, default=HERE / "sparsify_table.json")
+    args = ap.parse_args()
+    common = dict(dataset="fashion-mnist", seed=0, eval_images=args.eval_images, codecs=tuple(codecs.names()))
+    results = {"command": "python benchmarks/sparsify_table.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if k not in ("runs", "out")), "models": {}}
+    for model in args.models:
+        base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline")
+        rows = [row("baseline", base, base["totals"]["effective_macs"])]
+        for alpha in args.strengths:
+            tuned = run(TrainConfig(model=model, epochs=args.tune_epochs, l1=alpha, lr=0.005,
+                                    init=str(args.runs / f"{model}-baseline" / "weights.pt"), **common),
+                        args.runs / f"{model}-l1-{alpha:g}")
+            rows.append(row(f"L1 {alpha:g}", tuned, base["totals"]["effective_macs"]))
+            print(json.dumps(rows[-1])[:300], flush=True)
+        results["models"][model] = rows
+        args.out.write_text(json.dumps(results, indent=1))
+    (HERE / "sparsify_table.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
