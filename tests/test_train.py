@@ -32,7 +32,8 @@ def config(ds, **kw):
 
 
 def test_training_writes_a_run_and_learns(folder_dataset, tmp_path):
-    report = train(config(folder_dataset, epochs=3, lr=0.02), tmp_path / "run")
+    # 36 steps: enough for BatchNorm running statistics to settle, so eval mode is reliable
+    report = train(config(folder_dataset, epochs=3, lr=0.02, batch_size=4), tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "weights.pt", "report.json", "report.md"} <= files
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

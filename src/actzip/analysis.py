@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__, codecs
 from .bitcount import HISTOGRAM_BOUNDS
+from .dist import all_reduce_sum, rank_and_world
 from .errors import ActzipError
 from .quant import QuantParams, check_bits, params_for_range
 from .sites import Site, capture
@@ -64,19 +65,26 @@ class Measurement:
     images: int
 
 
-def _batches(images: Dataset, count: int, batch_size: int, progress: Progress | None, phase: str):
-    loader = DataLoader(Subset(images, range(count)), batch_size=batch_size, shuffle=False)
+def _batches(images: Dataset, count: int, batch_size: int, progress: Progress | None, phase: str,
+             shard: tuple[int, int] = (0, 1)):
+    """The batches of the first `count` images; with shard (rank, world), only every world-th batch
+    from rank on, so that each batch is the one a single process would form."""
+    rank, world = shard
+    own = [i for start in range(rank * batch_size, count, world * batch_size)
+           for i in range(start, min(start + batch_size, count))]
+    loader = DataLoader(Subset(images, own), batch_size=batch_size, shuffle=False)
     done = 0
     for x, _ in loader:
         yield x
-        done += len(x)
+        done += len(x) * world  # progress of the whole job, as seen from this rank
         if progress:
-            progress(phase, done, count)
+            progress(phase, min(done, count), count)
 
 
 def calibrate(model: nn.Module, images: Dataset, config: AnalyzeConfig,
-              progress: Progress | None = None) -> dict[str, dict[int, QuantParams]]:
-    """One quantizer per site and bit width, from the first `config.calibration_images` images."""
+              progress: Progress | None = None) -> tuple[list[Site], dict[str, dict[int, QuantParams]]]:
+    """The sites, and one quantizer per site and bit width from the first `config.calibration_images`
+    images (every rank of a distributed job calibrates on the same images, so all agree)."""
     ranges: dict[str, RangeStats] = {}
 
     def observe(site: Site, module: nn.Module, x: torch.Tensor):
@@ -93,30 +101,32 @@ def calibrate(model: nn.Module, images: Dataset, config: AnalyzeConfig,
         lo, hi = ranges[site.name].bounds(config.calibration, config.percentile, config.per_channel)
         axis = site.channel_axis if config.per_channel else None
         quantizers[site.name] = {b: params_for_range(b, lo, hi, axis) for b in config.bits}
-    return quantizers
+    return list(sites), quantizers
 
 
 def measure(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeConfig(),
             progress: Progress | None = None) -> Measurement:
-    """Calibrate, then stream every image through the model and measure each site."""
+    """Calibrate, then stream every image through the model and measure each site. Under torchrun
+    the batches are shared out between the ranks and the statistics all-reduced, so every rank
+    returns what a single process would."""
     if len(images) == 0:
         raise ActzipError("no images to analyze")
     model.eval()
-    quantizers = calibrate(model, images, config, progress)
-    stats: dict[str, SiteStats] = {}
-
+    sites, quantizers = calibrate(model, images, config, progress)
     coders = {name: {b: codecs.get(name, bits=b) for b in config.bits} for name in config.codecs}
+    stats = {s.name: SiteStats(quantizers[s.name], s.channel_axis, coders) for s in sites}
 
     def observe(site: Site, module: nn.Module, x: torch.Tensor):
-        if site.name not in stats:
-            stats[site.name] = SiteStats(quantizers[site.name], site.channel_axis, coders)
         stats[site.name].update(module, x)
 
     count = min(len(images), config.limit or len(images))
-    with capture(model, observe) as sites, torch.no_grad():
-        for x in _batches(images, count, config.batch_size, progress, "measure"):
+    with capture(model, observe), torch.no_grad():
+        for x in _batches(images, count, config.batch_size, progress, "measure", rank_and_world()):
             model(x)
-    return Measurement(list(sites), quantizers, stats, count)
+    if rank_and_world()[1] > 1:
+        for s in stats.values():
+            s.load_state_vector(all_reduce_sum(s.state_vector()))
+    return Measurement(sites, quantizers, stats, count)
 
 
 def build_report(m: Measurement, model_name: str, image_source: str, preprocess: dict | None,

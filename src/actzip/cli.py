@@ -140,17 +140,22 @@ def analyze(
     from . import codecs as codec_suite
 
     chosen = codec_suite.names() if codecs == "all" else [c.strip() for c in codecs.split(",") if c.strip()]
+    from .dist import broadcast_module, init_from_env, is_main
+
     config = AnalyzeConfig(bits=_parse_bits(bits), batch_size=batch_size, limit=limit, calibration=calibration,
                            percentile=percentile, per_channel=per_channel, calibration_images=calibration_images,
                            codecs=tuple(chosen))
     writable_dir(out_dir)  # fail now, not after the long run
+    init_from_env()  # under torchrun: the ranks share the batches and all-reduce the statistics
     preprocess = models.preprocessing(model)
-    net = models.load(model, weights=weights)
+    net = broadcast_module(models.load(model, weights=weights))
     dataset = open_images(images, preprocess)
     bar, update = _progress()
     with bar:
         report = run_analysis(net, dataset, config, model_name=model, preprocess=preprocess.to_dict(),
-                              progress=update)
+                              progress=update if is_main() else None)
+    if not is_main():
+        return
     out.print(_site_table(report))
     out.print(_codec_table(report))
     tot = report["totals"]
@@ -274,6 +279,10 @@ def train(
 
     with bar:
         report = run_training(config, out_dir, resume=resume, progress=update)
+    from .dist import is_main
+
+    if not is_main():
+        return
     t = report["totals"]
     out.print(f"top-1 {100 * report['training']['top1']:.2f} %; {100 * t['zero_fraction']:.1f} % zeros; "
               f"zero-skipping speedup {t['theoretical_speedup']:.2f}x; run in {out_dir}")

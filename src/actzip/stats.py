@@ -234,6 +234,21 @@ class SiteStats:
                 for name, per_bits in self.coders.items():
                     self.stream_bits[name][b] += 8 * len(per_bits[b].encode(q))
 
+    def state_vector(self) -> np.ndarray:
+        """Every count as one int64 vector (for all-reducing over ranks); see load_state_vector."""
+        streams = [v for name in sorted(self.stream_bits) for _, v in sorted(self.stream_bits[name].items())]
+        head = [self.numel, self.zeros, self.macs.macs, self.macs.effective_macs]
+        return np.concatenate([np.array(head + streams, np.int64), self._hist])
+
+    def load_state_vector(self, v: np.ndarray) -> None:
+        self.numel, self.zeros, self.macs.macs, self.macs.effective_macs = (int(x) for x in v[:4])
+        pos = 4
+        for name in sorted(self.stream_bits):
+            for b in sorted(self.stream_bits[name]):
+                self.stream_bits[name][b] = int(v[pos])
+                pos += 1
+        self._hist[:] = v[pos:]
+
     def merge(self, other: "SiteStats") -> None:
         self.numel += other.numel
         self.zeros += other.zeros

@@ -17,14 +17,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from . import models
 from .analysis import AnalyzeConfig, build_report, measure
 from .data.training import training_sets
+from .dist import (all_reduce_sum, barrier, broadcast_module, global_batchnorm, init_from_env, is_main,
+                   rank_and_world)
 from .errors import ActzipError
 from .fileio import atomic_write, writable_dir
 from .report import write_report
@@ -91,6 +95,17 @@ class Run:
     thresholds: dict = field(default_factory=dict)
     start_epoch: int = 0
     metrics: list = field(default_factory=list)
+    net: nn.Module | None = None  # what the training forward calls: the model, or its DDP wrapper
+
+    def loader(self, epoch: int) -> DataLoader:
+        """This rank's batches of one epoch: a permutation seeded by (seed, epoch), cut so that the
+        ranks' local batches together are the batch one process would take."""
+        rank, world = rank_and_world()
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=self.config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return DataLoader(self.train_set, batch_size=self.config.batch_size // world, sampler=sampler,
+                          drop_last=True)
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
@@ -109,6 +124,8 @@ def _save(obj, path: Path) -> None:
 
 
 def _checkpoint(run: Run, epoch: int) -> None:
+    if not is_main():
+        return
     _save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
            "scheduler": run.scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
            "thresholds": run.thresholds, "config": run.config.to_dict()}, run.out / "checkpoint.pt")
@@ -131,6 +148,9 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
             raise ActzipError(f"cannot read {checkpoint}: {str(e).splitlines()[0]}") from None
     elif checkpoint.exists():
         raise ActzipError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    rank, world = rank_and_world()
+    if config.batch_size % world:
+        raise ActzipError(f"the global batch size {config.batch_size} must divide among {world} processes")
     torch.manual_seed(config.seed)
     sets = training_sets(config.dataset, config.data_root, config.download)
     train_set = sets.train if config.train_limit is None else Subset(sets.train, range(min(config.train_limit,
@@ -138,26 +158,31 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
     model = build_model(config, sets.in_channels, sets.num_classes)
     if config.init and state is None:
         models.load_weights(model, config.init)
+    if world > 1:  # before the optimizer: the new BatchNorm modules hold the parameters
+        global_batchnorm(broadcast_module(model))
     lr = config.lr if config.lr is not None else (0.05 if config.optimizer == "sgd" else 1e-3)
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=config.weight_decay,
                                     nesterov=True)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    steps = config.epochs * (len(train_set) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler)
+    placeholder = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1)
+    run = Run(config, out, model, train_set, sets.test, optimizer, placeholder)
+    steps = config.epochs * len(run.loader(0))
+    run.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    run.net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        run.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         run.thresholds = state["thresholds"]
         run.start_epoch = int(state["epoch"])
         if (out / "metrics.jsonl").is_file():
             run.metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     else:
-        atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1))
+        if is_main():
+            atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1))
         if config.fatrelu:
             run.thresholds = calibrate_thresholds(model, train_set, FATReLU(config.fatrelu))
     return run
@@ -166,16 +191,18 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
 def evaluate(model: nn.Module, test_set, config: TrainConfig) -> tuple[float, dict]:
     """(top-1 on the whole test set, analyze report of the first eval_images test images)."""
     model.eval()
+    rank, world = rank_and_world()
     correct = total = 0
     with torch.no_grad():
-        for x, y in DataLoader(test_set, batch_size=500):
+        for x, y in DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size=500):
             correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
+    correct, total = all_reduce_sum(np.array([correct, total], np.int64))
     analyze_config = AnalyzeConfig(bits=config.bits, codecs=config.codecs, batch_size=100,
                                    calibration_images=min(config.eval_images, 200))
     subset = Subset(test_set, range(min(config.eval_images, len(test_set))))
     report = build_report(measure(model, subset, analyze_config), config.model, config.dataset, None, analyze_config)
-    return correct / max(total, 1), report
+    return float(correct) / max(int(total), 1), report
 
 
 def _epoch_metrics(epoch, loss, penalty, seconds, top1, report, config) -> dict:
@@ -190,7 +217,11 @@ def _epoch_metrics(epoch, loss, penalty, seconds, top1, report, config) -> dict:
 
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: Progress | None = None) -> dict:
-    """Train (or fine-tune, or resume) and return the final report, with its `training` metrics."""
+    """Train (or fine-tune, or resume) and return the final report, with its `training` metrics.
+    Under torchrun every rank calls this; rank 0 writes the files."""
+    init_from_env()
+    if not is_main():
+        progress = None
     run = _prepare(config, Path(out), resume)
     config = run.config
     fat = attach_fatrelu(run.model, run.thresholds) if run.thresholds else None
@@ -202,6 +233,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
             metrics, last = _train_epoch(run, epoch, penalty, progress)
             run.metrics.append(metrics)
             _checkpoint(run, epoch + 1)
+            barrier()
         top1, report = last if last else evaluate(run.model, run.test_set, config)
     finally:
         if penalty:
@@ -209,26 +241,29 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
         if fat:
             fat.detach()
     report["training"] = {"config": config.to_dict(), "top1": top1, "epochs": run.metrics}
-    _save(run.model.state_dict(), run.out / "weights.pt")
-    write_report(report, run.out)
+    if is_main():
+        _save(run.model.state_dict(), run.out / "weights.pt")
+        write_report(report, run.out)
+    barrier()
     return report
 
 
 def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tuple[dict, tuple[float, dict]]:
     """Train one epoch, evaluate; (metrics, (top1, report))."""
     config = run.config
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    loader = DataLoader(run.train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        generator=generator)
+    loader = run.loader(epoch)
+    world = rank_and_world()[1]
     run.model.train()
     start = time.perf_counter()
     total_loss = total_penalty = 0.0
     steps = len(loader)
     for step, (x, y) in enumerate(loader):
-        loss = F.cross_entropy(run.model(x), y)
+        loss = F.cross_entropy(run.net(x), y)
         extra = penalty.take() if penalty else torch.zeros(())
         objective = loss + extra
         value = float(objective.detach())
+        if world > 1:  # every rank must stop together
+            value = float(all_reduce_sum(np.array([value])).item())
         if not math.isfinite(value):
             raise ActzipError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                               f"{run.out / 'checkpoint.pt'} holds the last good epoch (try a lower --lr)")
@@ -241,6 +276,7 @@ def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tu
         if progress:
             progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, steps, {"loss": total_loss / (step + 1)})
     seconds = time.perf_counter() - start
+    total_loss, total_penalty = (float(v) / world for v in all_reduce_sum(np.array([total_loss, total_penalty])))
     top1, report = evaluate(run.model, run.test_set, config)
     if progress:
         progress("evaluated", epoch + 1, config.epochs, {"top1": top1, "zeros": report["totals"]["zero_fraction"]})
