@@ -66,7 +66,7 @@ def test_sharded_analysis_equals_single_process(images, tmp_path):
 
 def test_ddp_training_matches_single_process(images, tmp_path):
     args = ["train", "--dataset", str(images), "--epochs", "1", "--batch-size", "8", "--width", "0.25",
-            "--eval-images", "8", "--l1", "1e-3", "--lr", "0.02"]
+            "--eval-images", "8", "--l1", "1e-3", "--lr", "0.02", "--sync-batchnorm"]
     run([*args, "--out", str(tmp_path / "one")])
     run([*args, "--out", str(tmp_path / "two")], nproc=2)
     a = torch.load(tmp_path / "one" / "weights.pt", weights_only=True)

@@ -254,6 +254,7 @@ def train(
     eval_images: int = typer.Option(500, help="test images whose activations are measured each epoch"),
     train_limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
     resume: bool = typer.Option(False, help="continue the run in --out"),
+    sync_batchnorm: bool = typer.Option(False, help="under torchrun: BatchNorm over the global batch"),
 ):
     """Train or fine-tune a model with activation sparsity; writes a run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -264,7 +265,8 @@ def train(
     config = TrainConfig(model=model, width=width, dataset=dataset, data_root=str(data_root) if data_root else None,
                          download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1, hoyer=hoyer,
-                         fatrelu=fatrelu, eval_images=eval_images, train_limit=train_limit)
+                         fatrelu=fatrelu, eval_images=eval_images, train_limit=train_limit,
+                         sync_batchnorm=sync_batchnorm)
     bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
     tasks = {}

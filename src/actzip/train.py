@@ -59,6 +59,8 @@ class TrainConfig:
     bits: tuple[int, ...] = (8, 16)
     codecs: tuple[str, ...] = ("zvc", "seg", "ctx")
     train_limit: int | None = None  # use only the first N training images (quick runs)
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm over the global batch (exactly one process's
+    #                              training, but ~1.8x slower on CPU gloo); else per-rank, as usual in DDP
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -158,8 +160,10 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
     model = build_model(config, sets.in_channels, sets.num_classes)
     if config.init and state is None:
         models.load_weights(model, config.init)
-    if world > 1:  # before the optimizer: the new BatchNorm modules hold the parameters
-        global_batchnorm(broadcast_module(model))
+    if world > 1:  # before the optimizer: new BatchNorm modules would hold new parameters
+        broadcast_module(model)
+        if config.sync_batchnorm:
+            global_batchnorm(model)
     lr = config.lr if config.lr is not None else (0.05 if config.optimizer == "sgd" else 1e-3)
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=config.weight_decay,

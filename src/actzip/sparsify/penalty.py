@@ -8,7 +8,10 @@
   batch: scale-invariant, so it favours zeros without just shrinking the activations.
 
 Only forwards in training mode with gradients enabled are penalised; `take()` hands the sum of the
-current forward to the loss and forgets it, so no activation outlives the step.
+current forward to the loss and forgets it, so no activation outlives the step. The L1 value is
+returned detached and its gradient added by a hook on the activation,
+so `take()` must be part of a loss that is backpropagated through the same forward, as in any
+training step.
 """
 
 from __future__ import annotations
@@ -20,6 +23,58 @@ import torch
 from torch import nn
 
 from ..sites import Site, capture
+
+
+def _zeros_masked_by_producer(x: torch.Tensor) -> bool:
+    """True if x is the output of a ReLU (or ReLU6 / hardtanh with a min >= 0): x >= 0, and that op's
+    backward zeroes the gradient wherever x is at its floor, so adding a constant there is harmless."""
+    fn = type(x.grad_fn).__name__
+    return fn == "ReluBackward0" or (fn == "HardtanhBackward0" and x.grad_fn._saved_min_val >= 0)
+
+
+def _l1_gradient_hook(x: torch.Tensor, c: float, masked: bool):
+    """A hook that adds c * sign(x) to the gradient of x, into a new tensor (the same gradient object
+    can also flow into another branch, a residual add, so it is never changed in place). Behind a
+    ReLU, sign(x) is 1 wherever the ReLU lets gradient through, so g + c is the same after its mask:
+    one pass over memory instead of two, which matters on memory-bound nets like MobileNet."""
+
+    def hook(g: torch.Tensor) -> torch.Tensor:
+        if masked:
+            return g + c
+        return torch.addcmul(g, torch.sign(x), torch.tensor(c, dtype=g.dtype))
+
+    return hook
+
+
+def mean_abs_penalty(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * mean |x| as a detached value; its gradient alpha * sign(x) / numel reaches x through a
+    hook when the loss is backpropagated: one fused reduction forward, sign and add backward, fewer
+    passes over memory than autograd through x.abs().mean()."""
+    if x.requires_grad:
+        x.register_hook(_l1_gradient_hook(x.detach(), alpha / x.numel(), _zeros_masked_by_producer(x)))
+    return alpha * torch.linalg.vector_norm(x.detach(), 1) / x.numel()
+
+
+class _HoyerSquare(torch.autograd.Function):
+    """Batch mean of (sum |x_i|)^2 / sum x_i^2 per sample, with its gradient written in one expression:
+    d/dx = 2 l1 / l2sq * sign(x) - 2 l1^2 / l2sq^2 * x, per sample."""
+
+    @staticmethod
+    def forward(ctx, x):
+        flat = x.flatten(1)
+        l1 = torch.linalg.vector_norm(flat, 1, dim=1)
+        l2sq = torch.linalg.vector_norm(flat, 2, dim=1).square().clamp_min(1e-12)
+        ctx.save_for_backward(x, l1, l2sq)
+        return (l1.square() / l2sq).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, l1, l2sq = ctx.saved_tensors
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        scale = grad / x.shape[0]
+        a = (2 * l1 / l2sq * scale).reshape(shape)
+        b = (2 * l1.square() / l2sq.square() * scale).reshape(shape)
+        return torch.sign(x) * a - x * b
 
 
 @dataclass(frozen=True)
@@ -34,9 +89,9 @@ class L1:
         if self.normalize not in ("mean", "sum"):
             raise ValueError(f"normalize must be 'mean' or 'sum', got {self.normalize!r}")
 
-    def term(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.abs()
-        return a.mean() if self.normalize == "mean" else a.sum() / x.shape[0]
+    def term(self, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        scale = 1.0 if self.normalize == "mean" else x.numel() / x.shape[0]
+        return mean_abs_penalty(x, alpha * scale)
 
 
 @dataclass(frozen=True)
@@ -48,11 +103,8 @@ class Hoyer:
         if self.alpha < 0 or any(a < 0 for a in self.per_site.values()):
             raise ValueError("Hoyer strengths must be non-negative")
 
-    def term(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1)
-        l1 = flat.abs().sum(1)
-        l2 = flat.pow(2).sum(1)
-        return (l1.pow(2) / l2.clamp_min(1e-12)).mean()
+    def term(self, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        return alpha * _HoyerSquare.apply(x)
 
 
 class PenaltyHandle:
@@ -70,7 +122,7 @@ class PenaltyHandle:
             return None
         alpha = self.config.per_site.get(site.name, self.config.alpha)
         if alpha:
-            term = alpha * self.config.term(x)
+            term = self.config.term(x, alpha)
             self._total = term if self._total is None else self._total + term
         return None
 
