@@ -8,10 +8,7 @@
   batch: scale-invariant, so it favours zeros without just shrinking the activations.
 
 Only forwards in training mode with gradients enabled are penalised; `take()` hands the sum of the
-current forward to the loss and forgets it, so no activation outlives the step. The L1 value is
-returned detached and its gradient added by a hook on the activation,
-so `take()` must be part of a loss that is backpropagated through the same forward, as in any
-training step.
+current forward to the loss and forgets it, so no activation outlives the step.
 """
 
 from __future__ import annotations
@@ -32,27 +29,30 @@ def _zeros_masked_by_producer(x: torch.Tensor) -> bool:
     return fn == "ReluBackward0" or (fn == "HardtanhBackward0" and x.grad_fn._saved_min_val >= 0)
 
 
-def _l1_gradient_hook(x: torch.Tensor, c: float, masked: bool):
-    """A hook that adds c * sign(x) to the gradient of x, into a new tensor (the same gradient object
-    can also flow into another branch, a residual add, so it is never changed in place). Behind a
-    ReLU, sign(x) is 1 wherever the ReLU lets gradient through, so g + c is the same after its mask:
-    one pass over memory instead of two, which matters on memory-bound nets like MobileNet."""
+class _MeanAbs(torch.autograd.Function):
+    """mean |x| with a cheap backward. Behind a ReLU, sign(x) is 1 wherever the ReLU lets gradient
+    through, so the gradient is returned as one scalar expanded to x's shape: autograd adds it to
+    the other branches in one pass over memory, with no sign tensor (on memory-bound nets like
+    MobileNet this is the difference between ~5 % and ~25 % extra step time)."""
 
-    def hook(g: torch.Tensor) -> torch.Tensor:
-        if masked:
-            return g + c
-        return torch.addcmul(g, torch.sign(x), torch.tensor(c, dtype=g.dtype))
+    @staticmethod
+    def forward(ctx, x, masked):
+        ctx.masked = masked
+        ctx.save_for_backward(x)
+        return torch.linalg.vector_norm(x, 1) / x.numel()
 
-    return hook
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        scale = grad / x.numel()
+        if ctx.masked:
+            return scale.expand(x.shape), None
+        return torch.sign(x) * scale, None
 
 
 def mean_abs_penalty(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """alpha * mean |x| as a detached value; its gradient alpha * sign(x) / numel reaches x through a
-    hook when the loss is backpropagated: one fused reduction forward, sign and add backward, fewer
-    passes over memory than autograd through x.abs().mean()."""
-    if x.requires_grad:
-        x.register_hook(_l1_gradient_hook(x.detach(), alpha / x.numel(), _zeros_masked_by_producer(x)))
-    return alpha * torch.linalg.vector_norm(x.detach(), 1) / x.numel()
+    """alpha * mean |x|, differentiable (see _MeanAbs)."""
+    return alpha * _MeanAbs.apply(x, _zeros_masked_by_producer(x))
 
 
 class _HoyerSquare(torch.autograd.Function):
