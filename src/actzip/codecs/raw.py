@@ -44,12 +44,6 @@ def unpack_values(payload: bytes, start: int, n: int, bits: int, what: str) -> n
     return out
 
 
-def check_fits(u: np.ndarray, bits: int, what: str) -> None:
-    """Decoded zigzag values must fit the header's bit width (only a corrupt stream breaks this)."""
-    if u.size and int(u.max()) >> bits:
-        raise CorruptStreamError(f"{what}: decoded value {int(u.max())} does not fit {bits} bits")
-
-
 @register
 class Raw(Codec):
     """Every value on b bits: n * b bits."""
