@@ -99,15 +99,15 @@ class Run:
     metrics: list = field(default_factory=list)
     net: nn.Module | None = None  # what the training forward calls: the model, or its DDP wrapper
 
-    def loader(self, epoch: int) -> DataLoader:
-        """This rank's batches of one epoch: a permutation seeded by (seed, epoch), cut so that the
-        ranks' local batches together are the batch one process would take."""
-        rank, world = rank_and_world()
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=self.config.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        return DataLoader(self.train_set, batch_size=self.config.batch_size // world, sampler=sampler,
-                          drop_last=True)
+
+def epoch_loader(train_set, config: TrainConfig, epoch: int) -> DataLoader:
+    """This rank's batches of one epoch: a permutation seeded by (seed, epoch), cut so that the
+    ranks' local batches together are the batch one process would take."""
+    rank, world = rank_and_world()
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed,
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    return DataLoader(train_set, batch_size=config.batch_size // world, sampler=sampler, drop_last=True)
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
@@ -141,7 +141,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
     checkpoint = out / "checkpoint.pt"
     state = None
     if resume:
-        if not checkpoint.is_file() or not (out / "config.json").is_file():
+        if not (out / "config.json").is_file():
             raise ActzipError(f"{out} is not a training run (no checkpoint.pt and config.json) to resume")
         config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
         try:
@@ -150,7 +150,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
             raise ActzipError(f"cannot read {checkpoint}: {str(e).splitlines()[0]}") from None
     elif checkpoint.exists():
         raise ActzipError(f"{out} already holds a run: pass --resume to continue it, or another --out")
-    rank, world = rank_and_world()
+    world = rank_and_world()[1]
     if config.batch_size % world:
         raise ActzipError(f"the global batch size {config.batch_size} must divide among {world} processes")
     torch.manual_seed(config.seed)
@@ -170,10 +170,9 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
                                     nesterov=True)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    placeholder = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1)
-    run = Run(config, out, model, train_set, sets.test, optimizer, placeholder)
-    steps = config.epochs * len(run.loader(0))
-    run.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    steps = config.epochs * len(epoch_loader(train_set, config, 0))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler)
     run.net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if state is not None:
         model.load_state_dict(state["model"])
@@ -209,13 +208,12 @@ def evaluate(model: nn.Module, test_set, config: TrainConfig) -> tuple[float, di
     return float(correct) / max(int(total), 1), report
 
 
-def _epoch_metrics(epoch, loss, penalty, seconds, top1, report, config) -> dict:
+def _epoch_metrics(epoch, loss, penalty, seconds, top1, report) -> dict:
     t = report["totals"]
-    numel = max(t["numel"], 1)
     return {"epoch": epoch + 1, "loss": loss, "penalty": penalty, "top1": top1, "seconds": seconds,
             "zero_fraction": t["zero_fraction"], "macs": t["macs"], "effective_macs": t["effective_macs"],
             "zero_skipping_speedup": t["theoretical_speedup"],
-            "bits_per_activation": {c: {b: numel * int(b) / r / numel if r else None for b, r in per.items()}
+            "bits_per_activation": {c: {b: int(b) / r if r else None for b, r in per.items()}
                                     for c, per in t["compression"].items()},
             "site_zero_fraction": {s["name"]: s["zero_fraction"] for s in report["sites"]}}
 
@@ -255,7 +253,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
 def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tuple[dict, tuple[float, dict]]:
     """Train one epoch, evaluate; (metrics, (top1, report))."""
     config = run.config
-    loader = run.loader(epoch)
+    loader = epoch_loader(run.train_set, config, epoch)
     world = rank_and_world()[1]
     run.model.train()
     start = time.perf_counter()
@@ -285,5 +283,5 @@ def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tu
     if progress:
         progress("evaluated", epoch + 1, config.epochs, {"top1": top1, "zeros": report["totals"]["zero_fraction"]})
     metrics = _epoch_metrics(epoch, total_loss / max(steps, 1), total_penalty / max(steps, 1), seconds, top1,
-                             report, config)
+                             report)
     return metrics, (top1, report)
