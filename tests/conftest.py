@@ -47,3 +47,17 @@ class TensorSet(torch.utils.data.Dataset):
 def random_images():
     torch.manual_seed(1)
     return TensorSet(torch.randn(10, 3, 12, 12))
+
+
+def write_two_class_folder(root, train_per_class=24, val_per_class=8):
+    """train/ and val/ folders of dark and bright 32x32 RGB squares with noise: an easy dataset."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for cls, base in (("dark", 40), ("bright", 200)):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                noise = torch.randint(-30, 30, (32, 32, 3), generator=g)
+                Image.fromarray((noise + base).clamp(0, 255).byte().numpy()).save(root / split / cls / f"{i}.png")
+    return root

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from conftest import write_two_class_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -39,15 +39,7 @@ def run(args, nproc=None):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 24), ("val", 8)):
-        for cls, base in (("dark", 40), ("bright", 200)):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                noise = torch.randint(-30, 30, (32, 32, 3), generator=g)
-                Image.fromarray((noise + base).clamp(0, 255).byte().numpy()).save(root / split / cls / f"{i}.png")
-    return root
+    return write_two_class_folder(tmp_path_factory.mktemp("dist"))
 
 
 def test_sharded_analysis_equals_single_process(images, tmp_path):

@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 from actzip.cli import app
+from conftest import write_two_class_folder
 from actzip.errors import ActzipError
 from actzip.train import TrainConfig, train
 from typer.testing import CliRunner
@@ -12,16 +12,7 @@ from typer.testing import CliRunner
 
 @pytest.fixture(scope="module")
 def folder_dataset(tmp_path_factory):
-    """Two classes (dark vs bright squares) in train/ and val/, 32x32 RGB."""
-    root = tmp_path_factory.mktemp("ds")
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 24), ("val", 8)):
-        for cls, base in (("dark", 40), ("bright", 200)):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                noise = torch.randint(-30, 30, (32, 32, 3), generator=g)
-                Image.fromarray((noise + base).clamp(0, 255).byte().numpy()).save(root / split / cls / f"{i}.png")
-    return root
+    return write_two_class_folder(tmp_path_factory.mktemp("ds"))
 
 
 def config(ds, **kw):
