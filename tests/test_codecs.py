@@ -107,7 +107,10 @@ def _streams():
     sparse = np.maximum(rng.integers(-60, 200, 3000), 0).astype(np.uint8)
     signed = rng.integers(-2000, 2000, 2000).astype(np.int16)
     signed[rng.random(2000) < 0.5] = 0
-    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)]
+    maps = sparse[:2880].reshape(2, 20, 72)
+    lossy = [("dctcm", codecs.get("dctcm", bits=8, keep=3, step=2.0, coder=coder, transform=t).encode(maps))
+             for coder in ("zvc", "rans") for t in (True, False)]
+    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy
 
 
 def _decode_or_corrupt(name, data):

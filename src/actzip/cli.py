@@ -60,6 +60,22 @@ def _parse_bits(text: str) -> tuple[int, ...]:
     return values
 
 
+def _codec_params(pairs: list[str]) -> dict:
+    """`-p key=value` pairs as codec keywords; values are read as JSON (numbers, true/false, lists)."""
+    import json
+
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ActzipError(f"--param takes key=value, got {pair!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -173,13 +189,14 @@ def encode(
     bits: int = typer.Option(8, help="quantizer bit width, 2..16"),
     per_channel: bool = typer.Option(False, help="one scale per channel (axis 1)"),
     key: Optional[str] = typer.Option(None, help="which tensor, for files that hold several"),
+    param: list[str] = typer.Option([], "--param", "-p", help="codec setting key=value, e.g. -p budget=0.01"),
 ):
     """Quantize a float tensor and encode it into a self-describing stream."""
     from .fileio import atomic_write
     from .stream import dumps, info
     from .tensorio import read_tensor
 
-    data = dumps(read_tensor(source, key), codec=codec, bits=bits, per_channel=per_channel)
+    data = dumps(read_tensor(source, key), codec=codec, bits=bits, per_channel=per_channel, **_codec_params(param))
     atomic_write(out_file, data)
     i = info(data)
     out.print(f"{source} -> {out_file}: {i['bytes']} bytes, {i['bits_per_value']:.3f} bits/value, "
@@ -228,7 +245,7 @@ def list_codecs():
     """List the codecs."""
     from . import codecs
 
-    for name in codecs.names():
+    for name in codecs.names(lossy=True):
         out.print(f"{name:<8} {codecs.summary(name)}")
 
 
@@ -288,6 +305,50 @@ def train(
     t = report["totals"]
     out.print(f"top-1 {100 * report['training']['top1']:.2f} %; {100 * t['zero_fraction']:.1f} % zeros; "
               f"zero-skipping speedup {t['theoretical_speedup']:.2f}x; run in {out_dir}")
+
+
+@app.command()
+@_cli_errors
+def evaluate(
+    model: str = typer.Option("efficientnet-lite0", help="registered name, torchvision/<arch>, or module:factory"),
+    weights: Optional[Path] = typer.Option(None, help="state dict to load into the model"),
+    images: Optional[str] = typer.Option(None, "--images", "--dataset",
+                                         help="image folder, 'photos' (default), or 'fashion-mnist'"),
+    codec: str = typer.Option("dctcm", help="codec name (see `actzip codecs`)"),
+    bits: int = typer.Option(8, help="quantizer bit width, 2..16"),
+    param: list[str] = typer.Option([], "--param", "-p",
+                                    help="codec setting key=value; dctcm: budget, group, coder, keep, step"),
+    limit: Optional[int] = typer.Option(None, help="evaluate at most this many images"),
+    batch_size: int = typer.Option(16, help="images per forward pass"),
+    calibration_images: int = typer.Option(64, help="calibrate quantizers (and dctcm settings) on N images"),
+    out_file: Path = typer.Option(Path("runs/evaluate.json"), "--out", help="where to write the JSON report"),
+):
+    """Accuracy with every activation map compressed and decoded in the loop."""
+    import json
+
+    from . import models
+    from .data import open_images
+    from .fileio import atomic_write, writable_dir
+    from .inloop import EvaluateConfig
+    from .inloop import evaluate as run_evaluation
+
+    config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
+                            limit=limit, calibration_images=calibration_images)
+    writable_dir(out_file.parent)
+    net = models.load(model, weights=weights)
+    dataset = open_images(images, models.preprocessing(model))
+    bar, update = _progress()
+    with bar:
+        report = run_evaluation(net, dataset, config, progress=update)
+    report["model"] = model
+    atomic_write(out_file, json.dumps(report, indent=1).encode())
+    top1 = report["top1"]
+    if top1["float"] is not None:
+        out.print(f"top-1 over {report['labelled']} labelled images: float {100 * top1['float']:.2f} %, "
+                  f"quantized {100 * top1['quantized']:.2f} %, compressed {100 * top1['compressed']:.2f} %")
+    out.print(f"top-1 agreement with the float model over {report['images']} images: "
+              f"{100 * report['agreement']['compressed']:.2f} % ({100 * report['agreement']['quantized']:.2f} % "
+              f"quantized only); compression {report['compression']:.2f}x vs {bits}-bit raw; wrote {out_file}")
 
 
 @app.command("models")

@@ -1,4 +1,4 @@
-"""Lossless codecs for quantized activation maps, numcodecs-style.
+"""Codecs for quantized activation maps, numcodecs-style: lossless ones, and the lossy `dctcm`.
 
 >>> import numpy as np
 >>> from actzip import codecs
@@ -12,19 +12,20 @@ from __future__ import annotations
 
 from ..errors import ActzipError
 # Import order is the listing order: the baseline first, the byte compressors last.
-from . import raw, zvc, rle, golomb, huffman, rans, context, generic  # noqa: F401,I001  (each registers its codec)
+from . import raw, zvc, rle, golomb, huffman, rans, context, generic, dctcm  # noqa: F401,I001  (each registers its codec)
 from .base import Codec, registry
 
 
-def names() -> list[str]:
-    return list(registry())
+def names(lossy: bool = False) -> list[str]:
+    """The registered codecs; the lossy ones only when asked for."""
+    return [name for name, cls in registry().items() if lossy or cls.lossless]
 
 
 def get(name: str, **params) -> Codec:
     try:
         cls = registry()[name]
     except KeyError:
-        raise ActzipError(f"unknown codec {name!r}; known: {', '.join(names())}") from None
+        raise ActzipError(f"unknown codec {name!r}; known: {', '.join(names(lossy=True))}") from None
     return cls(**params)
 
 

@@ -6,6 +6,9 @@ signed) and returns bytes that begin with the same small header:
     byte 0      dtype code (see DTYPES)
     byte 1      bit width b of the values (1..16; values must fit it)
     varint      number of values n (LEB128)
+
+The lossless codecs (ChunkedCodec) continue with
+
     varints     the byte length of each chunk's payload, ceil(n / CHUNK) of them
     payloads    one per chunk of CHUNK values (the last may be shorter), each coded on its own
 
@@ -150,16 +153,57 @@ def unzigzag(u: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 class Codec(ABC):
-    """A lossless codec for integer activation maps. Subclasses set `codec_id` and implement
-    `_encode(a, bits) -> payload` and `_decode(header, payload) -> values` for one chunk (at most
-    CHUNK values, never empty); parameters are constructor keywords that `get_config` returns."""
+    """A codec for integer activation maps: `encode(ndarray) -> bytes`, `decode(bytes) -> ndarray`
+    (1-D, the input's dtype). Parameters are constructor keywords that `get_config` returns."""
 
     codec_id: ClassVar[str]
-    # largest number of values one payload bit can stand for (bounds what a header may claim)
-    values_per_bit: ClassVar[float] = 1.0
+    lossless: ClassVar[bool] = True
 
     def __init__(self, bits: int | None = None):
         self.bits = bits
+
+    @abstractmethod
+    def encode(self, a_in) -> bytes: ...
+
+    @abstractmethod
+    def decode(self, buf) -> np.ndarray: ...
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id, **self._params()}
+
+    def _params(self) -> dict:
+        return {"bits": self.bits}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Codec":
+        config = dict(config)
+        config.pop("id", None)
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items() if v is not None)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.get_config().items())))
+
+
+def stream_bytes(buf) -> bytes:
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode takes bytes, got {type(buf).__name__}")
+    return bytes(buf)
+
+
+class ChunkedCodec(Codec):
+    """A lossless codec whose stream is the header, then independently coded chunks of CHUNK
+    values. Subclasses implement `_encode(a, bits) -> payload` and `_decode(header, payload) ->
+    values` for one chunk (at most CHUNK values, never empty)."""
+
+    # largest number of values one payload bit can stand for (bounds what a header may claim)
+    values_per_bit: ClassVar[float] = 1.0
 
     def encode(self, a_in) -> bytes:
         a, bits = check_input(a_in, self.bits)
@@ -174,9 +218,7 @@ class Codec(ABC):
         return pack_header(a, bits) + sizes + b"".join(payloads)
 
     def decode(self, buf) -> np.ndarray:
-        if not isinstance(buf, (bytes, bytearray, memoryview)):
-            raise TypeError(f"decode takes bytes, got {type(buf).__name__}")
-        buf = bytes(buf)
+        buf = stream_bytes(buf)
         h = parse_header(buf)
         n_chunks = -(-h.n // CHUNK)
         if n_chunks > len(buf) - h.size:  # every chunk needs at least its one-byte size
@@ -208,28 +250,6 @@ class Codec(ABC):
 
     @abstractmethod
     def _decode(self, h: Header, payload: bytes) -> np.ndarray: ...
-
-    def get_config(self) -> dict:
-        return {"id": self.codec_id, **self._params()}
-
-    def _params(self) -> dict:
-        return {"bits": self.bits}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Codec":
-        config = dict(config)
-        config.pop("id", None)
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items() if v is not None)
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash(tuple(sorted(self.get_config().items())))
 
 
 _REGISTRY: dict[str, type[Codec]] = {}

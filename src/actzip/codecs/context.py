@@ -27,7 +27,7 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, read_varint, register, unzigzag, write_varint, zigzag
+from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
 from .bits import packed_bytes, padded, unzigzag_value, zigzag_value
 from .raw import pack_values, unpack_values
 
@@ -337,7 +337,7 @@ def layout(shape: tuple) -> tuple[int, int, int]:
 
 
 @register
-class Context(Codec):
+class Context(ChunkedCodec):
     """Adaptive context modelling (neighbours, channel statistics) with a binary range coder."""
 
     codec_id = "ctx"

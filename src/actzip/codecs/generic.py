@@ -17,7 +17,7 @@ import io
 import numpy as np
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, register, unzigzag, zigzag
+from .base import ChunkedCodec, Header, register, unzigzag, zigzag
 
 
 def _to_bytes(a: np.ndarray, bits: int) -> bytes:
@@ -35,7 +35,7 @@ def _from_bytes(raw: bytes, h: Header, what: str) -> np.ndarray:
 
 
 @register
-class Zstd(Codec):
+class Zstd(ChunkedCodec):
     """zstd over the values laid out as bytes (a baseline)."""
 
     codec_id = "zstd"
@@ -70,7 +70,7 @@ class Zstd(Codec):
 
 
 @register
-class LZ4(Codec):
+class LZ4(ChunkedCodec):
     """lz4 over the values laid out as bytes (a baseline)."""
 
     codec_id = "lz4"

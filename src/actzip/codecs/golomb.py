@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, register
+from .base import ChunkedCodec, Header, register
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from .bits import packed_bytes, padded, refill, unzigzag_value, zigzag_histogram, zigzag_value
@@ -152,7 +152,7 @@ def _bits_per_k(counts: np.ndarray, sparse: bool) -> np.ndarray:
     return totals
 
 
-class _Golomb(Codec):
+class _Golomb(ChunkedCodec):
     sparse: bool
 
     def __init__(self, bits: int | None = None, k: int | None = None):

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, read_varint, register, unzigzag, write_varint, zigzag
+from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
 from .bits import packed_bytes, padded, peek
 
 MAX_LEN = 15
@@ -203,7 +203,7 @@ def _pack_lengths(lengths: np.ndarray) -> bytes:
 
 
 @register
-class Huffman(Codec):
+class Huffman(ChunkedCodec):
     """Canonical Huffman, 15-bit length limit, table in the stream."""
 
     codec_id = "huffman"

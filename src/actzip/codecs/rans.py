@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, read_varint, register, unzigzag, write_varint, zigzag
+from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
 from .bits import packed_bytes, padded, peek, write_codes, zigzag_histogram
 from .huffman import DIRECT_BITS, _bit_length, _symbol_counts
 
@@ -68,7 +68,7 @@ def _model(counts: np.ndarray):
 
 
 @register
-class RANS(Codec):
+class RANS(ChunkedCodec):
     """Static order-0 model (exact counts) coded with constriction's ANS coder."""
 
     codec_id = "rans"

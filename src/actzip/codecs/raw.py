@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, register, unzigzag, zigzag
+from .base import ChunkedCodec, Header, register, unzigzag, zigzag
 from .bits import pack_fixed, packed_bytes, padded, unpack_fixed
 
 
@@ -45,7 +45,7 @@ def unpack_values(payload: bytes, start: int, n: int, bits: int, what: str) -> n
 
 
 @register
-class Raw(Codec):
+class Raw(ChunkedCodec):
     """Every value on b bits: n * b bits."""
 
     codec_id = "raw"

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, read_varint, register, write_varint
+from .base import ChunkedCodec, Header, read_varint, register, write_varint
 from .bits import packed_bytes, padded, refill, unzigzag_value, zigzag_value
 
 MAX_RUN_BITS = 16
@@ -118,7 +118,7 @@ def _decode(buf, total, r, bits, signed, out):
 
 
 @register
-class RLE(Codec):
+class RLE(ChunkedCodec):
     """Zero run-lengths: (run, value) tokens on r + b bits, r chosen per stream."""
 
     codec_id = "rle"

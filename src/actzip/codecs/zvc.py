@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptStreamError
-from .base import Codec, Header, register, unzigzag, zigzag
+from .base import ChunkedCodec, Header, register, unzigzag, zigzag
 from .raw import pack_values, unpack_values
 
 
 @register
-class ZVC(Codec):
+class ZVC(ChunkedCodec):
     """Zero-value compression: a 1-bit zero map, then the non-zeros on b bits."""
 
     codec_id = "zvc"

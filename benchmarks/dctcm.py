@@ -1,0 +1,165 @@
+"""DCT-CM (Shi et al. 2021) against the lossless codecs, with compressed activations in the loop.
+
+Per model, 8-bit activation maps, every site compressed and decoded inside the forward pass:
+- lossless: zvc, seg and ctx (the best lossless codec here) give the quantization-only accuracy;
+- dctcm at three per-site error budgets (relative squared error), built up in steps so the gain
+  can be attributed: re-quantization alone in the pixel domain (transform off) with zvc bitmap
+  coding, then the channel DCT allowed (G = 8 and 16), then rans instead of zvc for the streams.
+Models: EfficientNet-Lite0 on the bundled photos (top-1 agreement with the float model), and
+resnet20 / mobilenet-v1 trained on Fashion-MNIST by benchmarks/sparsify_table.py (top-1 on the
+test set). Speed: dctcm encode/decode MB/s of the 8-bit codes of Lite0 (per-site settings at the
+middle budget) beside zstd -3, in the same process, median of repeats.
+
+Results are cached per configuration in --runs, so an interrupted run resumes.
+
+    python benchmarks/dctcm.py [--models efficientnet-lite0 resnet20 mobilenet-v1] [--fmnist-images 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from actzip import codecs, models
+from actzip.codecs.dctcm import choose
+from actzip.data import open_images
+from actzip.fileio import atomic_write
+from actzip.inloop import EvaluateConfig, evaluate
+
+HERE = Path(__file__).parent
+BUDGETS = (1e-4, 1e-3, 1e-2)
+LOSSLESS = ("zvc", "seg", "ctx")
+
+
+def variants() -> list[tuple[str, str, dict]]:
+    """(label, codec, params) in the order the gains build up."""
+    out = [(name, name, {}) for name in LOSSLESS]
+    for b in BUDGETS:
+        out += [(f"requantize+zvc @{b:g}", "dctcm", {"budget": b, "transform": False}),
+                (f"dctcm G8+zvc @{b:g}", "dctcm", {"budget": b, "group": 8}),
+                (f"dctcm G16+zvc @{b:g}", "dctcm", {"budget": b, "group": 16}),
+                (f"requantize+rans @{b:g}", "dctcm", {"budget": b, "transform": False, "coder": "rans"}),
+                (f"dctcm G8+rans @{b:g}", "dctcm", {"budget": b, "group": 8, "coder": "rans"}),
+                (f"dctcm G16+rans @{b:g}", "dctcm", {"budget": b, "group": 16, "coder": "rans"})]
+    return out
+
+
+def summary(label: str, report: dict) -> dict:
+    sites = report["sites"]
+    return {"run": label, "codec": report["codec"], "params": report["codec_params"],
+            "compression": report["compression"], "top1": report["top1"], "agreement": report["agreement"],
+            "images": report["images"],
+            "dct_sites": sum(bool(s["codec"].get("transform")) and s["codec"]["id"] == "dctcm" for s in sites),
+            "sites": [{k: s[k] for k in ("name", "compression", "relative_error")} | {"codec": s["codec"]}
+                      for s in sites]}
+
+
+def run_model(model_name: str, weights: Path | None, images: str, limit: int | None, cache: Path) -> list[dict]:
+    model = models.load(model_name, weights=weights)
+    data = open_images(images, models.preprocessing(model_name))
+    rows = []
+    for label, codec, params in variants():
+        path = cache / f"{model_name}-{label.replace(' ', '_').replace('@', '').replace('+', '-')}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+            continue
+        t = time.perf_counter()
+        report = evaluate(model, data, EvaluateConfig(codec=codec, bits=8, codec_params=params, limit=limit,
+                                                      batch_size=16 if images == "photos" else 200))
+        rows.append(summary(label, report) | {"seconds": time.perf_counter() - t})
+        atomic_write(path, json.dumps(rows[-1], indent=1))
+        r = rows[-1]
+        print(f"{model_name:18} {label:26} {r['compression']:.3f}x top1 {r['top1']['compressed']} "
+              f"agree {r['agreement']['compressed']:.4f} dct sites {r['dct_sites']}", flush=True)
+    return rows
+
+
+def speed(repeats: int) -> dict:
+    """dctcm encode/decode MB/s on Lite0's 8-bit maps (one stream per site and 4 photos) vs zstd -3."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("codec_bench", HERE / "codecs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    streams = bench.lite0_streams(27, 8)
+    raw = sum(a.nbytes for a in streams)
+    out = {}
+    zstd = zstandard.ZstdCompressor(level=3)
+    zstd_d = zstandard.ZstdDecompressor()
+    for coder in ("zvc", "rans"):
+        coders = [codecs.get("dctcm", bits=8, coder=coder, **choose(a, 8, BUDGETS[1], coder=coder)) for a in streams]
+        enc_t, dec_t, z_enc, z_dec = [], [], [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            encoded = [c.encode(a) for c, a in zip(coders, streams)]
+            enc_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for c, e in zip(coders, encoded):
+                c.decode(e)
+            dec_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            zs = [zstd.compress(a.tobytes()) for a in streams]
+            z_enc.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for z in zs:
+                zstd_d.decompress(z)
+            z_dec.append(time.perf_counter() - t)
+        out[coder] = {"encode_MBps": raw / statistics.median(enc_t) / 1e6,
+                      "decode_MBps": raw / statistics.median(dec_t) / 1e6,
+                      "ratio": raw / sum(len(e) for e in encoded), "budget": BUDGETS[1]}
+    out["zstd-3"] = {"encode_MBps": raw / statistics.median(z_enc) / 1e6,
+                     "decode_MBps": raw / statistics.median(z_dec) / 1e6, "ratio": raw / sum(len(z) for z in zs)}
+    out["raw_MB"] = raw / 1e6
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| model | run | compression (8-bit) | top-1 % | agreement % | DCT sites |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for model, rows in results["models"].items():
+        for r in rows:
+            top1 = r["top1"]["compressed"]
+            lines.append(f"| {model} | {r['run']} | {r['compression']:.2f}x | "
+                         f"{'-' if top1 is None else f'{100 * top1:.2f}'} | "
+                         f"{100 * r['agreement']['compressed']:.1f} | {r['dct_sites']}/{len(r['sites'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "resnet20", "mobilenet-v1"])
+    ap.add_argument("--weights-dir", type=Path, default=Path("runs/sparsify_table"),
+                    help="where <model>-baseline/weights.pt of the Fashion-MNIST models are")
+    ap.add_argument("--fmnist-images", type=int, default=10000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", type=Path, default=Path("runs/dctcm"))
+    ap.add_argument("--out", type=Path, default=HERE / "dctcm.json")
+    args = ap.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    results = {"command": "python benchmarks/dctcm.py --models " + " ".join(args.models)
+               + f" --fmnist-images {args.fmnist_images}", "budgets": BUDGETS, "models": {}}
+    for name in args.models:
+        if name == "efficientnet-lite0":
+            results["models"][name] = run_model(name, None, "photos", None, args.runs)
+            continue
+        weights = args.weights_dir / f"{name}-baseline" / "weights.pt"
+        if not weights.is_file():
+            print(f"skipping {name}: no {weights} (train it with benchmarks/sparsify_table.py)")
+            continue
+        results["models"][name] = run_model(name, weights, "fashion-mnist", args.fmnist_images,
+                                            args.runs / f"n{args.fmnist_images}")
+    results["speed"] = speed(args.repeats)
+    atomic_write(args.out, json.dumps(results, indent=1))
+    atomic_write(HERE / "dctcm.md", markdown(results))
+    print(markdown(results))
+    print(json.dumps(results["speed"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

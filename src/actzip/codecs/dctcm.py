@@ -1,0 +1,431 @@
+"""`dctcm`: DCT-CM transform coding (Shi et al., ISCAS 2021). Lossy.
+
+At every pixel the channels are cut into groups of G (a last, shorter group is zero-padded), each
+group goes through an orthonormal DCT-II of length G, only the frequencies in the keep mask stay,
+and they are re-quantized with one step per site: c = floor(y / step + 1/2). The DC coefficients
+and the others go to two separate lossless streams, because the DC needs more range: each is
+coded by `zvc` (a zero bitmap plus the non-zeros at the smallest width that holds them; the
+paper's bitmap coding) or by `rans`. Decoding inverts the kept part of the transform, rounds to
+the nearest code and clips to the input's range.
+
+With `transform=False` the same re-quantization happens in the pixel domain instead: the choice
+for late layers that are already sparse after ReLU, where a channel DCT would smear the zeros.
+`step=1, transform=False` is lossless. Given an error `budget`, each encode chooses transform or
+not, keep mask and step itself (`choose`; transform=False then restricts it to the pixel domain).
+
+Cost: the header (about 20 bytes) plus the two inner streams, i.e. for zvc
+n_coef + nnz_dc * w_dc + nnz_ac * w_ac bits, n_coef = pixels * groups * kept frequencies.
+Error: the energy of the dropped frequencies plus about step^2 / 12 per kept coefficient, plus
+the final rounding; `relative_error` measures it, and `choose` picks the cheapest settings for
+a site whose relative squared error stays within a budget.
+
+The channel axis is `axis` (1: (N, C, H, W) activation maps); the stream records the shape, and
+`decode` returns the 1-D reconstruction like every codec.
+
+>>> import numpy as np
+>>> from actzip.codecs import get
+>>> x = np.random.default_rng(0).poisson(40, size=(2, 16, 4, 4)).astype(np.uint8)
+>>> c = get("dctcm", bits=8, group=8, keep=4, step=2.0)
+>>> y = c.decode(c.encode(x)).reshape(x.shape)
+>>> bool(relative_error(x, y) < 0.05), np.array_equal(y.ravel(), c.reconstruct(x))
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from ..errors import CorruptStreamError
+from .base import Codec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
+from .rans import RANS
+from .zvc import ZVC
+
+MAX_GROUP = 64
+MAX_DIMS = 8
+CODERS = {"zvc": ZVC, "rans": RANS}
+CODER_IDS = {name: i for i, name in enumerate(CODERS)}
+STEP_RANGE = (2.0**-4, 2.0**20)
+
+
+def dct_matrix(g: int) -> np.ndarray:
+    """The orthonormal DCT-II of length g: row f is frequency f (row 0 the DC)."""
+    n = np.arange(g)
+    m = np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * g)) * math.sqrt(2 / g)
+    m[0] /= math.sqrt(2)
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _forward(x, basis, has_dc, inv_step, dc, ac):
+    """Coefficients of x (A, C, B) per channel group: dc (A, groups, B), ac (A, groups, F_ac, B)."""
+    A, C, B = x.shape
+    F, G = basis.shape
+    groups = (C + G - 1) // G
+    for t in range(A * groups):
+        a, g = t // groups, t % groups
+        c0 = g * G
+        cn = min(G, C - c0)
+        acc = np.empty(B, np.float32)
+        for f in range(F):
+            acc[:] = 0.0
+            for c in range(cn):
+                w = basis[f, c]
+                for b in range(B):
+                    acc[b] += w * np.float32(x[a, c0 + c, b])
+            for b in range(B):
+                q = np.int32(np.floor(acc[b] * inv_step + np.float32(0.5)))
+                if has_dc and f == 0:
+                    dc[a, g, b] = q
+                else:
+                    ac[a, g, f - has_dc, b] = q
+
+
+@njit(cache=True, nogil=True)
+def _inverse(dc, ac, basis, has_dc, step, lo, hi, out):
+    """out (A, C, B) from the coefficients `_forward` wrote, rounded and clipped to [lo, hi]."""
+    A, C, B = out.shape
+    F, G = basis.shape
+    groups = (C + G - 1) // G
+    for t in range(A * groups):
+        a, g = t // groups, t % groups
+        c0 = g * G
+        cn = min(G, C - c0)
+        acc = np.empty(B, np.float32)
+        for c in range(cn):
+            acc[:] = 0.0
+            for f in range(F):
+                w = basis[f, c] * step
+                if has_dc and f == 0:
+                    for b in range(B):
+                        acc[b] += w * np.float32(dc[a, g, b])
+                else:
+                    for b in range(B):
+                        acc[b] += w * np.float32(ac[a, g, f - has_dc, b])
+            for b in range(B):
+                v = np.floor(acc[b] + np.float32(0.5))
+                out[a, c0 + c, b] = lo if v < lo else (hi if v > hi else v)
+
+
+@njit(cache=True, nogil=True)
+def _requantize(x, inv_step, out):
+    for i in range(x.size):
+        out[i] = np.int32(np.floor(np.float32(x[i]) * inv_step + np.float32(0.5)))
+
+
+@njit(cache=True, nogil=True)
+def _dequantize(c, step, lo, hi, out):
+    for i in range(c.size):
+        v = np.floor(np.float32(c[i]) * step + np.float32(0.5))
+        out[i] = lo if v < lo else (hi if v > hi else v)
+
+
+@njit(cache=True, nogil=True)
+def _squared_error(x, y):
+    err = energy = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        d = np.float64(y[i]) - v
+        err += d * d
+        energy += v * v
+    return err, energy
+
+
+def relative_error(x, y) -> float:
+    """sum((y - x)^2) / sum(x^2): the error measure of every budget (0 when both are all zero, 1 for
+    any error on an all-zero x)."""
+    x, y = np.ravel(x), np.ravel(y)
+    if x.shape != y.shape:
+        raise ValueError(f"cannot compare {x.size} values with {y.size}")
+    err, energy = _squared_error(x, y)
+    return err / energy if energy else float(err > 0)
+
+
+def _value_range(dtype: np.dtype, bits: int) -> tuple[int, int]:
+    if dtype.kind == "i":
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _keep_mask(keep, group: int) -> tuple[int, ...]:
+    """keep as a 0/1 mask over the group's frequencies: None (all), a count of the lowest, or a mask."""
+    if keep is None:
+        return (1,) * group
+    if isinstance(keep, (int, np.integer)) and not isinstance(keep, bool):
+        if not 1 <= keep <= group:
+            raise ValueError(f"keep count {keep} is outside 1..{group} (the group size)")
+        return (1,) * int(keep) + (0,) * (group - int(keep))
+    mask = tuple(int(bool(v)) for v in keep)
+    if len(mask) != group:
+        raise ValueError(f"keep mask has {len(mask)} entries, the group size is {group}")
+    if not any(mask):
+        raise ValueError("keep mask keeps no frequency")
+    return mask
+
+
+def _shape3(shape, axis: int) -> tuple[int, int, int]:
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def as_3d(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
+    """a viewed as (outer, channels, inner) around the channel axis."""
+    if not 2 <= len(shape) <= MAX_DIMS:
+        raise ValueError(f"dctcm needs an array of 2..{MAX_DIMS} dimensions with a channel axis, "
+                         f"got shape {tuple(shape)}")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"channel axis {axis} does not exist in shape {tuple(shape)}")
+    return a.reshape(_shape3(shape, axis % len(shape)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one stream is coded with (all recorded in the stream)."""
+
+    transform: bool
+    group: int
+    keep: tuple[int, ...]
+    step: float
+
+    @property
+    def basis(self) -> np.ndarray:
+        rows = [f for f, k in enumerate(self.keep) if k]
+        return np.ascontiguousarray(dct_matrix(self.group)[rows], np.float32)
+
+    @property
+    def has_dc(self) -> int:
+        return self.keep[0]
+
+
+def coefficients(x3: np.ndarray, s: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(DC, other kept coefficients) as int32 arrays; in the pixel domain, (empty, requantized x)."""
+    inv_step = np.float32(1.0 / s.step)
+    if not s.transform:
+        out = np.empty(x3.size, np.int32)
+        _requantize(x3.reshape(-1), inv_step, out)
+        return np.zeros(0, np.int32), out
+    A, C, B = x3.shape
+    if C < s.group:
+        raise ValueError(f"{C} channels are fewer than the DCT group size {s.group}")
+    groups = -(-C // s.group)
+    basis = s.basis
+    dc = np.empty((A, groups, B) if s.has_dc else (0, 0, 0), np.int32)
+    ac = np.empty((A, groups, basis.shape[0] - s.has_dc, B), np.int32)
+    _forward(x3, basis, s.has_dc, inv_step, dc, ac)
+    return dc.reshape(-1), ac.reshape(-1)
+
+
+def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, dtype: np.dtype,
+                   bits: int) -> np.ndarray:
+    """The decoded codes (shape3) from the coefficients."""
+    lo, hi = _value_range(dtype, bits)
+    out = np.empty(shape3, dtype)
+    if not s.transform:
+        _dequantize(ac, np.float32(s.step), lo, hi, out.reshape(-1))
+        return out
+    A, C, B = shape3
+    groups = -(-C // s.group)
+    basis = s.basis
+    _inverse(dc.reshape(A, groups, B) if s.has_dc else dc.reshape(0, 0, 0),
+             ac.reshape(A, groups, basis.shape[0] - s.has_dc, B), basis, s.has_dc, np.float32(s.step), lo, hi, out)
+    return out
+
+
+def _narrow(c: np.ndarray) -> tuple[np.ndarray, int]:
+    """c in the smallest 16-bit dtype and width that hold it; ValueError when 16 bits do not."""
+    if c.size == 0:
+        return c.astype(np.uint16), 1
+    lo, hi = int(c.min()), int(c.max())
+    if lo >= 0:
+        if hi >= 1 << 16:
+            raise ValueError(f"coefficients reach {hi}, past 16 bits: use a larger step")
+        return c.astype(np.uint16), max(1, hi.bit_length())
+    width = max(hi.bit_length(), (-lo - 1).bit_length()) + 1
+    if width > 16:
+        raise ValueError(f"coefficients span [{lo}, {hi}], past 16 bits: use a larger step")
+    return c.astype(np.int16), width
+
+
+def _estimated_bits(c: np.ndarray, coder: str) -> float:
+    """What an inner stream of c costs, without coding it (zvc exactly up to padding; rans ~ entropy)."""
+    if c.size == 0:
+        return 0.0
+    if coder == "zvc":
+        nnz = int(np.count_nonzero(c))
+        return c.size + nnz * _narrow(c)[1]
+    counts = np.unique(c, return_counts=True)[1]
+    p = counts / c.size
+    return float(-(counts * np.log2(p)).sum()) + 24.0 * len(counts)
+
+
+def _steps(bits: int) -> np.ndarray:
+    """The step grid the search walks: quarter octaves from 1 to half the code range."""
+    return 2.0 ** (np.arange(4 * (bits - 1) + 1) / 4)
+
+
+def sample_pixels(x3: np.ndarray, max_values: int) -> np.ndarray:
+    """A regular subsample of the pixels of x3 (all channels kept) of at most about max_values values."""
+    A, C, B = x3.shape
+    if x3.size <= max_values:
+        return x3
+    pixels = max(1, max_values // C)
+    stride_a = max(1, -(-A // pixels))
+    x3 = x3[::stride_a]
+    stride_b = max(1, -(-(x3.shape[0] * B) // pixels))
+    return np.ascontiguousarray(x3[:, :, ::stride_b])
+
+
+def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis: int = 1,
+           transform: bool = True, max_values: int = 1 << 20) -> dict:
+    """The cheapest settings (transform or not, keep mask, step) for codes like x whose relative
+    squared error stays within `budget`: per keep count (low-pass) and for the pixel domain, the
+    largest step on the grid within budget (by bisection), then the fewest estimated bits.
+    transform=False searches the pixel domain only."""
+    if not 0 < budget < 1:
+        raise ValueError(f"error budget must be in (0, 1), got {budget}")
+    x = np.asarray(x)
+    a, bits = check_input(x, bits)
+    x3 = sample_pixels(as_3d(a, x.shape, axis), max_values)
+    steps = _steps(bits)
+
+    def cost(s: Settings) -> tuple[float, float]:
+        try:
+            dc, ac = coefficients(x3, s)
+            total = _estimated_bits(dc, coder) + _estimated_bits(ac, coder)
+        except ValueError:  # coefficients past 16 bits at this step
+            return math.inf, math.inf
+        y = reconstruction(dc, ac, x3.shape, s, a.dtype, bits)
+        return relative_error(x3, y), total
+
+    candidates = [Settings(False, group, (1,) * group, 1.0)]
+    if transform and x3.shape[1] >= group:
+        candidates += [Settings(True, group, _keep_mask(k, group), 1.0) for k in range(1, group + 1)]
+    best, best_bits = None, math.inf
+    for base in candidates:
+        lo, hi = -1, len(steps)  # steps[lo] fits the budget (or lo = -1), steps[hi] does not
+        found = None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            s = Settings(base.transform, group, base.keep, float(steps[mid]))
+            err, total = cost(s)
+            if err <= budget:
+                lo, found = mid, (s, total)
+            else:
+                hi = mid
+        if found and found[1] < best_bits:
+            best, best_bits = found
+    return {"transform": best.transform, "group": group, "keep": list(best.keep), "step": best.step}
+
+
+@register
+class DCTCM(Codec):
+    """DCT-CM: channel-group DCT, frequency mask, re-quantization, zero-bitmap coding (lossy)."""
+
+    codec_id = "dctcm"
+    lossless = False
+
+    def __init__(self, bits: int | None = None, group: int = 8, keep=None, step: float = 1.0,
+                 transform: bool = True, coder: str = "zvc", axis: int = 1, budget: float | None = None):
+        super().__init__(bits)
+        if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 2 or group > MAX_GROUP \
+                or group & (group - 1):
+            raise ValueError(f"group size must be a power of two in 2..{MAX_GROUP}, got {group!r}")
+        self.group = int(group)
+        self.keep = _keep_mask(keep, self.group)
+        if not (isinstance(step, (int, float)) and STEP_RANGE[0] <= step <= STEP_RANGE[1]):
+            raise ValueError(f"step must be a number in [{STEP_RANGE[0]}, {STEP_RANGE[1]}], got {step!r}")
+        self.step = float(step)
+        self.transform = bool(transform)
+        if coder not in CODERS:
+            raise ValueError(f"coder must be one of {', '.join(CODERS)}, got {coder!r}")
+        self.coder = coder
+        self.axis = int(axis)
+        if budget is not None and not 0 < budget < 1:
+            raise ValueError(f"error budget must be in (0, 1), got {budget}")
+        self.budget = budget
+
+    def _params(self) -> dict:
+        return {"bits": self.bits, "group": self.group, "keep": list(self.keep), "step": self.step,
+                "transform": self.transform, "coder": self.coder, "axis": self.axis, "budget": self.budget}
+
+    def _settings(self, a_in) -> Settings:
+        if self.budget is None:
+            return Settings(self.transform, self.group, self.keep, self.step)
+        chosen = choose(a_in, self.bits, self.budget, self.group, self.coder, self.axis, self.transform)
+        return Settings(chosen["transform"], self.group, tuple(chosen["keep"]), chosen["step"])
+
+    def _prepare(self, a_in) -> tuple[np.ndarray, int, np.ndarray, Settings]:
+        a, bits = check_input(a_in, self.bits)
+        x3 = as_3d(a, np.shape(a_in), self.axis)
+        return a, bits, x3, self._settings(a_in)
+
+    def reconstruct(self, a_in) -> np.ndarray:
+        """decode(encode(a_in)) without the entropy coding: the same 1-D array, faster."""
+        a, bits, x3, s = self._prepare(a_in)
+        dc, ac = coefficients(x3, s)
+        _narrow(dc), _narrow(ac)  # the same range errors as encode
+        return reconstruction(dc, ac, x3.shape, s, a.dtype, bits).reshape(-1)
+
+    def encode(self, a_in) -> bytes:
+        a, bits, x3, s = self._prepare(a_in)
+        shape = np.shape(a_in)
+        dc, ac = coefficients(x3, s)
+        inner = CODERS[self.coder]
+        streams = [inner(bits=w).encode(c) for c, w in (_narrow(dc), _narrow(ac))]
+        axis = self.axis % len(shape)
+        mask = sum(k << f for f, k in enumerate(s.keep))
+        return (pack_header(a, bits) + write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
+                + bytes([axis, int(s.transform), s.group, CODER_IDS[self.coder]]) + write_varint(mask)
+                + struct.pack("<f", s.step) + write_varint(len(streams[0])) + streams[0] + streams[1])
+
+    def decode(self, buf) -> np.ndarray:
+        buf = stream_bytes(buf)
+        h = parse_header(buf)
+        ndim, pos = read_varint(buf, h.size, "dimension count")
+        if not 2 <= ndim <= MAX_DIMS:
+            raise CorruptStreamError(f"dctcm: {ndim} dimensions")
+        shape = []
+        for _ in range(ndim):
+            d, pos = read_varint(buf, pos, "shape")
+            shape.append(d)
+        if math.prod(shape) != h.n:
+            raise CorruptStreamError(f"dctcm: shape {shape} does not hold the {h.n} values the header claims")
+        if pos + 4 > len(buf):
+            raise CorruptStreamError("dctcm: stream truncated inside its settings")
+        axis, transform, group, coder_id = buf[pos:pos + 4]
+        mask, pos = read_varint(buf, pos + 4, "keep mask")
+        if axis >= ndim or transform > 1 or coder_id >= len(CODERS) or group < 2 or group > MAX_GROUP \
+                or group & (group - 1) or not 0 < mask < 1 << group:
+            raise CorruptStreamError("dctcm: settings out of range")
+        if pos + 4 > len(buf):
+            raise CorruptStreamError("dctcm: stream truncated inside its step")
+        (step,) = struct.unpack_from("<f", buf, pos)
+        if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
+            raise CorruptStreamError(f"dctcm: step {step} out of range")
+        s = Settings(bool(transform), group, tuple((mask >> f) & 1 for f in range(group)), float(step))
+        dc_size, pos = read_varint(buf, pos + 4, "DC stream length")
+        if pos + dc_size > len(buf):
+            raise CorruptStreamError("dctcm: DC stream runs past the end")
+        A, C, B = shape3 = _shape3(shape, axis)
+        if s.transform and C < group:
+            raise CorruptStreamError(f"dctcm: {C} channels are fewer than the group size {group}")
+        groups = -(-C // group)
+        kept = sum(s.keep)
+        want_dc = A * groups * B * s.has_dc if s.transform else 0
+        want_ac = A * groups * B * (kept - s.has_dc) if s.transform else h.n
+        inner = CODERS[list(CODERS)[coder_id]]()
+        dc = self._inner(inner, buf[pos:pos + dc_size], want_dc, "DC")
+        ac = self._inner(inner, buf[pos + dc_size:], want_ac, "coefficient")
+        return reconstruction(dc, ac, shape3, s, h.dtype, h.bits).reshape(-1)
+
+    @staticmethod
+    def _inner(coder: Codec, buf: bytes, want: int, what: str) -> np.ndarray:
+        c = coder.decode(buf)
+        if c.size != want or c.dtype.itemsize != 2:
+            raise CorruptStreamError(f"dctcm: the {what} stream holds {c.size} {c.dtype} values, expected {want}")
+        return c.astype(np.int32)
+
+

@@ -1,0 +1,160 @@
+"""Accuracy with compressed activations in the loop.
+
+Every site's input is replaced by what a decoder would hand the layer: the activation map is
+quantized (quantizers calibrated as in `analyze`), encoded into a real stream, decoded, and
+dequantized. Three forwards per batch give the float model's prediction, the quantization-only
+prediction and the compressed one; the report has top-1 of each (on labelled images), top-1
+agreement of the quantized and the compressed model with the float one, and per-site and total compression taken
+from the stream lengths. A lossless codec therefore reproduces the quantization-only result exactly.
+
+A lossy codec with a per-site error budget (dctcm) is calibrated first: its settings are chosen
+per site from the activation maps of the calibration images, then fixed for the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import codecs
+from .analysis import AnalyzeConfig, Progress, _batches, calibrate
+from .codecs.dctcm import as_3d, sample_pixels, choose
+from .errors import ActzipError
+from .quant import QuantParams, code_dtype, dequantize, quantize
+from .sites import Site, capture
+
+SAMPLE_VALUES = 1 << 20  # activation values per site kept for choosing a lossy codec's settings
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    codec: str = "zvc"
+    bits: int = 8
+    codec_params: dict = field(default_factory=dict)  # e.g. {"budget": 0.01, "group": 8, "coder": "rans"}
+    batch_size: int = 16
+    limit: int | None = None
+    calibration_images: int = 64
+
+    def __post_init__(self):
+        AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
+                      calibration_images=self.calibration_images, codecs=())  # the shared checks
+        codecs.get(self.codec, bits=self.bits, **self.codec_params)  # unknown codec or bad settings fail here
+
+
+def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
+    return quantize(x, q).numpy().astype(code_dtype(q.bits, q.signed))
+
+
+def _axis(site: Site) -> int:
+    return site.channel_axis % (len(site.shape) + 1)
+
+
+def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites: list[Site],
+                quantizers: dict[str, QuantParams], progress: Progress | None = None) -> dict[str, codecs.Codec]:
+    """One codec per site: the configured one, or for dctcm with a budget the settings `choose`
+    finds on a sample of that site's activations over the calibration images."""
+    params = dict(config.codec_params)
+    budget = params.pop("budget", None)
+
+    def make(site: Site, chosen: dict | None = None) -> codecs.Codec:
+        if config.codec != "dctcm":
+            return codecs.get(config.codec, bits=config.bits, **params)
+        return codecs.get("dctcm", bits=config.bits, axis=_axis(site), **{**params, **(chosen or {})})
+
+    if budget is None:
+        return {s.name: make(s) for s in sites}
+    samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
+    count = min(len(images), config.limit or len(images), config.calibration_images)
+    per_batch = max(1, SAMPLE_VALUES // -(-count // config.batch_size))
+
+    def keep(site: Site, module: nn.Module, x: torch.Tensor):
+        codes = _codes(x, quantizers[site.name])
+        sample = sample_pixels(as_3d(codes.ravel(), codes.shape, _axis(site)), per_batch)
+        samples[site.name].append(sample.transpose(1, 0, 2).reshape(sample.shape[1], -1))  # (channels, pixels)
+
+    with capture(model, keep), torch.no_grad():
+        for x in _batches(images, count, config.batch_size, progress, "fit codec"):
+            model(x)
+    search = {k: params[k] for k in ("group", "coder", "transform") if k in params}
+    return {s.name: make(s, choose(np.concatenate(samples[s.name], axis=1)[None], config.bits, budget, **search))
+            for s in sites}
+
+
+def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = EvaluateConfig(),
+             progress: Progress | None = None) -> dict:
+    """Top-1 (float, quantized, compressed), agreement, and compression per site and in total."""
+    if len(images) == 0:
+        raise ActzipError("no images to evaluate")
+    model.eval()
+    analyze_config = AnalyzeConfig(bits=(config.bits,), batch_size=config.batch_size, limit=config.limit,
+                                   calibration_images=config.calibration_images, codecs=())
+    sites, quantizers = calibrate(model, images, analyze_config, progress)
+    quantizers = {name: q[config.bits] for name, q in quantizers.items()}
+    coders = site_codecs(model, images, config, sites, quantizers, progress)
+    stream_bytes = {s.name: 0 for s in sites}
+    numel = {s.name: 0 for s in sites}
+    errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)
+    compress = True
+
+    def replace(site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q = quantizers[site.name]
+        codes = _codes(x, q)
+        if compress:
+            stream = coders[site.name].encode(codes)
+            decoded = coders[site.name].decode(stream).reshape(codes.shape)
+            stream_bytes[site.name] += len(stream)
+            numel[site.name] += codes.size
+            d = decoded.astype(np.float64) - codes
+            errors[site.name][0] += float((d * d).sum())
+            errors[site.name][1] += float(np.square(codes, dtype=np.float64).sum())
+            codes = decoded
+        return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
+
+    labelled = correct_float = correct_quant = correct_comp = agree = agree_quant = total = 0
+    count = min(len(images), config.limit or len(images))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
+                                         batch_size=config.batch_size)
+    with torch.no_grad():
+        done = 0
+        for x, y in loader:
+            ref = model(x).argmax(1)
+            with capture(model, replace):
+                compress = False
+                quant = model(x).argmax(1)
+                compress = True
+                comp = model(x).argmax(1)
+            has_label = y >= 0
+            labelled += int(has_label.sum())
+            correct_float += int((ref == y)[has_label].sum())
+            correct_quant += int((quant == y)[has_label].sum())
+            correct_comp += int((comp == y)[has_label].sum())
+            agree += int((comp == ref).sum())
+            agree_quant += int((quant == ref).sum())
+            total += len(y)
+            done += len(y)
+            if progress:
+                progress("evaluate", done, count)
+    per_site = [{"name": s.name, "shape": list(s.shape), "codec": coders[s.name].get_config(),
+                 "numel": numel[s.name], "bytes": stream_bytes[s.name],
+                 "compression": numel[s.name] * config.bits / (8 * stream_bytes[s.name]),
+                 "relative_error": errors[s.name][0] / errors[s.name][1] if errors[s.name][1] else 0.0}
+                for s in sites]
+    all_values = sum(numel.values())
+    all_bytes = sum(stream_bytes.values())
+
+    def top1(correct: int) -> float | None:
+        return correct / labelled if labelled else None
+
+    return {
+        "codec": config.codec, "codec_params": dict(config.codec_params), "bits": config.bits,
+        "images": total, "labelled": labelled,
+        "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},
+        "agreement": {"quantized": agree_quant / total, "compressed": agree / total} if total else None,
+        "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
+        "sites": per_site,
+    }

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from actzip.analysis import AnalyzeConfig, calibrate
+from actzip.inloop import EvaluateConfig, evaluate
+from actzip.quant import fake_quantize
+from actzip.sites import capture
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16 * 144, 10)).eval()
+
+
+def _images(model, quantized_labels: bool):
+    """40 random images labelled with the 3-bit quantization-only model's prediction (or the float one's)."""
+    x = torch.rand(40, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(x, torch.zeros(40, dtype=torch.long))
+    if not quantized_labels:
+        with torch.no_grad():
+            return TensorDataset(x, model(x).argmax(1))
+    sites, quantizers = calibrate(model, data, AnalyzeConfig(bits=(3,), calibration_images=64, codecs=()))
+    with capture(model, lambda site, m, a: fake_quantize(a, quantizers[site.name][3])), torch.no_grad():
+        return TensorDataset(x, model(x).argmax(1))
+
+
+@pytest.mark.parametrize("codec", ["zvc", "seg", "ctx"])
+def test_lossless_codecs_reproduce_the_quantization_only_predictions(codec):
+    model = _net()
+    report = evaluate(model, _images(model, quantized_labels=True), EvaluateConfig(codec=codec, bits=3))
+    assert report["top1"]["compressed"] == 1.0 == report["top1"]["quantized"]
+    assert report["top1"]["float"] < 1.0  # 3 bits change predictions, so the test sees where they come from
+    assert report["agreement"]["compressed"] == report["agreement"]["quantized"]
+    assert all(s["relative_error"] == 0.0 for s in report["sites"])
+    assert report["compression"] > 1.0
+
+
+def test_a_lossy_budget_bounds_the_first_sites_error_and_buys_compression():
+    model = _net()
+    data = _images(model, quantized_labels=False)
+    lossless = evaluate(model, data, EvaluateConfig(codec="zvc", bits=8))
+    reports = {b: evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, codec_params={"budget": b}))
+               for b in (1e-3, 5e-2)}
+    for budget, report in reports.items():
+        # the first site sees exactly the calibration activations (all 40 images, fully sampled)
+        assert 0 < report["sites"][0]["relative_error"] <= budget
+        assert report["sites"][0]["codec"]["id"] == "dctcm"
+    assert lossless["compression"] < reports[1e-3]["compression"] < reports[5e-2]["compression"]
+
+
+def test_bad_settings_fail_before_any_work():
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        EvaluateConfig(codec="dctcm", codec_params={"budget": 1.5})
+    with pytest.raises(Exception, match="unknown codec"):
+        EvaluateConfig(codec="nope")
+
+
+def test_cli_evaluate_reports_and_refuses_bad_settings(tmp_path):
+    from typer.testing import CliRunner
+
+    from actzip.cli import app
+
+    bad = CliRunner().invoke(app, ["evaluate", "-p", "group=3", "--out", str(tmp_path / "e.json")])
+    assert bad.exit_code == 2 and "power of two" in bad.output
+    assert not (tmp_path / "e.json").exists()
+    np.testing.assert_equal(CliRunner().invoke(app, ["evaluate", "-p", "budget"]).exit_code, 2)
