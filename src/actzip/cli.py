@@ -265,6 +265,8 @@ def train(
     l1: float = typer.Option(0.0, help="L1 activation penalty strength"),
     hoyer: float = typer.Option(0.0, help="Hoyer-square activation penalty strength"),
     fatrelu: float = typer.Option(0.0, help="FATReLU target extra sparsity, 0..1"),
+    pixel_sparsity: float = typer.Option(0.0, help="semi-structured pixel masks on conv outputs: masked fraction"),
+    pixel_criterion: str = typer.Option("random", help="which pixels to mask: random or magnitude"),
     seed: int = typer.Option(0),
     data_root: Optional[Path] = typer.Option(None, help="where the dataset lives"),
     download: bool = typer.Option(False, help="allow downloading CIFAR-10"),
@@ -282,7 +284,8 @@ def train(
     config = TrainConfig(model=model, width=width, dataset=dataset, data_root=str(data_root) if data_root else None,
                          download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1, hoyer=hoyer,
-                         fatrelu=fatrelu, eval_images=eval_images, train_limit=train_limit,
+                         fatrelu=fatrelu, pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
+                         eval_images=eval_images, train_limit=train_limit,
                          sync_batchnorm=sync_batchnorm)
     bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)

@@ -32,7 +32,8 @@ from .dist import (all_reduce_sum, barrier, broadcast_module, global_batchnorm, 
 from .errors import ActzipError
 from .fileio import atomic_write, writable_dir
 from .report import write_report
-from .sparsify import FATReLU, Hoyer, L1, attach_fatrelu, attach_penalty, calibrate_thresholds
+from .sparsify import (FATReLU, Hoyer, L1, PixelMask, PixelMaskHandle, attach_fatrelu, attach_penalty,
+                       attach_pixel_masks, calibrate_thresholds)
 
 Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, info)
 SMALL_MODELS = ("resnet20", "resnet18", "mobilenet-v1")
@@ -55,6 +56,8 @@ class TrainConfig:
     l1: float = 0.0  # L1 penalty strength (alpha on each site's mean |x|)
     hoyer: float = 0.0  # Hoyer-square penalty strength
     fatrelu: float = 0.0  # FATReLU target extra sparsity
+    pixel_sparsity: float = 0.0  # semi-structured pixel masks on conv outputs (0: none)
+    pixel_criterion: str = "random"  # or "magnitude"
     eval_images: int = 500  # test images whose activations are measured each epoch
     bits: tuple[int, ...] = (8, 16)
     codecs: tuple[str, ...] = ("zvc", "seg", "ctx")
@@ -72,6 +75,10 @@ class TrainConfig:
         if min(self.l1, self.hoyer) < 0 or not 0 <= self.fatrelu < 1:
             raise ValueError("penalties must be >= 0 and the FATReLU sparsity in [0, 1)")
         AnalyzeConfig(bits=self.bits, codecs=self.codecs)  # validates bits and codec names
+        self.pixel_masks()  # validates the pixel-mask settings
+
+    def pixel_masks(self) -> PixelMask:
+        return PixelMask(self.pixel_sparsity, self.pixel_criterion, seed=self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +102,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     thresholds: dict = field(default_factory=dict)
+    masks: PixelMaskHandle | None = None
     start_epoch: int = 0
     metrics: list = field(default_factory=list)
     net: nn.Module | None = None  # what the training forward calls: the model, or its DDP wrapper
@@ -160,6 +168,9 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
     model = build_model(config, sets.in_channels, sets.num_classes)
     if config.init and state is None:
         models.load_weights(model, config.init)
+    masks = None
+    if config.pixel_sparsity:  # before the broadcast, so that every rank gets rank 0's masks
+        masks = attach_pixel_masks(model, config.pixel_masks(), train_set[0][0][None], train_set)
     if world > 1:  # before the optimizer: new BatchNorm modules would hold new parameters
         broadcast_module(model)
         if config.sync_batchnorm:
@@ -172,7 +183,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     steps = config.epochs * len(epoch_loader(train_set, config, 0))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler)
+    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler, masks=masks)
     run.net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if state is not None:
         model.load_state_dict(state["model"])
@@ -242,6 +253,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
             penalty.detach()
         if fat:
             fat.detach()
+        if run.masks:
+            run.masks.detach()
     report["training"] = {"config": config.to_dict(), "top1": top1, "epochs": run.metrics}
     if is_main():
         _save(run.model.state_dict(), run.out / "weights.pt")
@@ -260,6 +273,8 @@ def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tu
     total_loss = total_penalty = 0.0
     steps = len(loader)
     for step, (x, y) in enumerate(loader):
+        if run.masks:
+            run.masks.update((epoch * steps + step) / (config.epochs * steps))
         loss = F.cross_entropy(run.net(x), y)
         extra = penalty.take() if penalty else torch.zeros(())
         objective = loss + extra
@@ -284,4 +299,6 @@ def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tu
         progress("evaluated", epoch + 1, config.epochs, {"top1": top1, "zeros": report["totals"]["zero_fraction"]})
     metrics = _epoch_metrics(epoch, total_loss / max(steps, 1), total_penalty / max(steps, 1), seconds, top1,
                              report)
+    if run.masks:
+        metrics["pixel_sparsity"] = run.masks.sparsity
     return metrics, (top1, report)

@@ -77,6 +77,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ActzipError(f"{path} holds no state dict")
+    from ..sparsify.pixelmask import restore_pixel_masks
+
+    try:
+        restore_pixel_masks(model, state)  # a model trained with pixel masks runs with them
+    except ValueError as e:
+        raise ActzipError(f"weights in {path} do not fit {type(model).__name__}: {e}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
