@@ -4,8 +4,9 @@ Every site's input is replaced by what a decoder would hand the layer: the activ
 quantized (quantizers calibrated as in `analyze`), encoded into a real stream, decoded, and
 dequantized. Three forwards per batch give the float model's prediction, the quantization-only
 prediction and the compressed one; the report has top-1 of each (on labelled images), top-1
-agreement of the quantized and the compressed model with the float one, and per-site and total compression taken
-from the stream lengths. A lossless codec therefore reproduces the quantization-only result exactly.
+agreement of the quantized and the compressed model with the float one, and per-site and total
+compression taken from the stream lengths. A lossless codec therefore reproduces the
+quantization-only result exactly.
 
 A lossy codec with a per-site error budget (dctcm) is calibrated first: its settings are chosen
 per site from the activation maps of the calibration images, then fixed for the whole run.
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset
 
 from . import codecs
 from .analysis import AnalyzeConfig, Progress, _batches, calibrate
-from .codecs.dctcm import as_3d, sample_pixels, choose
+from .codecs.dctcm import as_3d, choose, sample_pixels
 from .errors import ActzipError
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
@@ -99,7 +100,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     stream_bytes = {s.name: 0 for s in sites}
     numel = {s.name: 0 for s in sites}
     errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)
-    compress = True
+    compress = True  # False: quantize only (the forward loop below switches it)
 
     def replace(site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         q = quantizers[site.name]

@@ -208,8 +208,7 @@ def restore_pixel_masks(model: nn.Module, state: dict[str, torch.Tensor]) -> Pix
             conv.register_buffer("pixel_score", torch.zeros_like(state[f"{name}.pixel_score"]))
             conv.register_buffer("pixel_mask", torch.ones_like(state[f"{name}.pixel_mask"]))
         convs[name] = conv
-    handle = PixelMaskHandle(model, convs, PixelMask())
-    return handle
+    return PixelMaskHandle(model, convs, PixelMask())  # its hooks stay: the model runs masked
 
 
 def mask_sparsity(model: nn.Module) -> dict[str, float]:
