@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from . import codecs
 from .analysis import AnalyzeConfig, Progress, _batches, calibrate
-from .codecs.dctcm import as_3d, choose, sample_pixels
+from .codecs.dctcm import as_3d, choose, sample_pixels, squared_error
 from .errors import ActzipError
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
@@ -110,9 +110,9 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
             decoded = coders[site.name].decode(stream).reshape(codes.shape)
             stream_bytes[site.name] += len(stream)
             numel[site.name] += codes.size
-            d = decoded.astype(np.float64) - codes
-            errors[site.name][0] += float((d * d).sum())
-            errors[site.name][1] += float(np.square(codes, dtype=np.float64).sum())
+            err, energy = squared_error(codes.reshape(-1), decoded.reshape(-1))
+            errors[site.name][0] += err
+            errors[site.name][1] += energy
             codes = decoded
         return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
 

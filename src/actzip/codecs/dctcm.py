@@ -61,51 +61,42 @@ def dct_matrix(g: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _forward(x, basis, has_dc, inv_step, dc, ac):
-    """Coefficients of x (A, C, B) per channel group: dc (A, groups, B), ac (A, groups, F_ac, B)."""
+def _forward(x, basis, inv_step, coef):
+    """coef (F, A, groups, B): the kept coefficients of x (A, C, B) per channel group, re-quantized;
+    frequency first, so that the DC and the other coefficients are two contiguous slices."""
     A, C, B = x.shape
     F, G = basis.shape
     groups = (C + G - 1) // G
+    acc = np.empty(B, np.float32)
     for t in range(A * groups):
         a, g = t // groups, t % groups
         c0 = g * G
-        cn = min(G, C - c0)
-        acc = np.empty(B, np.float32)
         for f in range(F):
             acc[:] = 0.0
-            for c in range(cn):
+            for c in range(min(G, C - c0)):
                 w = basis[f, c]
                 for b in range(B):
                     acc[b] += w * np.float32(x[a, c0 + c, b])
             for b in range(B):
-                q = np.int32(np.floor(acc[b] * inv_step + np.float32(0.5)))
-                if has_dc and f == 0:
-                    dc[a, g, b] = q
-                else:
-                    ac[a, g, f - has_dc, b] = q
+                coef[f, a, g, b] = np.int32(np.floor(acc[b] * inv_step + np.float32(0.5)))
 
 
 @njit(cache=True, nogil=True)
-def _inverse(dc, ac, basis, has_dc, step, lo, hi, out):
+def _inverse(coef, basis, step, lo, hi, out):
     """out (A, C, B) from the coefficients `_forward` wrote, rounded and clipped to [lo, hi]."""
     A, C, B = out.shape
     F, G = basis.shape
     groups = (C + G - 1) // G
+    acc = np.empty(B, np.float32)
     for t in range(A * groups):
         a, g = t // groups, t % groups
         c0 = g * G
-        cn = min(G, C - c0)
-        acc = np.empty(B, np.float32)
-        for c in range(cn):
+        for c in range(min(G, C - c0)):
             acc[:] = 0.0
             for f in range(F):
                 w = basis[f, c] * step
-                if has_dc and f == 0:
-                    for b in range(B):
-                        acc[b] += w * np.float32(dc[a, g, b])
-                else:
-                    for b in range(B):
-                        acc[b] += w * np.float32(ac[a, g, f - has_dc, b])
+                for b in range(B):
+                    acc[b] += w * np.float32(coef[f, a, g, b])
             for b in range(B):
                 v = np.floor(acc[b] + np.float32(0.5))
                 out[a, c0 + c, b] = lo if v < lo else (hi if v > hi else v)
@@ -125,7 +116,8 @@ def _dequantize(c, step, lo, hi, out):
 
 
 @njit(cache=True, nogil=True)
-def _squared_error(x, y):
+def squared_error(x, y):
+    """(sum((y - x)^2), sum(x^2)) over two flat arrays of the same size, in float64."""
     err = energy = 0.0
     for i in range(x.size):
         v = np.float64(x[i])
@@ -141,7 +133,7 @@ def relative_error(x, y) -> float:
     x, y = np.ravel(x), np.ravel(y)
     if x.shape != y.shape:
         raise ValueError(f"cannot compare {x.size} values with {y.size}")
-    err, energy = _squared_error(x, y)
+    err, energy = squared_error(x, y)
     return err / energy if energy else float(err > 0)
 
 
@@ -210,12 +202,10 @@ def coefficients(x3: np.ndarray, s: Settings) -> tuple[np.ndarray, np.ndarray]:
     A, C, B = x3.shape
     if C < s.group:
         raise ValueError(f"{C} channels are fewer than the DCT group size {s.group}")
-    groups = -(-C // s.group)
     basis = s.basis
-    dc = np.empty((A, groups, B) if s.has_dc else (0, 0, 0), np.int32)
-    ac = np.empty((A, groups, basis.shape[0] - s.has_dc, B), np.int32)
-    _forward(x3, basis, s.has_dc, inv_step, dc, ac)
-    return dc.reshape(-1), ac.reshape(-1)
+    coef = np.empty((basis.shape[0], A, -(-C // s.group), B), np.int32)
+    _forward(x3, basis, inv_step, coef)
+    return coef[:s.has_dc].reshape(-1), coef[s.has_dc:].reshape(-1)
 
 
 def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, dtype: np.dtype,
@@ -229,8 +219,8 @@ def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, d
     A, C, B = shape3
     groups = -(-C // s.group)
     basis = s.basis
-    _inverse(dc.reshape(A, groups, B) if s.has_dc else dc.reshape(0, 0, 0),
-             ac.reshape(A, groups, basis.shape[0] - s.has_dc, B), basis, s.has_dc, np.float32(s.step), lo, hi, out)
+    coef = np.concatenate([dc, ac], dtype=np.int32).reshape(basis.shape[0], A, groups, B)
+    _inverse(coef, basis, np.float32(s.step), lo, hi, out)
     return out
 
 
@@ -426,6 +416,6 @@ class DCTCM(Codec):
         c = coder.decode(buf)
         if c.size != want or c.dtype.itemsize != 2:
             raise CorruptStreamError(f"dctcm: the {what} stream holds {c.size} {c.dtype} values, expected {want}")
-        return c.astype(np.int32)
+        return c
 
 
