@@ -52,3 +52,117 @@ def test_masked_pixels_carry_the_batchnorm_of_zero_not_zero():
     assert torch.allclose(out[:, :, masked], bn_of_zero.reshape(1, -1, 1).expand(2, -1, int(masked.sum())))
     with pytest.raises(ValueError, match="another input size"):
         folded(torch.rand(1, 4, 10, 10))
+
+
+# -- the compiled runtime ------------------------------------------------------------------------
+
+from actzip.errors import ActzipWarning  # noqa: E402
+from actzip.runtime import CompiledConv2d, compile  # noqa: E402
+from actzip.runtime.conv import Workspace  # noqa: E402
+from actzip.runtime.fold import folded  # noqa: E402
+
+
+def _masked_conv(conv: nn.Conv2d, x: torch.Tensor, sparsity: float) -> MaskedConv2d:
+    """conv + a random BatchNorm, masked at `sparsity`, folded: the reference the runtime must match."""
+    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels)))
+    attach_pixel_masks(model, PixelMask(sparsity), x).update(1.0)
+    return folded(conv, model[1])
+
+
+CONVS = {  # name: (in, out, kernel, stride, padding, groups, dilation)
+    "1x1": (16, 24, 1, 1, 0, 1, 1),
+    "1x1 stride 2": (16, 24, 1, 2, 0, 1, 1),
+    "3x3": (16, 24, 3, 1, 1, 1, 1),
+    "3x3 stride 2": (16, 24, 3, 2, 1, 1, 1),
+    "3x3 no padding": (8, 12, 3, 1, 0, 1, 1),
+    "5x5 stride 2 dilated": (8, 12, 5, 2, 4, 1, 2),
+    "depthwise 3x3": (16, 16, 3, 1, 1, 16, 1),
+    "depthwise 3x3 stride 2": (16, 16, 3, 2, 1, 16, 1),
+    "grouped": (16, 24, 3, 1, 1, 4, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(CONVS))
+@pytest.mark.parametrize("bounds", [None, (0.0, 6.0)])
+def test_both_paths_equal_the_masked_conv(name, bounds):
+    cin, cout, k, stride, padding, groups, dilation = CONVS[name]
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
+    x = torch.randn(3, cin, 15, 13)
+    ref = _masked_conv(conv, x, 0.4)
+    with torch.no_grad():
+        want = ref(x)
+        if bounds:
+            want = want.clamp(*bounds)
+        fast = CompiledConv2d(ref, bounds, tuple(x.shape), Workspace())
+        paths = [fast.dense] + ([fast.sparse] if fast.sparse_capable else [])
+        for path in paths:
+            got = path(x.contiguous(memory_format=torch.channels_last))
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), path.__name__
+            got = path(x[:1].contiguous(memory_format=torch.channels_last))  # another batch size
+            assert (got - want[:1]).abs().max() <= 1e-4 * want.abs().max(), path.__name__
+    assert fast.sparse_capable == (groups == 1)
+
+
+def test_asymmetric_static_padding_of_efficientnet_ports():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, 2, bias=False)
+    conv.static_padding = nn.ZeroPad2d((0, 1, 0, 1))  # TF "same" at stride 2, as the Lite0 port pads
+    x = torch.randn(2, 8, 12, 12)
+    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(8)))
+    model[0].forward = lambda t, c=conv: nn.Conv2d.forward(c, c.static_padding(t))
+    attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
+    ref = folded(conv, model[1])
+    with torch.no_grad():
+        want = model(x)
+        fast = CompiledConv2d(ref, None, tuple(x.shape), Workspace())
+        for path in (fast.dense, fast.sparse):
+            got = path(x.contiguous(memory_format=torch.channels_last))
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@pytest.mark.parametrize("build", [lambda: resnet20(width=0.5), lambda: mobilenet_v1(width=0.5)])
+def test_compiled_model_equals_the_masked_model_on_either_path(build):
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(build())
+    x = torch.rand(4, 1, 28, 28)
+    attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
+    compiled = compile(model, x, repeats=1)
+    with torch.no_grad():
+        want = model(x)
+        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+        convs = [m for m in compiled.modules() if isinstance(m, CompiledConv2d)]
+        assert len(convs) == len(compiled.layers) and all(m.masked for m in convs)
+        fused = [m for m in convs if m.bounds is not None]
+        assert fused and not any(isinstance(m, nn.BatchNorm2d) for m in compiled.modules())
+        for m in convs:  # the per-layer choice must not matter for the result
+            m.path = "sparse" if m.sparse_capable else "dense"
+        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+    report = compiled.report()
+    assert report["convs"] == len(convs) and report["max_abs_error"] <= 1e-4 * float(want.abs().max())
+    chosen = [c for c in compiled.layers if c.dense_ms is not None]
+    assert chosen and all(c.path == ("sparse" if c.sparse_ms < c.dense_ms else "dense") for c in chosen)
+    assert "masked convs run sparse" in compiled.summary()
+
+
+def test_compiled_model_refuses_another_input_size():
+    model = _randomize_batchnorm(resnet20(width=0.5))
+    x = torch.rand(2, 1, 28, 28)
+    attach_pixel_masks(model, PixelMask(0.2), x).update(1.0)
+    compiled = compile(model, x, repeats=1)
+    with torch.no_grad():
+        compiled(torch.rand(5, 1, 28, 28))  # another batch size is fine
+        with pytest.raises(ValueError, match="compiled for 28x28 inputs, got 32x32"):
+            compiled(torch.rand(2, 1, 32, 32))
+
+
+def test_model_without_masks_stays_dense_and_says_so():
+    model = _randomize_batchnorm(resnet20(width=0.5))
+    x = torch.rand(2, 1, 28, 28)
+    with pytest.warns(ActzipWarning, match="no pixel masks"):
+        compiled = compile(model, x, repeats=1)
+    assert all(c.path == "dense" and c.reason == "no mask" for c in compiled.layers)
+    assert compiled.report()["sparse_convs"] == 0 and "no pixel masks" in compiled.summary()
+    with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()

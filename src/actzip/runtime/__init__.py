@@ -1,5 +1,8 @@
-"""Inference that cashes semi-structured sparsity in: BatchNorm folding and masked convolutions."""
+"""Inference that cashes semi-structured sparsity in: BatchNorm folding, fused convs that compute
+only their kept output pixels, and `compile`, which picks the faster path per conv by measuring."""
 
+from .compile import CompiledModel, LayerChoice, compile
+from .conv import CompiledConv2d
 from .fold import MaskedConv2d, fold_batchnorm
 
-__all__ = ["MaskedConv2d", "fold_batchnorm"]
+__all__ = ["CompiledConv2d", "CompiledModel", "LayerChoice", "MaskedConv2d", "compile", "fold_batchnorm"]

@@ -1,0 +1,92 @@
+"""Grimaldi 2023 on this machine: what pixel masks cost in accuracy and buy in wall-clock time.
+
+accuracy: `resnet20` / `mobilenet-v1` on Fashion-MNIST. A dense baseline (trained from scratch, the
+one of benchmarks/sparsify_table.py when it exists), then fine-tuned from it with pixel masks at each
+sparsity, random (published) vs magnitude (ours) masks, plus a dense fine-tune with the same schedule
+as the fair reference. Top-1 on the 10k test set. Runs live in --runs and are resumed.
+
+speed: end-to-end latency of torchvision ResNet18 / MobileNetV2 and EfficientNet-Lite0 at 224x224,
+2 threads, `actzip.runtime.compile` vs dense PyTorch (channels_last and contiguous; the faster one
+is the baseline), in the same process, median of repeated runs. Random masks at each sparsity
+(latency does not depend on which pixels are masked, only on how many).
+
+    python benchmarks/semistructured.py accuracy [--models resnet20 mobilenet-v1] [--sparsities 0.2 ...]
+    python benchmarks/semistructured.py speed [--models resnet18 mobilenetv2 efficientnet-lite0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from actzip.train import TrainConfig, train
+
+HERE = Path(__file__).parent
+TABLE_RUNS = Path("runs/sparsify_table")  # baselines shared with the L1 table
+
+
+def run(config: TrainConfig, out: Path) -> dict:
+    if (out / "report.json").is_file():
+        return json.loads((out / "report.json").read_text())
+    return train(config, out, resume=(out / "checkpoint.pt").is_file())
+
+
+def accuracy(args) -> dict:
+    common = dict(dataset="fashion-mnist", seed=0, eval_images=200, codecs=("zvc",), bits=(8,))
+    results = {}
+    for model in args.models:
+        base_dir = TABLE_RUNS / f"{model}-baseline"
+        if not (base_dir / "report.json").is_file():
+            base_dir = args.runs / f"{model}-baseline"
+        base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), base_dir)
+        tune = dict(epochs=args.tune_epochs, lr=args.lr, init=str(base_dir / "weights.pt"), **common)
+        rows = [{"run": "baseline", "sparsity": 0.0, "top1": base["training"]["top1"]}]
+        dense = run(TrainConfig(model=model, **tune), args.runs / f"{model}-dense-ft")
+        rows.append({"run": "dense fine-tuned", "sparsity": 0.0, "top1": dense["training"]["top1"]})
+        for s in args.sparsities:
+            for criterion in ("random", "magnitude"):
+                r = run(TrainConfig(model=model, pixel_sparsity=s, pixel_criterion=criterion, **tune),
+                        args.runs / f"{model}-{criterion}-{s:g}")
+                rows.append({"run": criterion, "sparsity": s, "top1": r["training"]["top1"]})
+                print(model, rows[-1], flush=True)
+        results[model] = rows
+    return results
+
+
+def accuracy_markdown(results: dict) -> str:
+    lines = ["| model | s | random top-1 % | magnitude top-1 % | dense fine-tuned % |", "| --- | ---: | ---: | ---: | ---: |"]
+    for model, rows in results.items():
+        dense = next(r["top1"] for r in rows if r["run"] == "dense fine-tuned")
+        for s in sorted({r["sparsity"] for r in rows if r["sparsity"]}):
+            top = {r["run"]: r["top1"] for r in rows if r["sparsity"] == s}
+            lines.append(f"| {model} | {s:g} | {100 * top.get('random', float('nan')):.2f} | "
+                         f"{100 * top.get('magnitude', float('nan')):.2f} | {100 * dense:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    acc = sub.add_parser("accuracy")
+    acc.add_argument("--models", nargs="+", default=["resnet20", "mobilenet-v1"])
+    acc.add_argument("--sparsities", nargs="+", type=float, default=[0.2, 0.1, 0.3, 0.5])
+    acc.add_argument("--base-epochs", type=int, default=15)
+    acc.add_argument("--tune-epochs", type=int, default=5)
+    acc.add_argument("--lr", type=float, default=0.01)
+    acc.add_argument("--runs", type=Path, default=Path("runs/semistructured"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    command = "python benchmarks/semistructured.py " + " ".join(sys.argv[1:])
+    if args.what == "accuracy":
+        results = accuracy(args)
+        (HERE / "semistructured_accuracy.json").write_text(json.dumps({"command": command, "models": results},
+                                                                      indent=1))
+        print(accuracy_markdown(results))
+
+
+if __name__ == "__main__":
+    main()

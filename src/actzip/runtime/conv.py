@@ -1,0 +1,188 @@
+"""A folded conv with its activation fused, run either dense or on its kept output pixels only.
+
+Both paths call oneDNN through `torch.ops.mkldnn._convolution_pointwise`, the fused conv +
+activation kernel that torch.compile uses on CPU, with weights reordered once into oneDNN's blocked
+layout. (MKL's sgemm behind `torch.mm` runs at half the speed of oneDNN on this machine's AMD CPU, so
+a gathered GEMM goes through oneDNN as well, as a 1x1 conv.)
+
+The sparse path, for a channels_last input of one size:
+1. copy the input into a zero-padded NHWC buffer (the padding the conv would add);
+2. gather, for each kept output pixel, the input rows under the kernel: one index_select into a
+   preallocated (R, kh*kw*C) im2col matrix (a fresh tensor that large costs more in page faults
+   than the gather itself);
+3. multiply it by the weight as a 1x1 conv with the fused activation;
+4. append the masked pixels' value, act(BN(0)), as one extra row and expand to the full NHWC output
+   with a second index_select (a gather, which is several times faster than index_copy_).
+Depthwise and grouped convs have only the dense path: oneDNN's depthwise kernel runs 4-5x faster
+than a numba kernel over the kept pixels alone (measured), so there is nothing to gain.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fold import MaskedConv2d
+
+CHANNELS_LAST = torch.channels_last
+_pointwise = torch.ops.mkldnn._convolution_pointwise
+_reorder = torch.ops.mkldnn._reorder_convolution_weight
+
+
+class Workspace:
+    """One growing scratch buffer shared by the sparse convs of a model (they run one at a time)."""
+
+    def __init__(self):
+        self.buffer = torch.empty(0)
+
+    def get(self, numel: int) -> torch.Tensor:
+        if self.buffer.numel() < numel:
+            self.buffer = torch.empty(numel)
+        return self.buffer[:numel]
+
+
+def _total_padding(conv: MaskedConv2d) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding: the conv's own plus a static ZeroPad2d before it."""
+    ph, pw = conv.padding
+    left, right, top, bottom = conv.static_padding.padding if conv.static_padding is not None else (0, 0, 0, 0)
+    return top + ph, bottom + ph, left + pw, right + pw
+
+
+def _activation_attr(bounds: tuple[float, float] | None) -> tuple[str, list]:
+    if bounds is None:
+        return "none", []
+    lo, hi = bounds
+    return ("relu", []) if lo == 0 and hi == float("inf") else ("hardtanh", [lo, hi])
+
+
+class CompiledConv2d(nn.Module):
+    """conv (BatchNorm folded) -> pixel mask -> clamp to `bounds` (the fused ReLU/ReLU6), for inputs
+    of spatial size `input_hw`. `path` is "dense" or "sparse"; `actzip.runtime.compile` sets it."""
+
+    def __init__(self, conv: MaskedConv2d, bounds: tuple[float, float] | None, input_shape: tuple[int, ...],
+                 workspace: Workspace):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"only zero padding is compiled, not {conv.padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
+        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.bounds, self.workspace = bounds, workspace
+        self.attr, self.scalars = _activation_attr(bounds)
+        self.pads = _total_padding(conv)  # top, bottom, left, right
+        top, bottom, left, right = self.pads
+        self.symmetric = top == bottom and left == right
+        self.input_hw = tuple(input_shape[-2:])
+        h, w = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        self.output_hw = ((h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1)
+        weight, bias = conv.weight.detach(), conv.bias.detach()
+        self.register_buffer("bias", bias.clone())
+        self.dense_weight = _reorder(weight.contiguous(memory_format=CHANNELS_LAST),
+                                     [top, left] if self.symmetric else [0, 0], list(self.stride),
+                                     list(self.dilation), self.groups, [input_shape[0], self.in_channels, h, w]
+                                     if not self.symmetric else list(input_shape))
+        mask = conv.pixel_mask
+        self.masked = mask is not None
+        self.path = "dense"
+        if not self.masked:
+            return
+        if tuple(mask.shape[-2:]) != self.output_hw:
+            raise ValueError(f"pixel mask of {tuple(mask.shape[-2:])} does not fit the conv output {self.output_hw}")
+        fill = conv.masked_value.reshape(-1)
+        if bounds is not None:
+            fill = fill.clamp(*bounds)
+        self.register_buffer("fill", fill.clone())
+        keep = mask.reshape(-1).bool()
+        self.register_buffer("masked_pixels", (~keep).nonzero().reshape(-1))
+        self.register_buffer("kept_pixels", keep.nonzero().reshape(-1))
+        self.sparsity = 1 - self.kept_pixels.numel() / keep.numel()
+        self.sparse_capable = self.groups == 1
+        if self.sparse_capable:
+            # the im2col weight: (out, kh*kw*in) in (tap, channel) order, as a 1x1 conv
+            self.cols_weight = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1).contiguous(
+                memory_format=CHANNELS_LAST)
+            self._tables_by_batch: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    # -- index tables --------------------------------------------------------------------------
+    def _tables(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For `batch` images: the rows of the padded NHWC input to gather (R * taps), the full
+        output's rows as kept rows or R (the fill row), and the im2col weight reordered for R rows
+        (reordered for no particular size, oneDNN picks a kernel up to 15x slower)."""
+        if batch not in self._tables_by_batch:
+            top, bottom, left, right = self.pads
+            hp, wp = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+            ho, wo = self.output_hw
+            kept = self.kept_pixels
+            base = (kept // wo * sh) * wp + kept % wo * sw
+            taps = torch.tensor([i * dh * wp + j * dw for i in range(kh) for j in range(kw)])
+            per_image = (base[:, None] + taps[None]).reshape(-1)
+            images = torch.arange(batch)[:, None]
+            gather = (images * hp * wp + per_image[None]).reshape(-1)
+            where = torch.full((ho * wo,), -1, dtype=torch.long)
+            where[kept] = torch.arange(kept.numel())
+            rows = batch * kept.numel()
+            scatter = torch.where(where[None] >= 0, images * kept.numel() + where[None], rows).reshape(-1)
+            weight = _reorder(self.cols_weight, [0, 0], [1, 1], [1, 1], 1, [1, self.cols_weight.shape[1], rows, 1])
+            self._tables_by_batch[batch] = (gather, scatter, weight)
+        return self._tables_by_batch[batch]
+
+    # -- the two paths -------------------------------------------------------------------------
+    def _check(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[-2:]) != self.input_hw:
+            raise ValueError(f"this conv was compiled for {self.input_hw[0]}x{self.input_hw[1]} inputs, got "
+                             f"{x.shape[-2]}x{x.shape[-1]}: compile the model for this input size")
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        top, bottom, left, right = self.pads
+        if not self.symmetric:
+            x = F.pad(x, (left, right, top, bottom))
+        out = _pointwise(x, self.dense_weight, self.bias, [top, left] if self.symmetric else [0, 0],
+                         list(self.stride), list(self.dilation), self.groups, self.attr, self.scalars, "")
+        if self.masked and self.masked_pixels.numel():
+            n, c, ho, wo = out.shape
+            rows = out.permute(0, 2, 3, 1).reshape(n, ho * wo, c)  # a view: the output is channels_last
+            rows[:, self.masked_pixels] = self.fill
+        return out
+
+    def sparse(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        n, c, h, w = x.shape
+        top, bottom, left, right = self.pads
+        hp, wp = h + top + bottom, w + left + right
+        gather, scatter, weight = self._tables(n)
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        rows = gather.numel() // taps
+        padded_numel = n * hp * wp * c if (top or bottom or left or right) else 0
+        space = self.workspace.get(padded_numel + rows * taps * c)
+        nhwc = x.permute(0, 2, 3, 1)
+        if padded_numel:
+            padded = space[:padded_numel].view(n, hp, wp, c)
+            # the workspace is shared, so its borders hold another layer's data: zero them
+            padded[:, :top].zero_()
+            padded[:, top + h:].zero_()
+            padded[:, top:top + h, :left].zero_()
+            padded[:, top:top + h, left + w:].zero_()
+            padded[:, top:top + h, left:left + w] = nhwc
+            nhwc = padded
+        source = nhwc.reshape(-1, c)  # a view: x is channels_last, or was just padded
+        cols = space[padded_numel:].view(rows, taps * c)
+        torch.index_select(source, 0, gather, out=cols.view(-1, c))
+        out = _pointwise(cols.view(1, rows, 1, taps * c).permute(0, 3, 1, 2), weight, self.bias,
+                         [0, 0], [1, 1], [1, 1], 1, self.attr, self.scalars, "")
+        computed = torch.cat([out.permute(0, 2, 3, 1).reshape(rows, self.out_channels), self.fill[None]])
+        ho, wo = self.output_hw
+        return computed.index_select(0, scatter).view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_contiguous(memory_format=CHANNELS_LAST):
+            x = x.contiguous(memory_format=CHANNELS_LAST)
+        return self.sparse(x) if self.path == "sparse" else self.dense(x)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        s += f", groups={self.groups}" if self.groups > 1 else ""
+        s += f", activation={self.attr}" if self.bounds else ""
+        return s + (f", sparsity={self.sparsity:.2f}, path={self.path}" if self.masked else "")
