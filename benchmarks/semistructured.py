@@ -68,6 +68,45 @@ def accuracy_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SPEED_MODELS = {"resnet18": "torchvision/resnet18", "mobilenetv2": "torchvision/mobilenet_v2",
+                "efficientnet-lite0": "efficientnet-lite0"}
+
+
+def speed(args) -> list[dict]:
+    import warnings
+
+    from actzip import models
+    from actzip.runtime.bench import benchmark_runtime
+
+    rows = []
+    for short in args.models:
+        net = models.load(SPEED_MODELS[short])
+        for batch in args.batches:
+            example = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+            for s in args.sparsities:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = benchmark_runtime(net, example, s, rounds=args.rounds)
+                row = {"model": short, "batch": batch, "sparsity": s, **{k: v for k, v in r.items() if k != "compile"},
+                       "sparse_convs": r["compile"]["sparse_convs"], "convs": r["compile"]["convs"]}
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in ("model", "batch", "sparsity", "ms", "speedup",
+                                                       "speedup_of_sparsity", "sparse_convs")}), flush=True)
+    return rows
+
+
+def speed_markdown(rows: list[dict]) -> str:
+    lines = ["| model | batch | s | dense ms (best of cl/contig) | compiled ms | speedup | of it: folding | "
+             "of it: sparsity | ideal (convs) | sparse convs |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | ---: |"]
+    for r in rows:
+        base = min(r["ms"]["dense_channels_last"], r["ms"]["dense_contiguous"])
+        lines.append(f"| {r['model']} | {r['batch']} | {r['sparsity']:g} | {base:.1f} | {r['ms']['compiled']:.1f} | "
+                     f"{r['speedup']:.2f}x | {r['speedup_of_folding']:.2f}x | {r['speedup_of_sparsity']:.2f}x | "
+                     f"{r['ideal_conv_speedup']:.2f}x | {r['sparse_convs']}/{r['convs']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -78,14 +117,25 @@ def main():
     acc.add_argument("--tune-epochs", type=int, default=5)
     acc.add_argument("--lr", type=float, default=0.01)
     acc.add_argument("--runs", type=Path, default=Path("runs/semistructured"))
+    sp = sub.add_parser("speed")
+    sp.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=list(SPEED_MODELS))
+    sp.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    sp.add_argument("--sparsities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.5])
+    sp.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(2)
     command = "python benchmarks/semistructured.py " + " ".join(sys.argv[1:])
     if args.what == "accuracy":
         results = accuracy(args)
+        (HERE / "semistructured_accuracy.md").write_text(accuracy_markdown(results))
         (HERE / "semistructured_accuracy.json").write_text(json.dumps({"command": command, "models": results},
                                                                       indent=1))
         print(accuracy_markdown(results))
+    else:
+        rows = speed(args)
+        (HERE / "semistructured_speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+        (HERE / "semistructured_speed.md").write_text(speed_markdown(rows))
+        print(speed_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def test_masked_pixels_carry_the_batchnorm_of_zero_not_zero():
 
 from actzip.errors import ActzipWarning  # noqa: E402
 from actzip.runtime import CompiledConv2d, compile  # noqa: E402
+from actzip.runtime.compile import _hand_over_kept_rows  # noqa: E402
 from actzip.runtime.conv import Workspace  # noqa: E402
 from actzip.runtime.fold import folded  # noqa: E402
 
@@ -138,6 +139,12 @@ def test_compiled_model_equals_the_masked_model_on_either_path(build):
         assert fused and not any(isinstance(m, nn.BatchNorm2d) for m in compiled.modules())
         for m in convs:  # the per-layer choice must not matter for the result
             m.path = "sparse" if m.sparse_capable else "dense"
+            m.feeds_kept_only = False
+        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+        # nor must handing kept rows from conv to 1x1 conv (MobileNet's depthwise -> pointwise pairs)
+        _hand_over_kept_rows(compiled.graph_module, {c.name: c for c in compiled.layers})
+        handing = [m for m in convs if m.feeds_kept_only]
+        assert bool(handing) == any(m.groups > 1 for m in convs)
         assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
     report = compiled.report()
     assert report["convs"] == len(convs) and report["max_abs_error"] <= 1e-4 * float(want.abs().max())
@@ -166,3 +173,35 @@ def test_model_without_masks_stays_dense_and_says_so():
     assert compiled.report()["sparse_convs"] == 0 and "no pixel masks" in compiled.summary()
     with torch.no_grad():
         assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+
+
+def test_runtime_benchmark_reports_both_speedups_and_checks_its_input():
+    from actzip.runtime.bench import benchmark_runtime
+
+    model = _randomize_batchnorm(resnet20(width=0.5))
+    x = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="no pixel masks"):
+        benchmark_runtime(model, x)
+    r = benchmark_runtime(model, x, 0.3, rounds=1, per_round=1)
+    assert set(r["ms"]) == {"dense_channels_last", "dense_contiguous", "compiled", "compiled_dense"}
+    assert r["speedup"] == pytest.approx(min(r["ms"]["dense_channels_last"], r["ms"]["dense_contiguous"])
+                                         / r["ms"]["compiled"])
+    assert r["sparsity"] == pytest.approx(0.3, abs=0.02) and r["ideal_conv_speedup"] == pytest.approx(1 / 0.7, rel=0.03)
+    assert r["max_abs_error"] < 1e-4 and not any(hasattr(m, "pixel_mask") for m in model.modules())
+
+
+def test_a_sparse_conv_hands_its_kept_rows_to_a_sparse_1x1_conv():
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                               nn.Conv2d(16, 12, 1), nn.BatchNorm2d(12)))
+    x = torch.rand(2, 8, 10, 10)
+    attach_pixel_masks(model, PixelMask(0.4), x).update(1.0)  # one resolution: one shared mask
+    compiled = compile(model, x, repeats=1)
+    first, second = [m for m in compiled.modules() if isinstance(m, CompiledConv2d)]
+    first.path = second.path = "sparse"
+    _hand_over_kept_rows(compiled.graph_module, {c.name: c for c in compiled.layers})
+    assert first.feeds_kept_only and not second.feeds_kept_only
+    with torch.no_grad():
+        assert first(x.contiguous(memory_format=torch.channels_last)).dim() == 2  # rows, not a map
+        want = model(x)
+        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()

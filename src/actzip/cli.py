@@ -354,6 +354,59 @@ def evaluate(
               f"quantized only); compression {report['compression']:.2f}x vs {bits}-bit raw; wrote {out_file}")
 
 
+bench = typer.Typer(no_args_is_help=True, help="Measure actzip's runtime on this machine.")
+app.add_typer(bench, name="bench")
+
+
+@bench.command("runtime")
+@_cli_errors
+def bench_runtime(
+    model: str = typer.Option(..., help="registered name, torchvision/<arch>, or module:factory"),
+    sparsity: Optional[float] = typer.Option(None, help="random pixel masks at this sparsity, in [0, 1) "
+                                             "(leave out to time the masks saved in --weights)"),
+    batch: int = typer.Option(8, help="images per forward pass"),
+    size: Optional[int] = typer.Option(None, help="input height and width (default: the model's input size)"),
+    weights: Optional[Path] = typer.Option(None, help="state dict to load (may carry trained pixel masks)"),
+    threads: int = typer.Option(2, help="intra-op threads"),
+    rounds: int = typer.Option(5, help="rounds of 3 timed runs per model"),
+    out_file: Path = typer.Option(Path("runs/bench_runtime.json"), "--out", help="where to write the JSON"),
+):
+    """Latency of the compiled masked model against dense PyTorch (channels_last and contiguous)."""
+    import json
+
+    import torch
+
+    from . import models
+    from .fileio import atomic_write, writable_dir
+    from .runtime.bench import benchmark_runtime
+
+    if sparsity is not None and not 0 <= sparsity < 1:
+        raise ActzipError(f"--sparsity must be in [0, 1), got {sparsity}")
+    if batch < 1 or threads < 1 or rounds < 1:
+        raise ActzipError("--batch, --threads and --rounds must be at least 1")
+    writable_dir(out_file.parent)
+    torch.set_num_threads(threads)
+    net = models.load(model, weights=weights)
+    preprocess = models.preprocessing(model)
+    side = size or preprocess.crop
+    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is None:
+        raise ActzipError(f"{model} has no Conv2d: nothing to compile")
+    example = torch.randn(batch, first.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no pixel masks" of the compiled dense reference
+        result = benchmark_runtime(net, example, sparsity, rounds=rounds)
+    result["model"] = model
+    atomic_write(out_file, json.dumps(result, indent=1).encode())
+    ms = result["ms"]
+    out.print(f"{model} batch {batch} {side}x{side}, {threads} threads, pixel sparsity {result['sparsity']:.2f}: "
+              f"{result['compile']['note']}")
+    out.print(f"dense PyTorch {ms['dense_channels_last']:.1f} ms channels_last / {ms['dense_contiguous']:.1f} ms "
+              f"contiguous; compiled {ms['compiled']:.1f} ms -> {result['speedup']:.2f}x "
+              f"(folding and fusion {result['speedup_of_folding']:.2f}x, sparsity {result['speedup_of_sparsity']:.2f}x,"
+              f" ideal conv speedup {result['ideal_conv_speedup']:.2f}x); wrote {out_file}")
+
+
 @app.command("models")
 @_cli_errors
 def list_models():

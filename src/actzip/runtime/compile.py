@@ -37,6 +37,7 @@ class LayerChoice:
     stride: tuple[int, int]
     groups: int
     input_shape: tuple[int, ...]
+    macs: int  # multiply-accumulates of the dense conv over the batch
     sparsity: float | None  # masked fraction of output pixels; None: no mask
     dense_ms: float | None
     sparse_ms: float | None
@@ -136,7 +137,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
             fast = CompiledConv2d(conv, bounds, tuple(inputs[node.target].shape), workspace)
         except ValueError as e:
             layers.append(LayerChoice(node.target, conv.kernel_size, conv.stride, conv.groups,
-                                      tuple(inputs[node.target].shape), None, None, None, "as is", str(e)))
+                                      tuple(inputs[node.target].shape), 0, None, None, None, "as is", str(e)))
             continue
         _set_module(gm, node.target, fast)
         if bounds is not None:
@@ -147,6 +148,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    _hand_over_kept_rows(gm, {c.name: c for c in layers})
     masked = [c for c in layers if c.sparsity is not None]
     if not masked:
         note = "no pixel masks in this model: every conv runs dense (BatchNorm folded, activations fused)"
@@ -165,10 +167,28 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     return compiled
 
 
+def _hand_over_kept_rows(gm: fx.GraphModule, choices: dict[str, LayerChoice]) -> None:
+    """Mark each masked conv whose only consumer is a sparse 1x1 conv with the same mask: that
+    consumer reads the kept pixels alone, so the producer skips the masked ones (see conv.py)."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        producer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(producer, CompiledConv2d) or not producer.masked or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        consumer = modules.get(user.target) if user.op == "call_module" else None
+        if (isinstance(consumer, CompiledConv2d) and consumer.masked and consumer.path == "sparse"
+                and consumer.kernel_size == (1, 1) and consumer.stride == (1, 1) and consumer.pads == (0, 0, 0, 0)
+                and consumer.input_hw == producer.output_hw and user.args[0] is node
+                and torch.equal(consumer.kept_pixels, producer.kept_pixels)):
+            producer.feeds_kept_only = True
+            choices[node.target].reason += f"; hands its kept pixels alone to {user.target}"
+
+
 def _choose(name: str, conv: CompiledConv2d, x: torch.Tensor, repeats: int) -> LayerChoice:
     def choice(path, reason, dense_ms=None, sparse_ms=None):
         conv.path = path
-        return LayerChoice(name, conv.kernel_size, conv.stride, conv.groups, tuple(x.shape),
+        return LayerChoice(name, conv.kernel_size, conv.stride, conv.groups, tuple(x.shape), conv.macs(x.shape[0]),
                            conv.sparsity if conv.masked else None, dense_ms, sparse_ms, path, reason)
 
     if not conv.masked:

@@ -211,6 +211,14 @@ def restore_pixel_masks(model: nn.Module, state: dict[str, torch.Tensor]) -> Pix
     return PixelMaskHandle(model, convs, PixelMask())  # its hooks stay: the model runs masked
 
 
+def remove_pixel_mask_hooks(model: nn.Module) -> None:
+    """Stop `model` from masking (the buffers stay): what the dense baseline of a benchmark runs."""
+    for m in model.modules():
+        for key, hook in list(m._forward_hooks.items()):
+            if hook is _apply_mask:
+                del m._forward_hooks[key]
+
+
 def mask_sparsity(model: nn.Module) -> dict[str, float]:
     """The masked fraction of each masked conv."""
     return {n: 1.0 - float(m.pixel_mask.mean()) for n, m in model.named_modules()
@@ -218,4 +226,4 @@ def mask_sparsity(model: nn.Module) -> dict[str, float]:
 
 
 __all__ = ["PixelMask", "PixelMaskHandle", "attach_pixel_masks", "mask_from_scores", "mask_sparsity",
-           "restore_pixel_masks", "selected_convs"]
+           "remove_pixel_mask_hooks", "restore_pixel_masks", "selected_convs"]
