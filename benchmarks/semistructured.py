@@ -101,7 +101,7 @@ def speed_markdown(rows: list[dict]) -> str:
              "| ---: | ---: |"]
     for r in rows:
         base = min(r["ms"]["dense_channels_last"], r["ms"]["dense_contiguous"])
-        lines.append(f"| {r['model']} | {r['batch']} | {r['sparsity']:g} | {base:.1f} | {r['ms']['compiled']:.1f} | "
+        lines.append(f"| {r['model']} | {r['batch']} | {r['sparsity']:.2f} | {base:.1f} | {r['ms']['compiled']:.1f} | "
                      f"{r['speedup']:.2f}x | {r['speedup_of_folding']:.2f}x | {r['speedup_of_sparsity']:.2f}x | "
                      f"{r['ideal_conv_speedup']:.2f}x | {r['sparse_convs']}/{r['convs']} |")
     return "\n".join(lines) + "\n"

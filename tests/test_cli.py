@@ -64,3 +64,18 @@ def test_console_script_exit_code(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "bit width" in p.stderr
+
+
+def test_bench_runtime_writes_json_and_refuses_bad_input(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run("bench", "runtime", "--model", "resnet20", "--sparsity", "0.3", "--batch", "2", "--rounds", "1",
+            "--out", str(out))
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["model"] == "resnet20" and result["input_shape"] == [2, 1, 28, 28]
+    assert result["compile"]["convs"] == 21 and abs(result["sparsity"] - 0.3) < 0.02
+    assert "masked convs run sparse" in r.output
+    for args, message in [(["--sparsity", "1"], "[0, 1)"), ([], "no pixel masks"), (["--batch", "0"], "at least 1")]:
+        r = run("bench", "runtime", "--model", "resnet20", *args, "--out", str(tmp_path / "x.json"))
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x.json").exists()
