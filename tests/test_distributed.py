@@ -70,3 +70,18 @@ def test_ddp_training_matches_single_process(images, tmp_path):
     m2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-4)
     assert m1["zero_fraction"] == pytest.approx(m2["zero_fraction"], abs=1e-3)
+
+
+def test_ddp_training_with_pixel_masks_masks_what_one_process_masks(images, tmp_path):
+    args = ["train", "--dataset", str(images), "--epochs", "1", "--batch-size", "8", "--width", "0.25",
+            "--eval-images", "8", "--lr", "0.02", "--sync-batchnorm", "--pixel-sparsity", "0.3",
+            "--pixel-criterion", "magnitude"]
+    run([*args, "--out", str(tmp_path / "one")])
+    run([*args, "--out", str(tmp_path / "two")], nproc=2)
+    a = torch.load(tmp_path / "one" / "weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "weights.pt", weights_only=True)
+    masks = [k for k in a if k.endswith(".pixel_mask")]
+    assert masks and all(torch.equal(a[k], b[k]) for k in masks)
+    assert all(0.25 < 1 - float(a[k].mean()) < 0.35 for k in masks if a[k].numel() >= 16)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4), k
