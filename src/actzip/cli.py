@@ -380,8 +380,6 @@ def bench_runtime(
     from .fileio import atomic_write, writable_dir
     from .runtime.bench import benchmark_runtime
 
-    if sparsity is not None and not 0 <= sparsity < 1:
-        raise ActzipError(f"--sparsity must be in [0, 1), got {sparsity}")
     if batch < 1 or threads < 1 or rounds < 1:
         raise ActzipError("--batch, --threads and --rounds must be at least 1")
     writable_dir(out_file.parent)

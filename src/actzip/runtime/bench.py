@@ -48,17 +48,17 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
     """Latency (ms) and speedups of `model` compiled for `example`. With `sparsity`, random masks
     (the published criterion) are attached first; without, the model's own masks are used."""
     model = copy.deepcopy(model).eval()
-    has_masks = bool(mask_sparsity(model))
     if sparsity is not None:
-        if has_masks:
+        config = PixelMask(sparsity, seed=seed)  # validates the sparsity
+        if mask_sparsity(model):
             raise ValueError("the model already carries pixel masks: leave out the sparsity to time them")
         if sparsity > 0:
-            attach_pixel_masks(model, PixelMask(sparsity, seed=seed), example).update(1.0)
-    elif not has_masks:
+            attach_pixel_masks(model, config, example).update(1.0)
+    elif not mask_sparsity(model):
         raise ValueError("the model carries no pixel masks: give a sparsity to time random masks")
-    masked = _open_masks(model) if mask_sparsity(model) else model
-    compiled_dense = compile(masked, example, verify=False) if masked is not model else None
-    compiled = compile(model, example) if mask_sparsity(model) else compile(model, example, verify=False)
+    sparsities = mask_sparsity(model)
+    compiled = compile(model, example)
+    compiled_dense = compile(_open_masks(model), example, verify=False) if sparsities else None
     contiguous = _unmasked(model).to(memory_format=torch.contiguous_format)
     channels_last = _unmasked(model).to(memory_format=torch.channels_last)
     x_cl = example.contiguous(memory_format=torch.channels_last)
@@ -80,7 +80,7 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
     kept = sum(c.macs * (1 - (c.sparsity or 0)) for c in compiled.layers)
     return {
         "input_shape": list(example.shape), "threads": torch.get_num_threads(), "runs": rounds * per_round,
-        "sparsity": statistics.fmean(mask_sparsity(model).values()) if mask_sparsity(model) else 0.0,
+        "sparsity": statistics.fmean(sparsities.values()) if sparsities else 0.0,
         "ms": ms, "baseline": "dense_channels_last" if baseline == ms["dense_channels_last"] else "dense_contiguous",
         "speedup": baseline / ms["compiled"],
         "speedup_of_folding": baseline / ms.get("compiled_dense", ms["compiled"]),

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ActzipError, ActzipWarning
 from .conv import CHANNELS_LAST, CompiledConv2d, Workspace
-from .fold import MaskedConv2d, fold_batchnorm
+from .fold import MaskedConv2d, replace_module, fold_batchnorm
 
 _MODULE_BOUNDS = {nn.ReLU: lambda m: (0.0, float("inf")), nn.ReLU6: lambda m: (0.0, 6.0),
                   nn.Hardtanh: lambda m: (float(m.min_val), float(m.max_val))}
@@ -56,11 +56,6 @@ def _bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, float]
     if node.op == "call_method" and node.target in ("relu", "relu_"):
         return 0.0, float("inf")
     return None
-
-
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 def _conv_inputs(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,7 +134,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
             layers.append(LayerChoice(node.target, conv.kernel_size, conv.stride, conv.groups,
                                       tuple(inputs[node.target].shape), 0, None, None, None, "as is", str(e)))
             continue
-        _set_module(gm, node.target, fast)
+        replace_module(gm, node.target, fast)
         if bounds is not None:
             users[0].replace_all_uses_with(node)
             gm.graph.erase_node(users[0])

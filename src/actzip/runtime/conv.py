@@ -76,6 +76,7 @@ class CompiledConv2d(nn.Module):
         self.pads = _total_padding(conv)  # top, bottom, left, right
         top, bottom, left, right = self.pads
         self.symmetric = top == bottom and left == right
+        self.dense_padding = [top, left] if self.symmetric else [0, 0]  # else F.pad pads before the conv
         self.input_hw = tuple(input_shape[-2:])
         h, w = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
@@ -83,7 +84,7 @@ class CompiledConv2d(nn.Module):
         weight, bias = conv.weight.detach(), conv.bias.detach()
         self.register_buffer("bias", bias.clone())
         self.dense_weight = _reorder(weight.contiguous(memory_format=CHANNELS_LAST),
-                                     [top, left] if self.symmetric else [0, 0], list(self.stride),
+                                     self.dense_padding, list(self.stride),
                                      list(self.dilation), self.groups, [input_shape[0], self.in_channels, h, w]
                                      if not self.symmetric else list(input_shape))
         mask = conv.pixel_mask
@@ -150,7 +151,7 @@ class CompiledConv2d(nn.Module):
         top, bottom, left, right = self.pads
         if not self.symmetric:
             x = F.pad(x, (left, right, top, bottom))
-        out = _pointwise(x, self.dense_weight, self.bias, [top, left] if self.symmetric else [0, 0],
+        out = _pointwise(x, self.dense_weight, self.bias, self.dense_padding,
                          list(self.stride), list(self.dilation), self.groups, self.attr, self.scalars, "")
         if self.masked and self.masked_pixels.numel() and not self.feeds_kept_only:
             n, c, ho, wo = out.shape

@@ -63,7 +63,7 @@ def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> MaskedConv2d:
     return MaskedConv2d(conv, weight, bias, mask, masked_value)
 
 
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+def replace_module(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
@@ -93,13 +93,13 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
         bn_node = users[0] if len(users) == 1 and users[0].op == "call_module" \
             and isinstance(modules.get(users[0].target), nn.BatchNorm2d) else None
         if bn_node is None:
-            _set_module(gm, node.target, folded(conv, None))
+            replace_module(gm, node.target, folded(conv, None))
             continue
         bn = modules[bn_node.target]
         if bn.running_mean is None or not bn.affine:
-            _set_module(gm, node.target, folded(conv, None))
+            replace_module(gm, node.target, folded(conv, None))
             continue
-        _set_module(gm, node.target, folded(conv, bn))
+        replace_module(gm, node.target, folded(conv, bn))
         bn_node.replace_all_uses_with(node)
         gm.graph.erase_node(bn_node)
     gm.graph.lint()
