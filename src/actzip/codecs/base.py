@@ -197,6 +197,41 @@ def stream_bytes(buf) -> bytes:
     return bytes(buf)
 
 
+def split_chunks(buf: bytes, h: Header, pos: int, chunk: int, values_per_bit: float,
+                 codec: str) -> list[tuple[Header, bytes]]:
+    """The (header, payload) of each chunk of `chunk` values, from the chunk sizes at buf[pos:];
+    every claim is checked against its payload before anything is allocated."""
+    n_chunks = -(-h.n // chunk)
+    if n_chunks > len(buf) - pos:  # every chunk needs at least its one-byte size
+        raise CorruptStreamError(f"{codec}: {h.n} values need {n_chunks} chunks, the stream is too short")
+    sizes = []
+    for _ in range(n_chunks):
+        size, pos = read_varint(buf, pos, "chunk size")
+        sizes.append(size)
+    if pos + sum(sizes) != len(buf):
+        raise CorruptStreamError(f"{codec}: chunk sizes do not add up to the stream length")
+    jobs = []
+    for i, size in enumerate(sizes):
+        sub = replace(h, n=min(chunk, h.n - i * chunk))
+        check_count(sub, 8 * size, values_per_bit, codec)
+        jobs.append((sub, buf[pos:pos + size]))
+        pos += size
+    return jobs
+
+
+def join_chunks(payloads: list[bytes]) -> bytes:
+    """The chunk sizes, then the payloads (the inverse of split_chunks)."""
+    return b"".join(write_varint(len(p)) for p in payloads) + b"".join(payloads)
+
+
+def concatenate(parts: list[np.ndarray], h: Header, codec: str) -> np.ndarray:
+    """The decoded chunks as one array, checked against the header."""
+    out = np.concatenate(parts) if parts else np.zeros(0, h.dtype)
+    if out.shape != (h.n,) or out.dtype != h.dtype:  # a codec bug, never the input's fault
+        raise AssertionError(f"{codec} decoded {out.shape} {out.dtype}, header says {h.n} {h.dtype}")
+    return out
+
+
 class ChunkedCodec(Codec):
     """A lossless codec whose stream is the header, then independently coded chunks of CHUNK
     values. Subclasses implement `_encode(a, bits) -> payload` and `_decode(header, payload) ->
@@ -214,31 +249,13 @@ class ChunkedCodec(Codec):
         for piece, payload in zip(pieces, payloads):
             if piece.size > count_limit(8 * len(payload), self.values_per_bit):  # a codec bug if ever hit
                 raise AssertionError(f"{self.codec_id}: a chunk compressed past what its decoder accepts")
-        sizes = b"".join(write_varint(len(p)) for p in payloads)
-        return pack_header(a, bits) + sizes + b"".join(payloads)
+        return pack_header(a, bits) + join_chunks(payloads)
 
     def decode(self, buf) -> np.ndarray:
         buf = stream_bytes(buf)
         h = parse_header(buf)
-        n_chunks = -(-h.n // CHUNK)
-        if n_chunks > len(buf) - h.size:  # every chunk needs at least its one-byte size
-            raise CorruptStreamError(f"{self.codec_id}: {h.n} values need {n_chunks} chunks, the stream is too short")
-        pos, chunks = h.size, []
-        for i in range(n_chunks):
-            size, pos = read_varint(buf, pos, "chunk size")
-            chunks.append((replace(h, n=min(CHUNK, h.n - i * CHUNK)), size))
-        if pos + sum(size for _, size in chunks) != len(buf):
-            raise CorruptStreamError(f"{self.codec_id}: chunk sizes do not add up to the stream length")
-        jobs = []
-        for sub, size in chunks:  # every claim is checked before any output is allocated
-            check_count(sub, 8 * size, self.values_per_bit, self.codec_id)
-            jobs.append((sub, buf[pos:pos + size]))
-            pos += size
-        parts = parallel_map(lambda job: self._decode(*job), jobs)
-        out = np.concatenate(parts) if parts else np.zeros(0, h.dtype)
-        if out.shape != (h.n,) or out.dtype != h.dtype:  # a codec bug, never the input's fault
-            raise AssertionError(f"{self.codec_id} decoded {out.shape} {out.dtype}, header says {h.n} {h.dtype}")
-        return out
+        jobs = split_chunks(buf, h, h.size, CHUNK, self.values_per_bit, self.codec_id)
+        return concatenate(parallel_map(lambda job: self._decode(*job), jobs), h, self.codec_id)
 
     def _encode_chunk(self, a: np.ndarray, bits: int, shape: tuple, start: int) -> bytes:
         """Encode one chunk; `shape` is the whole array's and `start` the chunk's offset in it, for
