@@ -61,9 +61,13 @@ def main():
     ap.add_argument("--out", type=Path, default=HERE / "sparsify_table.json")
     args = ap.parse_args()
     common = dict(dataset="fashion-mnist", seed=0, eval_images=args.eval_images, codecs=tuple(codecs.names()))
-    results = {"command": "python benchmarks/sparsify_table.py " + " ".join(
+    command = "python benchmarks/sparsify_table.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("runs", "out")), "models": {}}
+        for k, v in vars(args).items() if k not in ("runs", "out"))
+    # other models' rows stay, with the command that produced them
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}}
+    results.setdefault("commands", {})
+    results.pop("command", None)
     for model in args.models:
         base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline")
         rows = [row("baseline", base, base["totals"]["effective_macs"])]
@@ -74,6 +78,7 @@ def main():
             rows.append(row(f"L1 {alpha:g}", tuned, base["totals"]["effective_macs"]))
             print(json.dumps(rows[-1])[:300], flush=True)
         results["models"][model] = rows
+        results["commands"][model] = command
         args.out.write_text(json.dumps(results, indent=1))
     (HERE / "sparsify_table.md").write_text(markdown(results))
     print(markdown(results))

@@ -6,6 +6,7 @@ from hypothesis.extra.numpy import arrays
 
 from actzip import codecs
 from actzip.codecs.base import FREE_VALUES, pack_header, write_varint
+from actzip.codecs.ctxrans import CLASSES, CODED, value_tables
 from actzip.errors import CorruptStreamError
 
 NAMES = codecs.names()
@@ -102,6 +103,48 @@ def test_rans_lands_on_the_entropy_of_its_model():
     assert len(stream) <= 1.01 * (entropy_bytes + table) + 16
 
 
+def _ctxrans_symbols(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """ctxrans's symbols, contexts and raw bit count for a (..., H, W) array, in plain numpy."""
+
+    symbol_of, raw_of, class_of = value_tables(8)
+    u = a.astype(np.int64)
+    cls = class_of[u]
+    left = np.zeros_like(cls)
+    left[..., 1:] = cls[..., :-1]
+    up = np.zeros_like(cls)
+    up[..., 1:, :] = cls[..., :-1, :]
+    return symbol_of[u].ravel(), (left.astype(np.int64) * CLASSES + up).ravel(), int(raw_of[u].sum())
+
+
+def test_ctxrans_lands_on_the_conditional_entropy_of_its_symbols():
+    rng = np.random.default_rng(0)
+    blobs = np.maximum(rng.normal(size=(2, 8, 200, 200)).cumsum(-1).cumsum(-2) / 8 - 2, 0)  # smooth, mostly zeros
+    a = np.minimum(blobs * 30, 255).astype(np.uint8)
+    symbols, contexts, raw_bits = _ctxrans_symbols(a)  # as if in one chunk: a little off at chunk starts
+    joint = np.unique(contexts * 256 + symbols, return_counts=True)[1]
+    per_context = np.unique(contexts, return_counts=True)[1]
+    entropy = -(joint * np.log2(joint)).sum() + (per_context * np.log2(per_context)).sum()
+    stream = codecs.get("ctxrans").encode(a)
+    floor = (entropy + raw_bits) / 8
+    # on top: the table (at most 2 bytes per used cell and 1 per unused one below it), 10 bytes a chunk
+    assert floor < len(stream) <= 1.01 * floor + 2 * 81 * 36 + 10 * -(-a.size // 2**16)
+    assert len(stream) < 0.95 * len(codecs.get("rans").encode(a))  # the neighbours are worth it here
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 3, 300, 301), np.uint8), ((3, 5, 97, 211), np.int16),
+                                          ((200_000,), np.uint8), ((1000, 300), np.int8)])
+def test_ctxrans_chunks_split_rows_and_planes_anywhere(shape, dtype):
+    """Chunks of 2^16 values start mid-row and mid-plane; a 1-D array is one row longer than a chunk."""
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min // 4, info.max // 4, size=shape).astype(dtype)
+    a[rng.random(shape) < 0.5] = 0
+    c = codecs.get("ctxrans")
+    stream = c.encode(a)
+    assert stream[len(pack_header(a.ravel(), a.dtype.itemsize * 8))] == CODED  # coded, not stored raw
+    assert np.array_equal(c.decode(stream), a.ravel())
+
+
 def _streams():
     rng = np.random.default_rng(1)
     sparse = np.maximum(rng.integers(-60, 200, 3000), 0).astype(np.uint8)
@@ -109,7 +152,7 @@ def _streams():
     signed[rng.random(2000) < 0.5] = 0
     maps = sparse[:2880].reshape(2, 20, 72)
     lossy = [("dctcm", codecs.get("dctcm", bits=8, keep=3, step=2.0, coder=coder, transform=t).encode(maps))
-             for coder in ("zvc", "rans") for t in (True, False)]
+             for coder in ("zvc", "rans", "ctxrans") for t in (True, False)]
     return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy
 
 

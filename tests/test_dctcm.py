@@ -36,8 +36,8 @@ def _bound(x: np.ndarray, keep, step: float, group: int) -> float:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(0, 3), c=st.integers(8, 40), h=st.integers(1, 6), group=st.sampled_from([8, 16]),
        keep=st.integers(1, 16), step=st.sampled_from([1.0, 1.5, 2.0, 4.0, 7.0]), seed=st.integers(0, 99),
-       dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16]))
-def test_decoded_error_is_within_the_stated_bound(n, c, h, group, keep, step, seed, dtype):
+       dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16]), coder=st.sampled_from(["zvc", "rans", "ctxrans"]))
+def test_decoded_error_is_within_the_stated_bound(n, c, h, group, keep, step, seed, dtype, coder):
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype)
     x = rng.integers(info.min, info.max, size=(n, c, h, h), endpoint=True).astype(dtype)
@@ -45,7 +45,8 @@ def test_decoded_error_is_within_the_stated_bound(n, c, h, group, keep, step, se
     if c < group:
         return
     keep = min(keep, group)
-    codec = codecs.get("dctcm", group=group, keep=keep, step=step if dtype in (np.uint8, np.int8) else 64 * step)
+    codec = codecs.get("dctcm", group=group, keep=keep, step=step if dtype in (np.uint8, np.int8) else 64 * step,
+                       coder=coder)
     y = codec.decode(codec.encode(x))
     assert y.dtype == x.dtype and y.shape == (x.size,)
     assert np.array_equal(y, codec.decode(codec.encode(x)))  # reproducible

@@ -5,8 +5,9 @@ group goes through an orthonormal DCT-II of length G, only the frequencies in th
 and they are re-quantized with one step per site: c = floor(y / step + 1/2). The DC coefficients
 and the others go to two separate lossless streams, because the DC needs more range: each is
 coded by `zvc` (a zero bitmap plus the non-zeros at the smallest width that holds them; the
-paper's bitmap coding) or by `rans`. Decoding inverts the kept part of the transform, rounds to
-the nearest code and clips to the input's range.
+paper's bitmap coding), by `rans`, or by `ctxrans` (which sees each coefficient's spatial
+neighbours: the streams are passed as H x W planes). Decoding inverts the kept part of the
+transform, rounds to the nearest code and clips to the input's range.
 
 With `transform=False` the same re-quantization happens in the pixel domain instead: the choice
 for late layers that are already sparse after ReLU, where a channel DCT would smear the zeros.
@@ -42,12 +43,13 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import Codec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
+from .ctxrans import ContextRANS
 from .rans import RANS
 from .zvc import ZVC
 
 MAX_GROUP = 64
 MAX_DIMS = 8
-CODERS = {"zvc": ZVC, "rans": RANS}
+CODERS = {"zvc": ZVC, "rans": RANS, "ctxrans": ContextRANS}
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
 STEP_RANGE = (2.0**-4, 2.0**20)
 
@@ -163,6 +165,16 @@ def _shape3(shape, axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
+def planes(c: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
+    """An inner stream c as (..., H, W) planes of the map's last two axes after the channel axis,
+    so a coder with spatial context (`ctxrans`) sees each coefficient's neighbours; as it is
+    when the map has no such plane."""
+    after = tuple(shape[axis % len(shape) + 1:])
+    if len(after) < 2 or c.size == 0:
+        return c
+    return c.reshape(-1, math.prod(after[:-1]), after[-1])
+
+
 def as_3d(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     """a viewed as (outer, channels, inner) around the channel axis."""
     if not 2 <= len(shape) <= MAX_DIMS:
@@ -240,7 +252,8 @@ def _narrow(c: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _estimated_bits(c: np.ndarray, coder: str) -> float:
-    """What an inner stream of c costs, without coding it (zvc exactly up to padding; rans ~ entropy)."""
+    """What an inner stream of c costs, without coding it (zvc exactly up to padding; rans ~ its
+    order-0 entropy, and so an upper bound for ctxrans)."""
     if c.size == 0:
         return 0.0
     if coder == "zvc":
@@ -364,7 +377,7 @@ class DCTCM(Codec):
         shape = np.shape(a_in)
         dc, ac = coefficients(x3, s)
         inner = CODERS[self.coder]
-        streams = [inner(bits=w).encode(c) for c, w in (_narrow(dc), _narrow(ac))]
+        streams = [inner(bits=w).encode(planes(c, shape, self.axis)) for c, w in (_narrow(dc), _narrow(ac))]
         axis = self.axis % len(shape)
         mask = sum(k << f for f, k in enumerate(s.keep))
         return (pack_header(a, bits) + write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
