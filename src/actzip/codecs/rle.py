@@ -30,70 +30,70 @@ SHORT_RUNS = 4096
 def _token_counts(a):
     """Tokens needed for every run field width r in 0..MAX_RUN_BITS: a run of L zeros before a
     value takes L >> r + 1 tokens, the trailing run ceil(L / 2^r). Short runs go through a
-    histogram (one increment each); the rare long ones are counted for every r directly."""
+    histogram (one increment each, branch-free: zeros come at random); the rare long ones are
+    counted for every r directly."""
     counts = np.zeros(MAX_RUN_BITS + 1, np.int64)
     short = np.zeros(SHORT_RUNS, np.int64)
-    run = 0
+    run = longest = 0
     for i in range(a.shape[0]):
-        if a[i] == 0:
-            run += 1
+        nonzero = np.int64(a[i] != 0)
+        if run >= SHORT_RUNS and nonzero:
+            for r in range(MAX_RUN_BITS + 1):
+                counts[r] += (run >> r) + 1
         else:
-            if run < SHORT_RUNS:
-                short[run] += 1
-            else:
-                for r in range(MAX_RUN_BITS + 1):
-                    counts[r] += (run >> r) + 1
-            run = 0
+            short[min(run, SHORT_RUNS - 1)] += nonzero
+            longest = max(longest, run)
+        run = (run + 1) * (1 - nonzero)
     for r in range(MAX_RUN_BITS + 1):
-        for length in range(SHORT_RUNS):
+        for length in range(min(longest + 1, SHORT_RUNS)):
             counts[r] += short[length] * ((length >> r) + 1)
         if run:
             counts[r] += (run + (1 << r) - 1) >> r
     return counts
 
 
+_32, _BYTE = np.uint64(32), np.uint64(0xFF)
+
+
 @njit(cache=True, nogil=True)
 def _encode(a, signed, r, bits, out):
     """Tokens (z << bits | v) on r + bits bits: a run of L zeros before v is L >> r tokens
-    (2^r - 1, 0) then (L % 2^r, v); a trailing run is tokens (2^r - 1, 0) and a last (rest - 1, 0)."""
+    (2^r - 1, 0) then (L % 2^r, v); a trailing run is tokens (2^r - 1, 0) and a last (rest - 1, 0).
+
+    A full-span token leaves as soon as its run is complete, so every value appends at most one
+    token, and whether it does is arithmetic, not a branch (zeros come at random: mispredicted
+    branches were most of the time). Bits leave the accumulator 32 at a time."""
     span = 1 << r
-    width = r + bits
-    acc = np.uint64(0)
-    nacc = 0
-    o = 0
+    width = np.uint64(r + bits)
+    full = np.uint64((span - 1) << bits)
+    acc, nacc, o = np.uint64(0), np.uint64(0), 0
     run = 0
-    n = a.shape[0]
-    i = 0
-    while i <= n:
-        if i < n and a[i] == 0:
-            run += 1
-            i += 1
-            continue
-        if i == n and run == 0:
-            break
-        while run >= span or (i == n and run > 0):
-            step = min(run, span)
-            token = (step - 1) << bits
-            run -= step
-            acc = (acc << np.uint64(width)) | np.uint64(token)
-            nacc += width
-            while nacc >= 8:
-                nacc -= 8
-                out[o] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
-                o += 1
-        if i == n:
-            break
-        token = (run << bits) | zigzag_value(a[i], signed)
-        acc = (acc << np.uint64(width)) | np.uint64(token)
+    for i in range(a.shape[0]):
+        v = zigzag_value(a[i], signed)
+        nonzero = v != 0
+        complete = not nonzero and run + 1 == span
+        token = np.uint64((run << bits) | v) if nonzero else full
+        emit = np.uint64(nonzero or complete)
+        acc = (acc << (width * emit)) | (token & (np.uint64(0) - emit))
+        nacc += width * emit
+        run = 0 if nonzero or complete else run + 1
+        if nacc >= _32:
+            nacc -= _32
+            w = acc >> nacc
+            out[o] = np.uint8((w >> np.uint64(24)) & _BYTE)
+            out[o + 1] = np.uint8((w >> np.uint64(16)) & _BYTE)
+            out[o + 2] = np.uint8((w >> np.uint64(8)) & _BYTE)
+            out[o + 3] = np.uint8(w & _BYTE)
+            o += 4
+    if run:  # the trailing run's last token
+        acc = (acc << width) | np.uint64((run - 1) << bits)
         nacc += width
-        while nacc >= 8:
-            nacc -= 8
-            out[o] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
-            o += 1
-        run = 0
-        i += 1
+    while nacc >= np.uint64(8):
+        nacc -= np.uint64(8)
+        out[o] = np.uint8((acc >> nacc) & _BYTE)
+        o += 1
     if nacc:
-        out[o] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
+        out[o] = np.uint8((acc << (np.uint64(8) - nacc)) & _BYTE)
 
 
 @njit(cache=True, nogil=True)
