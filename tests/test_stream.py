@@ -103,6 +103,8 @@ def test_cli_encode_decode_info(tmp_path):
         assert np.abs(y - x).max() <= x.max() / 255 / 2 * 1.0001
     r = runner.invoke(app, ["info", str(tmp_path / "s.azip")])
     assert r.exit_code == 0 and "rans" in r.output and "bits/value" in r.output
+    (tmp_path / "plain").write_bytes(b"")  # written atomically, the stream reads like any new file
+    assert (tmp_path / "s.azip").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
     (tmp_path / "bad.azip").write_bytes(b"AZIP\x01garbage")
     for args in (["decode", str(tmp_path / "bad.azip"), "-o", str(tmp_path / "z.npy")],
                  ["info", str(tmp_path / "missing.azip")],

@@ -9,10 +9,18 @@ from pathlib import Path
 from .errors import ActzipError
 
 
+def _new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp makes it 0o600: the result should read like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
