@@ -27,21 +27,28 @@ STATE_HIGH = 1 << 31
 @njit(cache=True, nogil=True)
 def normalize(counts):
     """Frequencies summing to M in every row with counts, each used symbol at least 1; rows
-    without counts stay zero."""
+    without counts stay zero. A row with fewer than M counts is normalized to the power of two
+    at or above its count and scaled up: as exact for so few samples, and its table entries
+    shrink to a byte (`write_table` stores them scaled down)."""
     freq = np.zeros(counts.shape, np.int64)
     for r in range(counts.shape[0]):
         total = counts[r].sum()
         if total == 0:
             continue
+        bits = 0
+        while (1 << bits) < min(total, M):
+            bits += 1
+        scale = 1 << bits
         for s in range(counts.shape[1]):
             if counts[r, s]:
-                freq[r, s] = max(1, (counts[r, s] * M + total // 2) // total)
+                freq[r, s] = max(1, (counts[r, s] * scale + total // 2) // total)
         while True:  # rounding left the sum off by a little: move it onto the largest
-            excess = freq[r].sum() - M
+            excess = freq[r].sum() - scale
             if excess == 0:
                 break
             j = np.argmax(freq[r])
             freq[r, j] -= min(excess, freq[r, j] - 1)
+        freq[r] <<= PROB_BITS - bits
     return freq
 
 
@@ -59,53 +66,80 @@ def _write_varint(v, out, o):
 def _table_bytes(freq, out):
     o = 0
     for r in range(freq.shape[0]):
-        used = 0
+        used, shift = 0, PROB_BITS
         for s in range(freq.shape[1]):
             if freq[r, s]:
                 used = s + 1
+                while freq[r, s] & ((1 << shift) - 1):  # the scale all of the row's entries share
+                    shift -= 1
         o = _write_varint(used, out, o)
+        if used == 0:
+            continue
+        out[o] = shift
+        o += 1
+        for byte in range((used + 7) // 8):
+            bitmap = 0
+            for bit in range(8):
+                s = 8 * byte + bit
+                if s < used and freq[r, s]:
+                    bitmap |= 1 << bit
+            out[o] = bitmap
+            o += 1
         for s in range(used):
-            o = _write_varint(freq[r, s], out, o)
+            if freq[r, s]:
+                o = _write_varint(freq[r, s] >> shift, out, o)
     return o
 
 
 def write_table(freq: np.ndarray) -> bytes:
-    """Per row: the number of symbols up to the last used one, then their frequencies (varints)."""
-    out = np.empty(freq.size * 2 + freq.shape[0] + 8, np.uint8)  # a frequency <= M takes 2 bytes
+    """Per row: the number of symbols up to the last used one (0: unused row), then the shift
+    all its frequencies share, a bitmap of the used symbols, and their frequencies shifted down
+    (varints). A row of few counts costs a byte or two per used symbol."""
+    out = np.empty(freq.size * 3 + 2 * freq.shape[0] + 8, np.uint8)
     return out[:_table_bytes(freq, out)].tobytes()
 
 
 @njit(cache=True, nogil=True)
+def _read_varint(buf, p):
+    """(value, next position) of the varint at p, or (-1, p) if it runs past buf or 3 bytes."""
+    v = 0
+    for shift in range(0, 21, 7):
+        if p >= buf.shape[0]:
+            return -1, p
+        byte = np.int64(buf[p])
+        p += 1
+        v |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return v, p
+    return -1, p
+
+
+@njit(cache=True, nogil=True)
 def _parse_table(buf, contexts, valid, freq):
-    """Fill freq from the varints in buf; returns the bytes read, or -1 if malformed."""
+    """Fill freq from buf (the write_table format); returns the bytes read, or -1 if malformed."""
     p = 0
     for r in range(contexts):
-        values = 0
-        for j in range(-1, valid.shape[0]):
-            v, shift = 0, 0
-            while True:
-                if p >= buf.shape[0] or shift > 14:
-                    return -1
-                byte = np.int64(buf[p])
-                p += 1
-                v |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
-            if j == -1:
-                values = v
-                if values > valid.shape[0]:
-                    return -1
-            else:
-                freq[r, j] = v
-            if j + 1 == values:
-                break
+        used, p = _read_varint(buf, p)
+        if used < 0 or used > valid.shape[0]:
+            return -1
+        if used == 0:
+            continue
+        if p >= buf.shape[0] or buf[p] > PROB_BITS:
+            return -1
+        shift = np.int64(buf[p])
+        bitmap = p + 1
+        p = bitmap + (used + 7) // 8
+        if p > buf.shape[0]:
+            return -1
         total = 0
-        for s in range(values):
-            if freq[r, s] and not valid[s]:
-                return -1
-            total += freq[r, s]
-        if values and total != M:
+        for s in range(used):
+            if buf[bitmap + s // 8] & (1 << (s % 8)):
+                f, p = _read_varint(buf, p)
+                if f <= 0 or not valid[s]:
+                    return -1
+                freq[r, s] = f << shift
+                total += f << shift
+        if total != M:
             return -1
     return p
 
@@ -113,7 +147,7 @@ def _parse_table(buf, contexts, valid, freq):
 def read_table(buf: bytes, pos: int, contexts: int, valid: np.ndarray) -> tuple[np.ndarray, int]:
     """Inverse of write_table for a model whose allowed symbols are `valid` (bool per symbol)."""
     freq = np.zeros((contexts, valid.shape[0]), np.int64)
-    window = np.frombuffer(buf, np.uint8, min(len(buf) - pos, 3 * freq.size + contexts), pos)
+    window = np.frombuffer(buf, np.uint8, min(len(buf) - pos, 4 * freq.size + 2 * contexts), pos)
     read = _parse_table(window, contexts, valid, freq)
     if read < 0:
         raise CorruptStreamError("rANS table malformed: a row too long, not summing to M, or using a "
