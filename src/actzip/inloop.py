@@ -121,7 +121,6 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
                                          batch_size=config.batch_size)
     with torch.no_grad():
-        done = 0
         for x, y in loader:
             ref = model(x).argmax(1)
             with capture(model, replace):
@@ -137,9 +136,8 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
             agree += int((comp == ref).sum())
             agree_quant += int((quant == ref).sum())
             total += len(y)
-            done += len(y)
             if progress:
-                progress("evaluate", done, count)
+                progress("evaluate", total, count)
     per_site = [{"name": s.name, "shape": list(s.shape), "codec": coders[s.name].get_config(),
                  "numel": numel[s.name], "bytes": stream_bytes[s.name],
                  "compression": numel[s.name] * config.bits / (8 * stream_bytes[s.name]),

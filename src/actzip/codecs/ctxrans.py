@@ -72,6 +72,18 @@ def value_tables(bits: int) -> tuple[np.ndarray, ...]:
     return symbols.astype(np.uint8), raw[symbols], classes[symbols]
 
 
+@njit(cache=True, inline="always")
+def _advance(x, y, width, height):
+    """(x, y) of the next value in its H x W plane (scalars only, so it costs nothing inline)."""
+    x += 1
+    if x == width:
+        x = 0
+        y += 1
+        if y == height:
+            y = 0
+    return x, y
+
+
 @njit(cache=True, nogil=True)
 def _first_pass(u, width, height, x0, y0, symbol_of, raw_of, class_of, contexts, symbols, raw_out, counts):
     """Each value's context and symbol, the (context, symbol) counts added to `counts`, and the
@@ -108,12 +120,7 @@ def _first_pass(u, width, height, x0, y0, symbol_of, raw_of, class_of, contexts,
             raw_out[ro + 2] = np.uint8((w >> np.uint64(8)) & _BYTE)
             raw_out[ro + 3] = np.uint8(w & _BYTE)
             ro += 4
-        x += 1
-        if x == width:
-            x = 0
-            y += 1
-            if y == height:
-                y = 0
+        x, y = _advance(x, y, width, height)
     tail = (racc << (_U32 - rnacc)) & np.uint64(0xFFFFFFFF)  # fewer than 32 bits, MSB first
     for j in range(4):
         raw_out[ro + j] = np.uint8((tail >> np.uint64(24 - 8 * j)) & _BYTE)
@@ -187,12 +194,7 @@ def _decode(words, n_words, raw, raw_bits, n, width, height, x0, y0, table, used
         out[i] = base[sym] | np.int64((racc >> rnacc) & ((np.uint64(1) << r) - np.uint64(1)))
         if p > n_words:
             return -1
-        x += 1
-        if x == width:
-            x = 0
-            y += 1
-            if y == height:
-                y = 0
+        x, y = _advance(x, y, width, height)
     if p != n_words or state != ans.STATE_LOW or other != ans.STATE_LOW or 8 * rp - np.int64(rnacc) != raw_bits:
         return -1
     return 0
@@ -208,23 +210,23 @@ class ContextRANS(Codec):
     def encode(self, a_in) -> bytes:
         a, bits = check_input(a_in, self.bits)
         head = pack_header(a, bits)
-        raw = head + bytes([RAW]) + pack_values(zigzag(a), bits)
-        if a.size == 0:
-            return raw
-        _, height, width = layout(np.shape(a_in))
         u = zigzag(a)
-        starts = range(0, a.size, CHUNK_VALUES)
-        passes = parallel_map(lambda start: self._first_pass(u[start:start + CHUNK_VALUES], bits, width, height, start),
-                              list(starts))
-        freq = ans.normalize(sum(counts for *_, counts in passes))
-        enc = ans.encoder_table(freq)
-        payloads = parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
-        coded = (head + bytes([CODED]) + write_varint(width) + write_varint(height) + ans.write_table(freq)
-                 + join_chunks(payloads))
-        return coded if len(coded) < len(raw) else raw
+        if a.size:
+            _, height, width = layout(np.shape(a_in))
+            passes = parallel_map(lambda start: self._symbolize(u[start:start + CHUNK_VALUES], bits, width, height, start),
+                                  list(range(0, a.size, CHUNK_VALUES)))
+            freq = ans.normalize(sum(counts for *_, counts in passes))
+            enc = ans.encoder_table(freq)
+            payloads = parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
+            coded = (head + bytes([CODED]) + write_varint(width) + write_varint(height) + ans.write_table(freq)
+                     + join_chunks(payloads))
+            if len(coded) < len(head) + 1 + packed_bytes(a.size * bits):
+                return coded
+        return head + bytes([RAW]) + pack_values(u, bits)
 
     @staticmethod
-    def _first_pass(u, bits, width, height, start):
+    def _symbolize(u, bits, width, height, start):
+        """One chunk's first pass: (contexts, symbols, raw bits buffer, raw bit count, counts)."""
         y0, x0 = divmod(start % (width * height), width)
         contexts = np.empty(u.size, np.uint8)
         symbols = np.empty(u.size, np.uint8)
@@ -235,7 +237,7 @@ class ContextRANS(Codec):
 
     @staticmethod
     def _code_chunk(contexts, symbols, raw_out, raw_bits, enc):
-        words = np.empty(contexts.size + 2, np.uint16)
+        words = np.empty(contexts.size + 4, np.uint16)  # at most a word per value, and the two states
         first = _code(contexts, symbols, enc, words)
         return (write_varint(words.size - first) + write_varint(raw_bits) + words[first:].astype("<u2", copy=False).tobytes()
                 + raw_out[:packed_bytes(raw_bits)].tobytes())
