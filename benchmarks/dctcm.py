@@ -6,7 +6,10 @@ Per model, 8-bit activation maps, every site compressed and decoded inside the f
 - dctcm at three per-site error budgets (relative squared error), built up in steps so the gain
   can be attributed: re-quantization alone in the pixel domain (transform off) with zvc bitmap
   coding, then the channel DCT allowed (G = 8 and 16), then rans, then ctxrans (rANS with the
-  spatial neighbours as context) instead of zvc for the streams.
+  spatial neighbours as context) instead of zvc for the streams;
+- dctcm with one budget on the model's output (relative squared error of the logits) split among
+  the sites by their measured sensitivity (`actzip.budgets`), at three output budgets, and at the
+  middle one the same attribution steps.
 Models: EfficientNet-Lite0 on the bundled photos (top-1 agreement with the float model), and
 resnet20 / mobilenet-v1 trained on Fashion-MNIST by benchmarks/sparsify_table.py (top-1 on the
 test set). Speed: dctcm encode/decode MB/s of the 8-bit codes of Lite0 (per-site settings at the
@@ -15,6 +18,7 @@ middle budget) beside zstd -3, in the same process, median of repeats.
 Results are cached per configuration in --runs, so an interrupted run resumes.
 
     python benchmarks/dctcm.py [--models efficientnet-lite0 resnet20 mobilenet-v1] [--fmnist-images 10000]
+        [--select "dctcm G16+ctxrans"]  (only the variants whose label starts so)
 """
 
 from __future__ import annotations
@@ -36,18 +40,27 @@ from actzip.inloop import EvaluateConfig, evaluate
 
 HERE = Path(__file__).parent
 BUDGETS = (1e-4, 1e-3, 1e-2)
+OUTPUT_BUDGETS = (0.03, 0.1, 0.3)
 LOSSLESS = ("zvc", "seg", "ctx", "ctxrans")
 CODERS = ("zvc", "rans", "ctxrans")  # dctcm's inner coders, in the order the gains build up
 
 
-def variants() -> list[tuple[str, str, dict]]:
-    """(label, codec, params) in the order the gains build up."""
-    out = [(name, name, {}) for name in LOSSLESS]
+def variants() -> list[tuple[str, dict]]:
+    """(label, EvaluateConfig settings) in the order the gains build up."""
+    out = [(name, {"codec": name}) for name in LOSSLESS]
     for b in BUDGETS:
         for coder in CODERS:
-            out += [(f"requantize+{coder} @{b:g}", "dctcm", {"budget": b, "transform": False, "coder": coder}),
-                    (f"dctcm G8+{coder} @{b:g}", "dctcm", {"budget": b, "group": 8, "coder": coder}),
-                    (f"dctcm G16+{coder} @{b:g}", "dctcm", {"budget": b, "group": 16, "coder": coder})]
+            out += [(f"requantize+{coder} @{b:g}",
+                     {"codec": "dctcm", "codec_params": {"budget": b, "transform": False, "coder": coder}}),
+                    (f"dctcm G8+{coder} @{b:g}", {"codec": "dctcm", "codec_params": {"budget": b, "group": 8, "coder": coder}}),
+                    (f"dctcm G16+{coder} @{b:g}", {"codec": "dctcm", "codec_params": {"budget": b, "group": 16, "coder": coder}})]
+    for b in OUTPUT_BUDGETS:
+        steps = [("requantize", "zvc", False), ("dctcm G16", "zvc", True), ("dctcm G16", "rans", True),
+                 ("requantize", "ctxrans", False)] if b == OUTPUT_BUDGETS[1] else []
+        for name, coder, transform in steps + [("dctcm G16", "ctxrans", True)]:
+            out.append((f"{name}+{coder} @output {b:g}",
+                        {"codec": "dctcm", "output_budget": b,
+                         "codec_params": {"group": 16, "coder": coder, "transform": transform}}))
     return out
 
 
@@ -55,23 +68,27 @@ def summary(label: str, report: dict) -> dict:
     sites = report["sites"]
     return {"run": label, "codec": report["codec"], "params": report["codec_params"],
             "compression": report["compression"], "top1": report["top1"], "agreement": report["agreement"],
-            "images": report["images"],
+            "images": report["images"], "output_error": report["output_error"],
             "dct_sites": sum(bool(s["codec"].get("transform")) and s["codec"]["id"] == "dctcm" for s in sites),
-            "sites": [{k: s[k] for k in ("name", "compression", "relative_error")} | {"codec": s["codec"]}
+            "sites": [{k: s[k] for k in ("name", "compression", "relative_error", "budget", "sensitivity") if k in s}
+                      | {"codec": s["codec"]}
                       for s in sites]}
 
 
-def run_model(model_name: str, weights: Path | None, images: str, limit: int | None, cache: Path) -> list[dict]:
+def run_model(model_name: str, weights: Path | None, images: str, limit: int | None, cache: Path,
+              select: list[str] | None) -> list[dict]:
     model = models.load(model_name, weights=weights)
     data = open_images(images, models.preprocessing(model_name))
     rows = []
-    for label, codec, params in variants():
+    for label, settings in variants():
+        if select and not any(label.startswith(s) for s in select):
+            continue
         path = cache / f"{model_name}-{label.replace(' ', '_').replace('@', '').replace('+', '-')}.json"
         if path.is_file():
             rows.append(json.loads(path.read_text()))
             continue
         t = time.perf_counter()
-        report = evaluate(model, data, EvaluateConfig(codec=codec, bits=8, codec_params=params, limit=limit,
+        report = evaluate(model, data, EvaluateConfig(bits=8, limit=limit, **settings,
                                                       batch_size=16 if images == "photos" else 200))
         rows.append(summary(label, report) | {"seconds": time.perf_counter() - t})
         atomic_write(path, json.dumps(rows[-1], indent=1))
@@ -121,14 +138,16 @@ def speed(repeats: int) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| model | run | compression (8-bit) | top-1 % | agreement % | DCT sites |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | run | compression (8-bit) | top-1 % | agreement % | output error | DCT sites |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for model, rows in results["models"].items():
         for r in rows:
             top1 = r["top1"]["compressed"]
+            out_err = r.get("output_error", {}).get("compressed")  # rows from before it was measured lack it
             lines.append(f"| {model} | {r['run']} | {r['compression']:.2f}x | "
                          f"{'-' if top1 is None else f'{100 * top1:.2f}'} | "
-                         f"{100 * r['agreement']['compressed']:.1f} | {r['dct_sites']}/{len(r['sites'])} |")
+                         f"{100 * r['agreement']['compressed']:.1f} | {'-' if out_err is None else f'{out_err:.3f}'} | "
+                         f"{r['dct_sites']}/{len(r['sites'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,20 +162,27 @@ def main():
                     help="measure encode/decode speed (on a quiet machine)")
     ap.add_argument("--runs", type=Path, default=Path("runs/dctcm"))
     ap.add_argument("--out", type=Path, default=HERE / "dctcm.json")
+    ap.add_argument("--select", nargs="+", help="only the variants whose label starts with one of these")
     args = ap.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
-    results = {"command": "python benchmarks/dctcm.py --models " + " ".join(args.models)
-               + f" --fmnist-images {args.fmnist_images}", "budgets": BUDGETS, "models": {}}
+    # rows of models not run now stay, with the command that produced them
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}}
+    results.pop("command", None)
+    results |= {"budgets": BUDGETS, "output_budgets": OUTPUT_BUDGETS}
     for name in args.models:
         if name == "efficientnet-lite0":
-            results["models"][name] = run_model(name, None, "photos", None, args.runs)
-            continue
-        weights = args.weights_dir / f"{name}-baseline" / "weights.pt"
-        if not weights.is_file():
-            print(f"skipping {name}: no {weights} (train it with benchmarks/sparsify_table.py)")
-            continue
-        results["models"][name] = run_model(name, weights, "fashion-mnist", args.fmnist_images,
-                                            args.runs / f"n{args.fmnist_images}")
+            rows = run_model(name, None, "photos", None, args.runs, args.select)
+        else:
+            weights = args.weights_dir / f"{name}-baseline" / "weights.pt"
+            if not weights.is_file():
+                print(f"skipping {name}: no {weights} (train it with benchmarks/sparsify_table.py)")
+                continue
+            rows = run_model(name, weights, "fashion-mnist", args.fmnist_images, args.runs / f"n{args.fmnist_images}",
+                             args.select)
+        results["models"][name] = rows
+        results.setdefault("commands", {})[name] = (
+            f"python benchmarks/dctcm.py --models {name} --fmnist-images {args.fmnist_images}"
+            + (" --select " + " ".join(f'"{s}"' for s in args.select) if args.select else ""))
     if args.speed:
         results["speed"] = speed(args.repeats)
     atomic_write(args.out, json.dumps(results, indent=1))

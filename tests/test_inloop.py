@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -68,3 +70,52 @@ def test_cli_evaluate_reports_and_refuses_bad_settings(tmp_path):
     assert bad.exit_code == 2 and "power of two" in bad.output
     assert not (tmp_path / "e.json").exists()
     np.testing.assert_equal(CliRunner().invoke(app, ["evaluate", "-p", "budget"]).exit_code, 2)
+    bad = CliRunner().invoke(app, ["evaluate", "--codec", "zvc", "--output-budget", "0.1"])
+    assert bad.exit_code == 2 and "needs the dctcm codec" in bad.output
+
+
+def test_cli_evaluate_with_an_output_budget_writes_its_report(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from actzip.cli import app
+
+    for i in range(4):
+        Image.new("RGB", (48, 40), (40 * i, 100, 20 * i)).save(tmp_path / f"{i}.png")
+    r = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path),
+                                 "--output-budget", "0.01", "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["output_budget"] == 0.01 and report["output_error"]["compressed"] <= 0.01
+    assert all("sensitivity" in s for s in report["sites"]) and "output error" in r.output
+
+
+def test_an_output_budget_is_split_by_sensitivity_and_bounds_the_output_error():
+    model = _net()
+    data = _images(model, quantized_labels=False)
+    tight, loose = (evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, output_budget=b)) for b in (1e-3, 3e-2))
+    for budget, report in ((1e-3, tight), (3e-2, loose)):
+        assert report["output_error"]["quantized"] <= report["output_error"]["compressed"] <= budget
+        for site in report["sites"]:  # every site within what it was given
+            assert site["sensitivity"] > 0 and site["relative_error"] <= site["budget"] * (1 + 1e-6)
+    assert tight["compression"] < loose["compression"]
+
+
+def test_a_site_whose_error_mostly_vanishes_downstream_gets_the_larger_budget():
+    model = _net()
+    with torch.no_grad():  # the second conv reads only channel 0 of its input, which holds most of the energy;
+        model[0].weight[0] *= 10  # the (uniform) requantization noise of the other 15 channels never reaches
+        model[0].bias[0] *= 10  # the output, so relative error at that site costs little
+        model[2].weight[:, 1:] = 0
+    report = evaluate(model, _images(model, quantized_labels=False),
+                      EvaluateConfig(codec="dctcm", bits=8, output_budget=1e-2))
+    conv_input, linear_input = report["sites"]
+    assert conv_input["sensitivity"] < linear_input["sensitivity"] / 2
+    assert conv_input["budget"] > linear_input["budget"]
+
+
+def test_output_budget_needs_dctcm_without_a_site_budget():
+    for bad in (dict(codec="zvc", output_budget=0.1), dict(codec="dctcm", codec_params={"budget": 0.1}, output_budget=0.1),
+                dict(codec="dctcm", output_budget=1.0)):
+        with pytest.raises(ValueError, match="output"):
+            EvaluateConfig(**bad)

@@ -321,6 +321,9 @@ def evaluate(
     bits: int = typer.Option(8, help="quantizer bit width, 2..16"),
     param: list[str] = typer.Option([], "--param", "-p",
                                     help="codec setting key=value; dctcm: budget, group, coder, keep, step"),
+    output_budget: Optional[float] = typer.Option(
+        None, help="dctcm: relative squared error of the model's output, split among the sites by their "
+                   "measured sensitivity (instead of -p budget=, the same error at every site)"),
     limit: Optional[int] = typer.Option(None, help="evaluate at most this many images"),
     batch_size: int = typer.Option(16, help="images per forward pass"),
     calibration_images: int = typer.Option(64, help="calibrate quantizers (and dctcm settings) on N images"),
@@ -336,7 +339,7 @@ def evaluate(
     from .inloop import evaluate as run_evaluation
 
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
-                            limit=limit, calibration_images=calibration_images)
+                            limit=limit, calibration_images=calibration_images, output_budget=output_budget)
     writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))
@@ -351,7 +354,8 @@ def evaluate(
                   f"quantized {100 * top1['quantized']:.2f} %, compressed {100 * top1['compressed']:.2f} %")
     out.print(f"top-1 agreement with the float model over {report['images']} images: "
               f"{100 * report['agreement']['compressed']:.2f} % ({100 * report['agreement']['quantized']:.2f} % "
-              f"quantized only); compression {report['compression']:.2f}x vs {bits}-bit raw; wrote {out_file}")
+              f"quantized only); output error {report['output_error']['compressed']:.2e}; "
+              f"compression {report['compression']:.2f}x vs {bits}-bit raw; wrote {out_file}")
 
 
 bench = typer.Typer(no_args_is_help=True, help="Measure actzip's runtime on this machine.")

@@ -8,8 +8,11 @@ agreement of the quantized and the compressed model with the float one, and per-
 compression taken from the stream lengths. A lossless codec therefore reproduces the
 quantization-only result exactly.
 
-A lossy codec with a per-site error budget (dctcm) is calibrated first: its settings are chosen
-per site from the activation maps of the calibration images, then fixed for the whole run.
+A lossy codec with an error budget (dctcm) is calibrated first: its settings are chosen per site
+from the activation maps of the calibration images, then fixed for the whole run. The budget is
+either the same relative error at every site (`codec_params["budget"]`) or one relative error of
+the model's output (`output_budget`), split among the sites by their measured sensitivity
+(`actzip.budgets`). The report gives the output's relative squared error either way.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import codecs
+from . import budgets, codecs
 from .analysis import AnalyzeConfig, Progress, _batches, calibrate
-from .codecs.dctcm import as_3d, choose, sample_pixels, squared_error
+from .codecs.dctcm import as_3d, choose, pixel_curve, sample_pixels, squared_error
 from .errors import ActzipError
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
@@ -40,11 +43,17 @@ class EvaluateConfig:
     batch_size: int = 16
     limit: int | None = None
     calibration_images: int = 64
+    output_budget: float | None = None  # relative squared error of the output, split among the sites
 
     def __post_init__(self):
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
                       calibration_images=self.calibration_images, codecs=())  # the shared checks
         codecs.get(self.codec, bits=self.bits, **self.codec_params)  # unknown codec or bad settings fail here
+        if self.output_budget is not None:
+            if self.codec != "dctcm" or "budget" in self.codec_params:
+                raise ValueError("an output budget needs the dctcm codec without a per-site budget")
+            if not 0 < self.output_budget < 1:
+                raise ValueError(f"output error budget must be in (0, 1), got {self.output_budget}")
 
 
 def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
@@ -56,9 +65,11 @@ def _axis(site: Site) -> int:
 
 
 def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites: list[Site],
-                quantizers: dict[str, QuantParams], progress: Progress | None = None) -> dict[str, codecs.Codec]:
+                quantizers: dict[str, QuantParams], progress: Progress | None = None,
+                ) -> tuple[dict[str, codecs.Codec], dict[str, dict]]:
     """One codec per site: the configured one, or for dctcm with a budget the settings `choose`
-    finds on a sample of that site's activations over the calibration images."""
+    finds on a sample of that site's activations over the calibration images; and per site how
+    its budget was set (empty without an output budget)."""
     params = dict(config.codec_params)
     budget = params.pop("budget", None)
 
@@ -67,11 +78,12 @@ def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites
             return codecs.get(config.codec, bits=config.bits, **params)
         return codecs.get("dctcm", bits=config.bits, axis=_axis(site), **{**params, **(chosen or {})})
 
-    if budget is None:
-        return {s.name: make(s) for s in sites}
-    samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
+    if budget is None and config.output_budget is None:
+        return {s.name: make(s) for s in sites}, {}
     count = min(len(images), config.limit or len(images), config.calibration_images)
-    per_batch = max(1, SAMPLE_VALUES // -(-count // config.batch_size))
+    calibration = [x for x in _batches(images, count, config.batch_size, progress, "load calibration images")]
+    samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
+    per_batch = max(1, SAMPLE_VALUES // len(calibration))
 
     def keep(site: Site, module: nn.Module, x: torch.Tensor):
         codes = _codes(x, quantizers[site.name])
@@ -79,11 +91,51 @@ def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites
         samples[site.name].append(sample.transpose(1, 0, 2).reshape(sample.shape[1], -1))  # (channels, pixels)
 
     with capture(model, keep), torch.no_grad():
-        for x in _batches(images, count, config.batch_size, progress, "fit codec"):
+        for x in calibration:
             model(x)
+    sample = {s.name: np.concatenate(samples.pop(s.name), axis=1)[None] for s in sites}
     search = {k: params[k] for k in ("group", "coder", "transform") if k in params}
-    return {s.name: make(s, choose(np.concatenate(samples[s.name], axis=1)[None], config.bits, budget, **search))
-            for s in sites}
+    allocated = {}
+    if budget is None:
+        allocated = _allocate(model, calibration, config, sites, quantizers, sample, progress)
+    return {s.name: make(s, choose(sample[s.name], config.bits,
+                                   budget or allocated[s.name]["budget"], **search)) for s in sites}, allocated
+
+
+def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
+              quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
+              progress: Progress | None) -> dict[str, dict]:
+    """Per site: its error budget from config.output_budget, its sensitivity and the curve point
+    the allocation took (see actzip.budgets)."""
+    coder = config.codec_params.get("coder", "zvc")
+    curves = [pixel_curve(sample[s.name], config.bits, coder) for s in sites]
+    probes = [budgets.probe_point(c) for c in curves]
+    names = [s.name for s in sites]
+
+    def run(target: str | None, step: float | None) -> tuple[np.ndarray, float]:
+        error = [0.0, 0.0]
+
+        def requantize(site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            q = quantizers[site.name]
+            codes = _codes(x, q)
+            if site.name == target:
+                coded = codecs.get("dctcm", bits=config.bits, transform=False, step=step).reconstruct(codes)
+                err, energy = squared_error(codes.reshape(-1), coded)
+                error[0] += err
+                error[1] += energy
+                codes = coded.reshape(codes.shape)
+            return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
+
+        with capture(model, requantize), torch.no_grad():
+            out = np.concatenate([model(x).reshape(len(x), -1).numpy() for x in calibration])
+        return out, error[0] / error[1] if error[1] else 0.0
+
+    sensitivity = budgets.sensitivities(names, probes, run, progress)
+    values = [math.prod(s.shape) for s in sites]
+    points = budgets.allocate(curves, values, sensitivity, config.output_budget)
+    return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens,
+                     "allocated_error": p["error"]}
+            for s, p, sens in zip(sites, points, sensitivity)}
 
 
 def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = EvaluateConfig(),
@@ -96,7 +148,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
                                    calibration_images=config.calibration_images, codecs=())
     sites, quantizers = calibrate(model, images, analyze_config, progress)
     quantizers = {name: q[config.bits] for name, q in quantizers.items()}
-    coders = site_codecs(model, images, config, sites, quantizers, progress)
+    coders, allocated = site_codecs(model, images, config, sites, quantizers, progress)
     stream_bytes = {s.name: 0 for s in sites}
     numel = {s.name: 0 for s in sites}
     errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)
@@ -117,17 +169,23 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
 
     labelled = correct_float = correct_quant = correct_comp = agree = agree_quant = total = 0
+    output_error = {"quantized": 0.0, "compressed": 0.0}
+    output_energy = 0.0
     count = min(len(images), config.limit or len(images))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
                                          batch_size=config.batch_size)
     with torch.no_grad():
         for x, y in loader:
-            ref = model(x).argmax(1)
+            ref_out = model(x)
             with capture(model, replace):
                 compress = False
-                quant = model(x).argmax(1)
+                quant_out = model(x)
                 compress = True
-                comp = model(x).argmax(1)
+                comp_out = model(x)
+            output_energy += float(ref_out.double().square().sum())
+            output_error["quantized"] += float((quant_out - ref_out).double().square().sum())
+            output_error["compressed"] += float((comp_out - ref_out).double().square().sum())
+            ref, quant, comp = ref_out.argmax(1), quant_out.argmax(1), comp_out.argmax(1)
             has_label = y >= 0
             labelled += int(has_label.sum())
             correct_float += int((ref == y)[has_label].sum())
@@ -142,7 +200,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
                  "numel": numel[s.name], "bytes": stream_bytes[s.name],
                  "compression": numel[s.name] * config.bits / (8 * stream_bytes[s.name]),
                  "relative_error": errors[s.name][0] / errors[s.name][1] if errors[s.name][1] else 0.0}
-                for s in sites]
+                | allocated.get(s.name, {}) for s in sites]
     all_values = sum(numel.values())
     all_bytes = sum(stream_bytes.values())
 
@@ -150,10 +208,12 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         return correct / labelled if labelled else None
 
     return {
-        "codec": config.codec, "codec_params": dict(config.codec_params), "bits": config.bits,
+        "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
+        "bits": config.bits,
         "images": total, "labelled": labelled,
         "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},
         "agreement": {"quantized": agree_quant / total, "compressed": agree / total} if total else None,
+        "output_error": {k: v / output_energy if output_energy else 0.0 for k, v in output_error.items()},
         "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
         "sites": per_site,
     }

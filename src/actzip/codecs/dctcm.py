@@ -281,6 +281,34 @@ def sample_pixels(x3: np.ndarray, max_values: int) -> np.ndarray:
     return np.ascontiguousarray(x3[:, :, ::stride_b])
 
 
+def settings_cost(x3: np.ndarray, s: Settings, bits: int, coder: str) -> tuple[float, float]:
+    """(relative squared error, estimated bits) of coding x3 with s; inf, inf when the
+    coefficients do not fit 16 bits."""
+    try:
+        dc, ac = coefficients(x3, s)
+        total = _estimated_bits(dc, coder) + _estimated_bits(ac, coder)
+    except ValueError:
+        return math.inf, math.inf
+    return relative_error(x3, reconstruction(dc, ac, x3.shape, s, x3.dtype, bits)), total
+
+
+def _sample(x, bits: int | None, axis: int, max_values: int) -> tuple[np.ndarray, int]:
+    x = np.asarray(x)
+    a, bits = check_input(x, bits)
+    return sample_pixels(as_3d(a, x.shape, axis), max_values), bits
+
+
+def pixel_curve(x, bits: int, coder: str = "zvc", axis: int = 1, max_values: int = 1 << 20) -> list[dict]:
+    """The rate-distortion points of pixel-domain re-quantization of codes like x, one per step of
+    the grid `choose` walks: step, relative squared error, estimated bits per value."""
+    x3, bits = _sample(x, bits, axis, max_values)
+    points = []
+    for step in _steps(bits):
+        err, total = settings_cost(x3, Settings(False, 1, (1,), float(step)), bits, coder)
+        points.append({"step": float(step), "error": err, "bits_per_value": total / max(x3.size, 1)})
+    return points
+
+
 def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis: int = 1,
            transform: bool = True, max_values: int = 1 << 20) -> dict:
     """The cheapest settings (transform or not, keep mask, step) for codes like x whose relative
@@ -289,19 +317,11 @@ def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis
     transform=False searches the pixel domain only."""
     if not 0 < budget < 1:
         raise ValueError(f"error budget must be in (0, 1), got {budget}")
-    x = np.asarray(x)
-    a, bits = check_input(x, bits)
-    x3 = sample_pixels(as_3d(a, x.shape, axis), max_values)
+    x3, bits = _sample(x, bits, axis, max_values)
     steps = _steps(bits)
 
     def cost(s: Settings) -> tuple[float, float]:
-        try:
-            dc, ac = coefficients(x3, s)
-            total = _estimated_bits(dc, coder) + _estimated_bits(ac, coder)
-        except ValueError:  # coefficients past 16 bits at this step
-            return math.inf, math.inf
-        y = reconstruction(dc, ac, x3.shape, s, a.dtype, bits)
-        return relative_error(x3, y), total
+        return settings_cost(x3, s, bits, coder)
 
     candidates = [Settings(False, group, (1,) * group, 1.0)]
     if transform and x3.shape[1] >= group:

@@ -1,0 +1,68 @@
+import math
+
+import numpy as np
+import pytest
+
+from actzip.budgets import allocate, probe_point, sensitivities
+
+
+def _curve(scale: float = 1.0):
+    """bits fall by half a bit per value per doubling of the error, like uniform quantization."""
+    return [{"step": 2.0**k, "error": scale * 4.0**k * 1e-6, "bits_per_value": 8 - k} for k in range(8)]
+
+
+def _spent(points, sens):
+    return sum(s * p["error"] for s, p in zip(sens, points))
+
+
+def test_the_more_sensitive_site_gets_the_smaller_error_within_the_budget_and_fewer_bits_than_uniform():
+    curves, values, sens = [_curve(), _curve()], [1000, 1000], [100.0, 1.0]
+    points = allocate(curves, values, sens, 0.05)
+    assert points[0]["error"] < points[1]["error"]
+    assert _spent(points, sens) <= 0.05
+    bits = sum(p["bits_per_value"] * n for p, n in zip(points, values))
+    # the best uniform choice: the same point for both sites, within the budget
+    uniform = min(sum(p["bits_per_value"] * n for n in values) for p in curves[0] if _spent([p, p], sens) <= 0.05)
+    assert bits < uniform
+
+
+def test_allocation_matches_brute_force_on_small_curves():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        curves = [_curve(float(rng.uniform(0.5, 2))) for _ in range(3)]
+        values = rng.integers(100, 10000, 3).tolist()
+        sens = rng.uniform(0.01, 50, 3).tolist()
+        budget = float(rng.uniform(1e-4, 0.5))
+        points = allocate(curves, values, sens, budget)
+        best = min(sum(p["bits_per_value"] * n for p, n in zip(combo, values))
+                   for combo in ([a, b, c] for a in curves[0] for b in curves[1] for c in curves[2])
+                   if _spent(combo, sens) <= budget)
+        got = sum(p["bits_per_value"] * n for p, n in zip(points, values))
+        assert _spent(points, sens) <= budget
+        # a Lagrange multiplier reaches the lower convex hull: within one point's step of the optimum
+        assert got <= best + max(values)
+
+
+def test_insensitive_sites_take_the_cheapest_point_and_bad_budgets_fail():
+    points = allocate([_curve(), _curve()], [10, 10], [0.0, 1.0], 1e-3)
+    assert points[0]["bits_per_value"] == 1
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        allocate([_curve()], [1], [1.0], 1.0)
+    with pytest.raises(ValueError, match="one curve"):
+        allocate([_curve()], [1, 2], [1.0], 0.1)
+
+
+def test_probe_and_sensitivity_come_from_the_measured_output_change():
+    curve = _curve()
+    assert math.isclose(probe_point(curve)["error"], 1.024e-3)  # the point nearest 1e-3
+    assert probe_point([{"step": 1.0, "error": 0.0, "bits_per_value": 8}]) is None
+    reference = np.ones((4, 10))
+
+    def run(site, step):  # site "a" adds 0.02 relative output error for 0.001 at the site, "b" 10x less
+        if site is None:
+            return reference, 0.0
+        bump = {"a": 0.02, "b": 0.002}[site]
+        return reference * (1 + math.sqrt(bump)), 1e-3
+
+    s = sensitivities(["a", "b", "c"], [curve[4], curve[4], None], run)
+    np.testing.assert_allclose(s, [20.0, 2.0, 0.0])
