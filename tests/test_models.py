@@ -87,3 +87,18 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_bundled_photos_are_found():
     items = bundled_photos()
     assert len(items) == 27 and sum(i.label is not None for i in items) == 20
+
+
+def test_photo_views_start_with_the_plain_photos_then_reframe_and_mirror_them():
+    pre = models.preprocessing("efficientnet-lite0")
+    photos, views = open_images("photos", pre), open_images("photo-views", pre)
+    n = len(photos)
+    assert len(views) == 8 * n
+    assert torch.equal(views[3][0], photos[3][0]) and views[3][1] == photos[3][1]
+    tighter = views[n + 3][0]  # short side 224: the whole short side, no longer cropped
+    assert tighter.shape == photos[3][0].shape and not torch.equal(tighter, photos[3][0])
+    mirrored = views[4 * n + 3][0]
+    assert views[4 * n + 3][1] == photos[3][1]
+    # mirroring before a center crop mirrors the crop, up to the one-pixel offset of an odd margin
+    assert any(torch.equal(mirrored[..., :, s:], photos[3][0].flip(-1)[..., :, :224 - s]) or
+               torch.equal(mirrored[..., :, :224 - s], photos[3][0].flip(-1)[..., :, s:]) for s in (0, 1))

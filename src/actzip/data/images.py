@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +53,32 @@ class ImageSet(torch.utils.data.Dataset):
         with Image.open(item.path) as im:
             x = self.transform(im)
         return x, -1 if item.label is None else item.label
+
+
+class ImageViews(torch.utils.data.Dataset):
+    """Every image of `items` seen several ways: the short side resized to each of SCALES times the
+    preprocessing's size before the center crop (a tighter or looser framing), mirrored or not. The
+    first len(items) are the plain images, so a run calibrated on those (calibration_images =
+    len(items)) has never seen the other views."""
+
+    SCALES = (1.0, 0.875, 1.125, 1.25)
+
+    def __init__(self, items: list[ImageItem], preprocess, name: str):
+        if not items:
+            raise ActzipError(f"image set {name!r} is empty")
+        self.items, self.name = items, name
+        self.views = [(replace(preprocess, resize=max(preprocess.crop, round(preprocess.resize * scale))), mirror)
+                      for mirror in (False, True) for scale in self.SCALES]
+
+    def __len__(self) -> int:
+        return len(self.items) * len(self.views)
+
+    def __getitem__(self, i: int):
+        view, item = divmod(i, len(self.items))
+        transform, mirror = self.views[view]
+        with Image.open(self.items[item].path) as im:
+            x = transform(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else im)
+        return x, -1 if self.items[item].label is None else self.items[item].label
 
 
 def _package_dir(package: str) -> Path | None:
