@@ -319,10 +319,6 @@ def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis
         raise ValueError(f"error budget must be in (0, 1), got {budget}")
     x3, bits = _sample(x, bits, axis, max_values)
     steps = _steps(bits)
-
-    def cost(s: Settings) -> tuple[float, float]:
-        return settings_cost(x3, s, bits, coder)
-
     candidates = [Settings(False, group, (1,) * group, 1.0)]
     if transform and x3.shape[1] >= group:
         candidates += [Settings(True, group, _keep_mask(k, group), 1.0) for k in range(1, group + 1)]
@@ -333,7 +329,7 @@ def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis
         while hi - lo > 1:
             mid = (lo + hi) // 2
             s = Settings(base.transform, group, base.keep, float(steps[mid]))
-            err, total = cost(s)
+            err, total = settings_cost(x3, s, bits, coder)
             if err <= budget:
                 lo, found = mid, (s, total)
             else:
