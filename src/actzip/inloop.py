@@ -133,8 +133,8 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     sensitivity = budgets.sensitivities(names, probes, run, progress)
     values = [math.prod(s.shape) for s in sites]
     points = budgets.allocate(curves, values, sensitivity, config.output_budget)
-    return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens,
-                     "allocated_error": p["error"]}
+    # choose needs a budget in (0, 1): an exact point becomes a tiny budget, which only step 1 meets
+    return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens}
             for s, p, sens in zip(sites, points, sensitivity)}
 
 

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import ActzipError
 from .fashion_mnist import FashionMNIST
-from .images import ImageItem, ImageSet, ImageViews, bundled_photos, folder_images
+from .images import ImageItem, ImageSet, bundled_photos, folder_images, image_views
 from .preprocess import EFFICIENTNET_LITE, FASHION_MNIST, IMAGENET, Preprocess
 
 NAMED_SETS = ("photos", "photo-views", "fashion-mnist", "fashion-mnist-train")
@@ -18,13 +18,13 @@ def open_images(spec: str | Path | None, preprocess: Preprocess) -> torch.utils.
     """The image set `spec` names, each image preprocessed for the model.
 
     spec: None or "photos" (the bundled photos), "photo-views" (each of them in 8 framings, the
-    plain ones first: `ImageViews`), "fashion-mnist" (its 10k test split),
+    plain ones first: `image_views`), "fashion-mnist" (its 10k test split),
     "fashion-mnist-train", or a folder of images.
     """
     if spec is None or str(spec) == "photos":
         return ImageSet(bundled_photos(), preprocess, "photos")
     if str(spec) == "photo-views":
-        return ImageViews(bundled_photos(), preprocess, "photo-views")
+        return image_views(bundled_photos(), preprocess, "photo-views")
     if str(spec) in ("fashion-mnist", "fashion-mnist-test"):
         return FashionMNIST("test", transform=preprocess)
     if str(spec) == "fashion-mnist-train":
@@ -35,5 +35,5 @@ def open_images(spec: str | Path | None, preprocess: Preprocess) -> torch.utils.
     return ImageSet(folder_images(path), preprocess, str(path))
 
 
-__all__ = ["FashionMNIST", "ImageItem", "ImageSet", "ImageViews", "Preprocess", "IMAGENET", "EFFICIENTNET_LITE",
-           "FASHION_MNIST", "bundled_photos", "folder_images", "open_images"]
+__all__ = ["FashionMNIST", "ImageItem", "ImageSet", "Preprocess", "IMAGENET", "EFFICIENTNET_LITE",
+           "FASHION_MNIST", "bundled_photos", "folder_images", "image_views", "open_images"]

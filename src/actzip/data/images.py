@@ -6,6 +6,7 @@ import importlib.util
 import re
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -55,30 +56,21 @@ class ImageSet(torch.utils.data.Dataset):
         return x, -1 if item.label is None else item.label
 
 
-class ImageViews(torch.utils.data.Dataset):
-    """Every image of `items` seen several ways: the short side resized to each of SCALES times the
-    preprocessing's size before the center crop (a tighter or looser framing), mirrored or not. The
-    first len(items) are the plain images, so a run calibrated on those (calibration_images =
-    len(items)) has never seen the other views."""
+VIEW_SCALES = (1.0, 0.875, 1.125, 1.25)
 
-    SCALES = (1.0, 0.875, 1.125, 1.25)
 
-    def __init__(self, items: list[ImageItem], preprocess, name: str):
-        if not items:
-            raise ActzipError(f"image set {name!r} is empty")
-        self.items, self.name = items, name
-        self.views = [(replace(preprocess, resize=max(preprocess.crop, round(preprocess.resize * scale))), mirror)
-                      for mirror in (False, True) for scale in self.SCALES]
+def _mirrored(transform: Callable[[Image.Image], torch.Tensor], image: Image.Image) -> torch.Tensor:
+    return transform(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
 
-    def __len__(self) -> int:
-        return len(self.items) * len(self.views)
 
-    def __getitem__(self, i: int):
-        view, item = divmod(i, len(self.items))
-        transform, mirror = self.views[view]
-        with Image.open(self.items[item].path) as im:
-            x = transform(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else im)
-        return x, -1 if self.items[item].label is None else self.items[item].label
+def image_views(items: list[ImageItem], preprocess, name: str) -> torch.utils.data.ConcatDataset:
+    """Every image of `items` seen several ways: the short side resized to each of VIEW_SCALES
+    times the preprocessing's size before the center crop (a tighter or looser framing), mirrored
+    or not. The first len(items) are the plain images, so a run calibrated on those
+    (calibration_images = len(items)) has never seen the other views."""
+    sizes = [replace(preprocess, resize=max(preprocess.crop, round(preprocess.resize * s))) for s in VIEW_SCALES]
+    transforms = sizes + [partial(_mirrored, t) for t in sizes]
+    return torch.utils.data.ConcatDataset([ImageSet(items, t, name) for t in transforms])
 
 
 def _package_dir(package: str) -> Path | None:
