@@ -75,21 +75,56 @@ def test_config_round_trip(name):
 
 
 def test_seg_and_eg_costs_are_as_documented():
-    a = np.array([0, 0, 5, 0, 1, 200], np.uint8)
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random(999) < 0.4, 0, rng.integers(0, 256, 999)).astype(np.uint8)
+    lanes = [a[j * a.size // 4:(j + 1) * a.size // 4] for j in range(4)]  # every lane < 128 words
     for k in range(4):
         def eg_len(x):
             return 2 * int(np.floor(np.log2(x + 2**k))) - k + 1
-        seg_bits = sum(1 if x == 0 else 1 + eg_len(x - 1) for x in a)
-        eg_bits = sum(eg_len(x) for x in a)
-        header = 3 + 1 + 1  # dtype, bits, one-byte count; the chunk size; the k byte
-        assert len(codecs.get("seg", k=k).encode(a)) == header + (seg_bits + 7) // 8
-        assert len(codecs.get("eg", k=k).encode(a)) == header + (eg_bits + 7) // 8
+
+        def size(bits_of):  # dtype, bits, 2-byte count; 2-byte chunk size; k; 3 lane word counts; words
+            return 4 + 2 + 1 + 3 + sum(8 * -(-sum(bits_of(int(x)) for x in lane) // 64) for lane in lanes)
+
+        assert len(codecs.get("seg", k=k).encode(a)) == size(lambda x: 1 if x == 0 else 1 + eg_len(x - 1))
+        assert len(codecs.get("eg", k=k).encode(a)) == size(eg_len)
 
 
 def test_k_is_chosen_to_minimise_size():
     a = np.random.default_rng(0).geometric(0.01, 5000).astype(np.uint16)
     best = len(codecs.get("eg").encode(a))
     assert best == min(len(codecs.get("eg", k=k).encode(a)) for k in range(17))
+
+
+def test_rle_run_field_is_chosen_to_minimise_size():
+    rng = np.random.default_rng(1)
+    a = np.where(rng.random(60_000) < 0.7, 0, rng.integers(1, 256, 60_000)).astype(np.uint8)
+    a[1000:4000] = 0  # runs past the token-count histogram's bins
+    a[10_000:80_000] = 0  # and past the longest run field, reaching the end of the stream
+    sizes = [len(codecs.get("rle", run_bits=r).encode(a)) for r in range(17)]
+    assert len(codecs.get("rle").encode(a)) == min(sizes)
+    assert np.array_equal(codecs.get("rle").decode(codecs.get("rle").encode(a)), a)
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=arrays(np.int64, st.integers(2, 2100), elements=st.one_of(st.just(0), st.integers(1, 300))),
+       seed=st.integers(0, 2**32 - 1))
+def test_rans_decoder_reads_constriction_streams(counts, seed):
+    """rans decodes without constriction: it must rebuild constriction's quantized model exactly
+    and follow its ANS steps (this fails if a constriction release changes either)."""
+    import constriction
+
+    from actzip.codecs.rans import _decode_symbols, _model
+
+    counts[[0, -1]] += 1
+    symbols = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
+    np.random.default_rng(seed).shuffle(symbols)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(symbols, _model(counts))
+    words = coder.get_compressed()
+    assert np.array_equal(_decode_symbols(words, counts, symbols.size), symbols)
+    for damaged in (words[1:], words[:-1], words ^ np.uint32(1 << 7)):  # still bounded and memory-safe
+        out = _decode_symbols(damaged, counts, symbols.size)
+        assert out is None or (out.size == symbols.size and out.max() < counts.size)
 
 
 def test_rans_lands_on_the_entropy_of_its_model():

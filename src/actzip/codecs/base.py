@@ -198,9 +198,10 @@ def stream_bytes(buf) -> bytes:
 
 
 def split_chunks(buf: bytes, h: Header, pos: int, chunk: int, values_per_bit: float,
-                 codec: str) -> list[tuple[Header, bytes]]:
+                 codec: str) -> list[tuple[Header, memoryview]]:
     """The (header, payload) of each chunk of `chunk` values, from the chunk sizes at buf[pos:];
-    every claim is checked against its payload before anything is allocated."""
+    every claim is checked against its payload before anything is allocated. Payloads are views
+    into buf, not copies."""
     n_chunks = -(-h.n // chunk)
     if n_chunks > len(buf) - pos:  # every chunk needs at least its one-byte size
         raise CorruptStreamError(f"{codec}: {h.n} values need {n_chunks} chunks, the stream is too short")
@@ -210,26 +211,32 @@ def split_chunks(buf: bytes, h: Header, pos: int, chunk: int, values_per_bit: fl
         sizes.append(size)
     if pos + sum(sizes) != len(buf):
         raise CorruptStreamError(f"{codec}: chunk sizes do not add up to the stream length")
-    jobs = []
+    jobs, view = [], memoryview(buf)
     for i, size in enumerate(sizes):
         sub = replace(h, n=min(chunk, h.n - i * chunk))
         check_count(sub, 8 * size, values_per_bit, codec)
-        jobs.append((sub, buf[pos:pos + size]))
+        jobs.append((sub, view[pos:pos + size]))
         pos += size
     return jobs
 
 
-def join_chunks(payloads: list[bytes]) -> bytes:
-    """The chunk sizes, then the payloads (the inverse of split_chunks)."""
-    return b"".join(write_varint(len(p)) for p in payloads) + b"".join(payloads)
+def join_chunks(head: bytes, payloads: list[bytes]) -> bytes:
+    """head, the chunk sizes, then the payloads (the inverse of split_chunks), in one copy."""
+    return b"".join([head, *(write_varint(len(p)) for p in payloads), *payloads])
 
 
-def concatenate(parts: list[np.ndarray], h: Header, codec: str) -> np.ndarray:
-    """The decoded chunks as one array, checked against the header."""
-    out = np.concatenate(parts) if parts else np.zeros(0, h.dtype)
-    if out.shape != (h.n,) or out.dtype != h.dtype:  # a codec bug, never the input's fault
-        raise AssertionError(f"{codec} decoded {out.shape} {out.dtype}, header says {h.n} {h.dtype}")
+def decode_chunks(jobs: list[tuple[Header, memoryview]], h: Header, chunk: int, decode_into, codec: str) -> np.ndarray:
+    """All of a stream's values: decode_into(i, header, payload, out) of every chunk on the codec
+    pool, each writing its values into its slice of the output (no serial concatenation)."""
+    out = np.empty(h.n, h.dtype)
+    parallel_map(lambda i: decode_into(i, *jobs[i], out[i * chunk:i * chunk + jobs[i][0].n]), list(range(len(jobs))))
     return out
+
+
+def copy_into(out: np.ndarray, values: np.ndarray, codec: str) -> None:
+    if values.shape != out.shape or values.dtype != out.dtype:  # a codec bug, never the input's fault
+        raise AssertionError(f"{codec} decoded {values.shape} {values.dtype}, expected {out.shape} {out.dtype}")
+    out[:] = values
 
 
 class ChunkedCodec(Codec):
@@ -249,13 +256,14 @@ class ChunkedCodec(Codec):
         for piece, payload in zip(pieces, payloads):
             if piece.size > count_limit(8 * len(payload), self.values_per_bit):  # a codec bug if ever hit
                 raise AssertionError(f"{self.codec_id}: a chunk compressed past what its decoder accepts")
-        return pack_header(a, bits) + join_chunks(payloads)
+        return join_chunks(pack_header(a, bits), payloads)
 
     def decode(self, buf) -> np.ndarray:
         buf = stream_bytes(buf)
         h = parse_header(buf)
         jobs = split_chunks(buf, h, h.size, CHUNK, self.values_per_bit, self.codec_id)
-        return concatenate(parallel_map(lambda job: self._decode(*job), jobs), h, self.codec_id)
+        return decode_chunks(jobs, h, CHUNK, lambda i, sub, payload, out: self._decode_into(sub, payload, out),
+                             self.codec_id)
 
     def _encode_chunk(self, a: np.ndarray, bits: int, shape: tuple, start: int) -> bytes:
         """Encode one chunk; `shape` is the whole array's and `start` the chunk's offset in it, for
@@ -266,7 +274,12 @@ class ChunkedCodec(Codec):
     def _encode(self, a: np.ndarray, bits: int) -> bytes: ...
 
     @abstractmethod
-    def _decode(self, h: Header, payload: bytes) -> np.ndarray: ...
+    def _decode(self, h: Header, payload: memoryview) -> np.ndarray: ...
+
+    def _decode_into(self, h: Header, payload: memoryview, out: np.ndarray) -> None:
+        """Decode one chunk into `out` (h.n values of h.dtype); codecs whose kernels can write
+        there directly override this and skip a copy."""
+        copy_into(out, self._decode(h, payload), self.codec_id)
 
 
 _REGISTRY: dict[str, type[Codec]] = {}

@@ -7,9 +7,17 @@ through its return value rather than an exception (numba kernels stay exception-
 The fast reader keeps up to 64 bits in `acc`, most significant first, `nacc` of them valid:
 `refill` tops it up byte by byte, the next n bits are `acc >> (64 - n)`, and the bits consumed so
 far are `8 * p - nacc`.
+
+The lane coders (`seg`, `eg`) use a word-wise form of the same bit order: a writer that fills
+64-bit words most significant bit first (`write_by_table`), stored as little-endian words so that
+a reader loads them without a byte swap, and a reader that takes the 64 bits at any position from
+two such words (`window`). Positions are unsigned so that indexing needs
+no negative-index wrap-around, which the decoding loops cannot afford.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numba import njit
@@ -64,11 +72,18 @@ def unzigzag_value(u, signed):
 
 @njit(cache=True, nogil=True)
 def zigzag_histogram(a, signed, size):
-    """Counts of the zigzag values of `a` (all below `size`)."""
-    counts = np.zeros(size, np.int64)
-    for i in range(a.shape[0]):
-        counts[zigzag_value(a[i], signed)] += 1
-    return counts
+    """Counts of the zigzag values of `a` (all below `size`). Four interleaved histograms: runs of
+    one value (zeros, mostly) would otherwise wait on the previous increment of the same count."""
+    counts = np.zeros((4, size), np.int64)
+    n4 = a.shape[0] // 4 * 4
+    for i in range(0, n4, 4):
+        counts[0, zigzag_value(a[i], signed)] += 1
+        counts[1, zigzag_value(a[i + 1], signed)] += 1
+        counts[2, zigzag_value(a[i + 2], signed)] += 1
+        counts[3, zigzag_value(a[i + 3], signed)] += 1
+    for i in range(n4, a.shape[0]):
+        counts[0, zigzag_value(a[i], signed)] += 1
+    return counts.sum(axis=0)
 
 
 @njit(cache=True, nogil=True)
@@ -117,6 +132,55 @@ def unpack_fixed(buf, n, width, out):
     for i in range(n):
         out[i] = peek(buf, pos, width)
         pos += width
+
+
+_U1, _U6, _U63, _U64 = np.uint64(1), np.uint64(6), np.uint64(63), np.uint64(64)
+
+
+@njit(cache=True, nogil=True)
+def write_by_table(a, signed, codes, lengths, words):
+    """Write the code of every value of `a` (zigzag when signed), codes[u] on lengths[u] (1..63)
+    bits, into the zeroed uint64 `words`, most significant bit first; returns the bits written.
+    A word is stored only when it is full, so a value costs a lookup, a shift and an or."""
+    acc, nacc, o = np.uint64(0), np.uint64(0), 0
+    for i in range(a.shape[0]):
+        u = zigzag_value(a[i], signed)
+        code, length = codes[u], np.uint64(lengths[u])
+        free = _U64 - nacc
+        if length < free:
+            acc = (acc << length) | code
+            nacc += length
+        else:  # the word fills up: its last `free` bits are the code's first
+            spill = length - free
+            words[o] = (acc << free) | (code >> spill)  # 1 <= free <= 63 here
+            o += 1
+            acc, nacc = code, spill  # bits above the spill are shifted out later
+    if nacc:
+        words[o] = acc << (_U64 - nacc)
+    return o * 64 + np.int64(nacc)
+
+
+_SCRATCH = threading.local()
+
+
+def words_from_payload(payload, start: int, n_words: int) -> np.ndarray:
+    """n_words little-endian 64-bit words from payload[start:], as native uint64 with two zero
+    words after them, so that `window` may read at any position up to their end. The words live
+    in a buffer of the calling thread, reused by its next call: a fresh buffer would cost a page
+    fault per 4 KiB, as much time as the copy itself."""
+    words = getattr(_SCRATCH, "words", None)
+    if words is None or words.size < n_words + 2:
+        words = _SCRATCH.words = np.empty(max(n_words + 2, 1 << 16), np.uint64)
+    words[:n_words] = np.frombuffer(payload, "<u8", n_words, start)
+    words[n_words:n_words + 2] = 0
+    return words[:n_words + 2]
+
+
+@njit(cache=True, inline="always")
+def window(words, pos):
+    """The 64 bits from bit `pos` (uint64) on."""
+    i, shift = pos >> _U6, pos & _U63
+    return (words[i] << shift) | ((words[i + _U1] >> _U1) >> (_U63 - shift))
 
 
 def packed_bytes(n_bits: int) -> int:

@@ -32,8 +32,8 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from . import ans
-from .base import (MAX_VALUES, Codec, check_input, concatenate, join_chunks, pack_header, parallel_map, parse_header,
-                   read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
+from .base import (MAX_VALUES, Codec, check_input, copy_into, decode_chunks, join_chunks, pack_header, parallel_map,
+                   parse_header, read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
 from .bits import packed_bytes, padded
 from .context import layout
 from .raw import pack_values, unpack_values
@@ -218,8 +218,8 @@ class ContextRANS(Codec):
             freq = ans.normalize(sum(counts for *_, counts in passes))
             enc = ans.encoder_table(freq)
             payloads = parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
-            coded = (head + bytes([CODED]) + write_varint(width) + write_varint(height) + ans.write_table(freq)
-                     + join_chunks(payloads))
+            coded = join_chunks(head + bytes([CODED]) + write_varint(width) + write_varint(height)
+                                + ans.write_table(freq), payloads)
             if len(coded) < len(head) + 1 + packed_bytes(a.size * bits):
                 return coded
         return head + bytes([RAW]) + pack_values(u, bits)
@@ -261,8 +261,7 @@ class ContextRANS(Codec):
         table, used = ans.decoder_table(freq), freq.sum(1) > 0
         jobs = split_chunks(buf, h, pos, CHUNK_VALUES, self.values_per_bit, self.codec_id)
 
-        def decode_chunk(i):
-            sub, payload = jobs[i]
+        def decode_chunk(i, sub, payload, values):
             y0, x0 = divmod(i * CHUNK_VALUES % (width * height), width)
             n_words, at = read_varint(payload, 0, "word count")
             raw_bits, at = read_varint(payload, at, "raw bit count")
@@ -274,6 +273,6 @@ class ContextRANS(Codec):
             if _decode(words, n_words, padded(payload, at + 2 * n_words), raw_bits, sub.n, width, height, x0, y0,
                        table, used, base, raw_of, class_of, out) < 0:
                 raise CorruptStreamError("ctxrans: malformed or truncated stream")
-            return unzigzag(out, h.dtype)
+            copy_into(values, unzigzag(out, h.dtype), self.codec_id)
 
-        return concatenate(parallel_map(decode_chunk, list(range(len(jobs)))), h, self.codec_id)
+        return decode_chunks(jobs, h, CHUNK_VALUES, decode_chunk, self.codec_id)
