@@ -5,9 +5,10 @@ Real data: EfficientNet-Lite0 over the bundled photos, each site quantized with 
 figures). Synthetic: 4M values, 60 % zeros, geometric magnitudes. Per codec: bits per value,
 compression ratio (raw b-bit size / stream size, headers included), encode and decode MB/s of the
 raw quantized data (1 byte per value at 8 bits, 2 at 16), median of repeats, all in one process
-beside zstd -3 / -19 and lz4, and the order-0 entropy of each stream as a bound.
+beside zstd -3 / -19 and lz4, and the order-0 entropy of each stream as a bound. Repeats go
+round the whole suite, so that drift in machine speed hits every codec alike.
 
-    python benchmarks/codecs.py [--images 8] [--repeats 3]
+    python benchmarks/codecs.py [--images 8] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -60,24 +61,36 @@ def entropy_bytes(a: np.ndarray) -> float:
     return float(-(c * np.log2(c / a.size)).sum() / 8)
 
 
-def measure(name: str, params: dict, streams: list[np.ndarray], bits: int, repeats: int) -> dict:
-    codec = codecs.get(name, bits=bits, **params)
-    codec.decode(codec.encode(streams[0][:1000]))  # compile kernels outside the clock
+def measure_suite(suite: list[tuple[str, dict]], streams: list[np.ndarray], bits: int, repeats: int,
+                  label: str) -> list[dict]:
+    """Every codec of the suite on the streams. Repeats go round the whole suite rather than
+    codec by codec, so that a drift in machine speed over the minutes of a run slows every codec
+    alike (zstd -19 runs once: it takes a minute)."""
     raw_bytes = sum(a.nbytes for a in streams)
-    enc_t, dec_t = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        encoded = [codec.encode(a) for a in streams]
-        enc_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        decoded = [codec.decode(s) for s in encoded]
-        dec_t.append(time.perf_counter() - t)
-    assert all(np.array_equal(d, a.ravel()) for d, a in zip(decoded, streams)), name
-    coded = sum(len(s) for s in encoded)
     n = sum(a.size for a in streams)
-    return {"codec": name, **params, "bits_per_value": 8 * coded / n, "ratio": n * bits / (8 * coded),
-            "encode_MBps": raw_bytes / statistics.median(enc_t) / 1e6,
-            "decode_MBps": raw_bytes / statistics.median(dec_t) / 1e6, "bytes": coded}
+    coders = [codecs.get(name, bits=bits, **params) for name, params in suite]
+    for c in coders:
+        c.decode(c.encode(streams[0][:1000]))  # compile kernels outside the clock
+    enc_t, dec_t, sizes = [[] for _ in suite], [[] for _ in suite], [0] * len(suite)
+    for rep in range(repeats):
+        for i, c in enumerate(coders):
+            if rep and suite[i][1].get("level") == 19:
+                continue
+            t = time.perf_counter()
+            encoded = [c.encode(a) for a in streams]
+            enc_t[i].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            decoded = [c.decode(s) for s in encoded]
+            dec_t[i].append(time.perf_counter() - t)
+            assert all(np.array_equal(d, a.ravel()) for d, a in zip(decoded, streams)), suite[i]
+            sizes[i] = sum(len(s) for s in encoded)
+    rows = []
+    for (name, params), coded, enc, dec in zip(suite, sizes, enc_t, dec_t):
+        rows.append({"codec": name, **params, "bits_per_value": 8 * coded / n, "ratio": n * bits / (8 * coded),
+                     "encode_MBps": raw_bytes / statistics.median(enc) / 1e6,
+                     "decode_MBps": raw_bytes / statistics.median(dec) / 1e6, "bytes": coded})
+        _print(label, name + "".join(f" {k}={v}" for k, v in params.items()), rows[-1])
+    return rows
 
 
 SUITE = ([(name, {}) for name in codecs.names()] + [("zstd", {"level": 19})]
@@ -137,7 +150,7 @@ def _print(label: str, name: str, r: dict) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "codecs.json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -146,11 +159,7 @@ def main():
         for label, streams in ((f"lite0-{bits}bit", lite0_streams(args.images, bits)),
                                (f"synthetic-{bits}bit", synthetic_streams(bits))):
             n = sum(a.size for a in streams)
-            rows = []
-            for name, params in SUITE:
-                reps = 1 if params.get("level") == 19 else args.repeats
-                rows.append(measure(name, params, streams, bits, reps))
-                _print(label, name + "".join(f" {k}={v}" for k, v in params.items()), rows[-1])
+            rows = measure_suite(SUITE, streams, bits, args.repeats, label)
             plain = [plain_baseline(b, streams, 1 if b == "zstd-19" else args.repeats)
                      for b in ("zstd-3", "zstd-19", "lz4")]
             for r in plain:

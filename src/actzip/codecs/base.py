@@ -225,7 +225,8 @@ def join_chunks(head: bytes, payloads: list[bytes]) -> bytes:
     return b"".join([head, *(write_varint(len(p)) for p in payloads), *payloads])
 
 
-def decode_chunks(jobs: list[tuple[Header, memoryview]], h: Header, chunk: int, decode_into, codec: str) -> np.ndarray:
+def decode_chunks(jobs: list[tuple[Header, memoryview]], h: Header, chunk: int, decode_into,
+                  codec: str) -> np.ndarray:
     """All of a stream's values: decode_into(i, header, payload, out) of every chunk on the codec
     pool, each writing its values into its slice of the output (no serial concatenation)."""
     out = np.empty(h.n, h.dtype)
@@ -234,6 +235,7 @@ def decode_chunks(jobs: list[tuple[Header, memoryview]], h: Header, chunk: int, 
 
 
 def copy_into(out: np.ndarray, values: np.ndarray, codec: str) -> None:
+    """A chunk's decoded values into their place in the output, checked against it."""
     if values.shape != out.shape or values.dtype != out.dtype:  # a codec bug, never the input's fault
         raise AssertionError(f"{codec} decoded {values.shape} {values.dtype}, expected {out.shape} {out.dtype}")
     out[:] = values
@@ -265,13 +267,15 @@ class ChunkedCodec(Codec):
         return decode_chunks(jobs, h, CHUNK, lambda i, sub, payload, out: self._decode_into(sub, payload, out),
                              self.codec_id)
 
-    def _encode_chunk(self, a: np.ndarray, bits: int, shape: tuple, start: int) -> bytes:
+    def _encode_chunk(self, a: np.ndarray, bits: int, shape: tuple, start: int) -> bytes | np.ndarray:
         """Encode one chunk; `shape` is the whole array's and `start` the chunk's offset in it, for
         codecs whose model uses the layout (channels, rows)."""
         return self._encode(a, bits)
 
     @abstractmethod
-    def _encode(self, a: np.ndarray, bits: int) -> bytes: ...
+    def _encode(self, a: np.ndarray, bits: int) -> bytes | np.ndarray:
+        """One chunk's payload: bytes, or a uint8 array (joined into the stream without a copy
+        of its own)."""
 
     @abstractmethod
     def _decode(self, h: Header, payload: memoryview) -> np.ndarray: ...

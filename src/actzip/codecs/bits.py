@@ -163,17 +163,25 @@ def write_by_table(a, signed, codes, lengths, words):
 _SCRATCH = threading.local()
 
 
+def scratch(name: str, size: int, dtype) -> np.ndarray:
+    """A buffer of `size` items of this thread's, reused by its next call with the same name (the
+    caller must be done with it by then). A fresh buffer would cost a page fault per 4 KiB, as
+    much time as a pass over the data."""
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(max(size, 1 << 16), dtype)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size]
+
+
 def words_from_payload(payload, start: int, n_words: int) -> np.ndarray:
     """n_words little-endian 64-bit words from payload[start:], as native uint64 with two zero
-    words after them, so that `window` may read at any position up to their end. The words live
-    in a buffer of the calling thread, reused by its next call: a fresh buffer would cost a page
-    fault per 4 KiB, as much time as the copy itself."""
-    words = getattr(_SCRATCH, "words", None)
-    if words is None or words.size < n_words + 2:
-        words = _SCRATCH.words = np.empty(max(n_words + 2, 1 << 16), np.uint64)
+    words after them, so that `window` may read at any position up to their end (in a scratch
+    buffer)."""
+    words = scratch("words", n_words + 2, np.uint64)
     words[:n_words] = np.frombuffer(payload, "<u8", n_words, start)
-    words[n_words:n_words + 2] = 0
-    return words[:n_words + 2]
+    words[n_words:] = 0
+    return words
 
 
 @njit(cache=True, inline="always")

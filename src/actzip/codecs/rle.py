@@ -14,61 +14,47 @@ a varint for T.
 from __future__ import annotations
 
 import sys
-import threading
 
 import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, read_varint, register, write_varint
-from .bits import packed_bytes, padded, refill, unzigzag_value, zigzag_value
+from .bits import packed_bytes, padded, refill, scratch, unzigzag_value, zigzag_value
 
 MAX_RUN_BITS = 16
 
 
-SHORT_RUNS = 1024
-
-
 @njit(cache=True, nogil=True)
-def _runs(a, signed, runs, values, short):
+def _runs(a, signed, runs, values):
     """The first pass: for the t-th non-zero, the zeros before it (runs[t]) and its zigzag value
-    (values[t]); a histogram of the runs in `short` (4 x SHORT_RUNS + 1, zeroed), whose last bin
-    counts all longer runs. Returns the number of non-zeros and of the zeros after the last one.
+    (values[t]). Returns the number of non-zeros and of the zeros after the last one.
 
     Nothing branches on the data (zeros come at random) and nothing chains from one value to
-    the next but selects and a count: every value stores into the next slot and moves on only
-    if it is a non-zero, the run is measured from the last non-zero's position, and the
-    histogram is four interleaved ones (back-to-back values all count a run of 0, and one
-    counter would make each wait on the last)."""
+    the next but a count and a select: every value stores into the next slots and moves on only
+    if it is a non-zero, and the run is measured from the last non-zero's position."""
     last, t = -1, 0
     for i in range(a.shape[0]):
         v = zigzag_value(a[i], signed)
         nonzero = v != 0
-        run = i - last - 1
-        runs[t] = run
+        runs[t] = i - last - 1
         values[t] = v
-        short[i & 3, min(run, SHORT_RUNS)] += nonzero
         t += nonzero
         last = i if nonzero else last
     return t, a.shape[0] - 1 - last
 
 
 @njit(cache=True, nogil=True)
-def _token_counts(runs, short, trailing):
+def _token_counts(runs, trailing):
     """Tokens needed for every run field width r in 0..MAX_RUN_BITS: a run of L zeros before a
-    value takes L >> r + 1 tokens, the trailing run ceil(L / 2^r). The histogram gives the short
-    runs; the long ones, if any, are looked up in `runs`."""
-    hist = short.sum(axis=0)
+    value takes L >> r + 1 tokens, the trailing run ceil(L / 2^r). One plain sum per r, which
+    the compiler vectorizes (a histogram of runs costs more: an increment waits on the last)."""
     counts = np.zeros(MAX_RUN_BITS + 1, np.int64)
     for r in range(MAX_RUN_BITS + 1):
-        for length in range(SHORT_RUNS):
-            counts[r] += hist[length] * ((length >> r) + 1)
-        counts[r] += (trailing + (1 << r) - 1) >> r
-    if hist[SHORT_RUNS]:
-        for run in runs:
-            if run >= SHORT_RUNS:
-                for r in range(MAX_RUN_BITS + 1):
-                    counts[r] += (run >> r) + 1
+        total = 0
+        for t in range(runs.shape[0]):
+            total += runs[t] >> r
+        counts[r] = runs.shape[0] + total + ((trailing + (1 << r) - 1) >> r)
     return counts
 
 
@@ -84,28 +70,30 @@ def _big_endian(w):
 
 
 @njit(cache=True, nogil=True)
-def _pack(runs, values, trailing, r, bits, out):
-    """The second pass: the tokens (z << bits | v) on r + bits bits into `out` (uint32 words whose
-    bytes are stored big-endian, so that the stream is the bits most significant first). A run of L zeros before v is L >> r tokens (2^r - 1, 0) then
-    (L % 2^r, v); a trailing run is tokens (2^r - 1, 0) and a last (rest - 1, 0). Every token has
-    the same width, so when a word fills up follows a pattern the branch predictor learns."""
-    span = 1 << r
-    width = np.uint64(r + bits)
-    full = np.uint64((span - 1) << bits)
+def _place_tokens(runs, values, trailing, r, bits, tokens):
+    """The tokens (z << bits | v) into `tokens`, which comes filled with full-span tokens
+    (2^r - 1, 0): a run of L zeros before v is L >> r of those, then (L % 2^r, v); a trailing run
+    is L - 1 zeros before a value 0. Each token goes to its place (a running sum), so no branch
+    depends on how long the runs are."""
+    mask = (1 << r) - 1
+    pos = -1
+    for t in range(runs.shape[0]):
+        pos += (runs[t] >> r) + 1
+        tokens[pos] = ((runs[t] & mask) << bits) | values[t]
+    if trailing:
+        pos += ((trailing - 1) >> r) + 1
+        tokens[pos] = ((trailing - 1) & mask) << bits
+
+
+@njit(cache=True, nogil=True)
+def _pack(tokens, width, out):
+    """The tokens on `width` bits each into `out`, uint32 words whose bytes are stored big-endian,
+    so that the stream is the bits most significant first. With one width for all, when a word
+    fills up follows a pattern the branch predictor learns."""
+    width = np.uint64(width)
     acc, nacc, o = np.uint64(0), np.uint64(0), 0
-    for t in range(runs.shape[0] + (trailing > 0)):
-        if t < runs.shape[0]:
-            run, token = runs[t], np.uint64(values[t])
-        else:  # the trailing run ends in a token of value 0
-            run, token = trailing - 1, np.uint64(0)
-        for _ in range(run >> r):  # runs of a full span or more (rare once r is chosen)
-            acc = (acc << width) | full
-            nacc += width
-            if nacc >= _32:
-                nacc -= _32
-                out[o] = _big_endian(acc >> nacc)
-                o += 1
-        acc = (acc << width) | (np.uint64(run & (span - 1)) << np.uint64(bits)) | token
+    for t in range(tokens.shape[0]):
+        acc = (acc << width) | np.uint64(tokens[t])
         nacc += width
         if nacc >= _32:
             nacc -= _32
@@ -117,15 +105,6 @@ def _pack(runs, values, trailing, r, bits, out):
 
 _32 = np.uint64(32)
 _LITTLE_ENDIAN = sys.byteorder == "little"
-_SCRATCH = threading.local()
-
-
-def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """This thread's (runs, values) buffers for a chunk of n values, reused from chunk to chunk: a
-    fresh buffer costs a page fault per 4 KiB, as much as the pass that fills it."""
-    if getattr(_SCRATCH, "runs", None) is None or _SCRATCH.runs.size < n + 1:
-        _SCRATCH.runs, _SCRATCH.values = np.empty(n + 1, np.int32), np.empty(n + 1, np.uint32)
-    return _SCRATCH.runs, _SCRATCH.values
 
 
 @njit(cache=True, nogil=True)
@@ -166,17 +145,23 @@ class RLE(ChunkedCodec):
         return {"bits": self.bits, "run_bits": self.run_bits}
 
     def _encode(self, a, bits):
-        runs, values = _scratch(a.size)
-        short = np.zeros((4, SHORT_RUNS + 1), np.int64)
-        n_nonzero, trailing = _runs(a, a.dtype.kind == "i", runs, values, short)
+        runs, values = scratch("rle runs", a.size, np.int32), scratch("rle values", a.size, np.uint16)
+        n_nonzero, trailing = _runs(a, a.dtype.kind == "i", runs, values)
         runs, values = runs[:n_nonzero], values[:n_nonzero]
-        counts = _token_counts(runs, short, trailing)
+        counts = _token_counts(runs, trailing)
         choices = [self.run_bits] if self.run_bits is not None else range(MAX_RUN_BITS + 1)
         r = min(choices, key=lambda r: int(counts[r]) * (r + bits))
         total = int(counts[r])
-        words = np.zeros(total * (r + bits) // 32 + 2, np.uint32)
-        _pack(runs, values, trailing, r, bits, words)
-        return b"".join((bytes([r]), write_varint(total), words.view(np.uint8)[:packed_bytes(total * (r + bits))]))
+        tokens = scratch("rle tokens", total, np.uint32)
+        tokens.fill(((1 << r) - 1) << bits)
+        _place_tokens(runs, values, trailing, r, bits, tokens)
+        # the payload is built in place, r and T (at most 4 bytes: T <= CHUNK < 2^21) just before
+        # the 4-byte aligned words: one copy fewer than joining them to the words afterwards
+        head = bytes([r]) + write_varint(total)
+        out = np.empty(4 + 4 * (total * (r + bits) // 32 + 1), np.uint8)
+        out[4 - len(head):4] = np.frombuffer(head, np.uint8)
+        _pack(tokens, r + bits, out[4:].view(np.uint32))
+        return out[4 - len(head):4 + packed_bytes(total * (r + bits))]
 
     def _decode(self, h: Header, payload: bytes):
         if not payload:
