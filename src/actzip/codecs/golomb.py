@@ -10,8 +10,8 @@ The codes are laid out in LANES bit streams: lane j holds the codes of values j*
 (integer division), most significant bit first in 64-bit words stored little-endian, and the
 stream gives the word count of all lanes but the last (varints). Decoding one variable-length
 code waits on the one before it; four lanes give the processor four such chains to work on at
-once, which doubles decoding speed. The cost is the codes' bits plus the padding of each lane to
-a whole word and the counts: at most 35 bytes a chunk.
+once, which more than doubles decoding speed. The cost is the codes' bits plus the padding of
+each lane to a whole word, k and the counts: at most 42 bytes a chunk.
 
 Encoding looks each value's code up in a table. Decoding is table-driven too: the next 12 bits
 index a table of (value, length) for every code that short (seg's one-bit zero included), and
