@@ -11,8 +11,8 @@ far are `8 * p - nacc`.
 The lane coders (`seg`, `eg`) use a word-wise form of the same bit order: a writer that fills
 64-bit words most significant bit first (`write_by_table`), stored as little-endian words so that
 a reader loads them without a byte swap, and a reader that takes the 64 bits at any position from
-two such words (`window`). Positions are unsigned so that indexing needs
-no negative-index wrap-around, which the decoding loops cannot afford.
+two such words (`window`). Positions are unsigned so that indexing needs no negative-index
+wrap-around, which the decoding loops cannot afford.
 """
 
 from __future__ import annotations
