@@ -44,20 +44,23 @@ MAX_ZEROS = 16  # L - k <= 16, as u + 2^k < 2^17 for any 16-bit u and k: more ze
 _BAD = np.uint64(1) << np.uint64(48)  # added to a lane's position to mark it corrupt
 
 
+def _shifted(u: np.ndarray, k: int, sparse: bool) -> np.ndarray:
+    """w = (the value the exp-Golomb code is of) + 2^k for every value in u (int64): u itself, or
+    u - 1 for seg's non-zeros (seg's zeros get 2^k, unused: their code is the one bit "0")."""
+    return (np.maximum(u - 1, 0) if sparse else u) + (1 << k)
+
+
 def _code_lengths(u: np.ndarray, k: int, sparse: bool) -> np.ndarray:
     """Code length in bits of every value in u (int64)."""
-    if sparse:
-        w = np.maximum(u - 1, 0) + (1 << k)
-        return np.where(u == 0, 1, 2 * np.floor(np.log2(w)).astype(np.int64) - k + 2)
-    return 2 * np.floor(np.log2(u + (1 << k))).astype(np.int64) - k + 1
+    lengths = 2 * np.floor(np.log2(_shifted(u, k, sparse))).astype(np.int64) - k + 1
+    return np.where(u == 0, 1, lengths + 1) if sparse else lengths
 
 
 @lru_cache(maxsize=64)
 def _code_table(k: int, sparse: bool, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(codes, lengths) of every value below 2^bits: the encoder's lookup table."""
     u = np.arange(1 << bits, dtype=np.int64)
-    lengths = _code_lengths(u, k, sparse)
-    w = np.maximum(u - 1, 0) + (1 << k) if sparse else u + (1 << k)
+    lengths, w = _code_lengths(u, k, sparse), _shifted(u, k, sparse)
     codes = np.where(u == 0, 0, (1 << (lengths - 1)) | w) if sparse else w  # seg: the "1", then w
     return codes.astype(np.uint64), lengths.astype(np.uint8)
 
