@@ -106,6 +106,27 @@ def test_both_paths_equal_the_masked_conv(name, bounds):
     assert fast.sparse_capable == (groups == 1)
 
 
+@pytest.mark.parametrize("name", ["1x1", "3x3", "3x3 stride 2"])
+@pytest.mark.parametrize("bounds", [None, (0.0, float("inf"))])
+def test_residual_conv_adds_before_its_activation_on_both_paths(name, bounds):
+    cin, cout, k, stride, padding, groups, dilation = CONVS[name]
+    torch.manual_seed(1)
+    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
+    x = torch.randn(2, cin, 15, 13)
+    ref = _masked_conv(conv, x, 0.4)
+    with torch.no_grad():
+        identity = torch.randn_like(ref(x))
+        want = ref(x) + identity
+        if bounds:
+            want = want.clamp(*bounds)
+        fast = CompiledConv2d(ref, bounds, tuple(x.shape), Workspace(), residual=True)
+        for path in (fast.dense, fast.sparse):
+            got = path(x.contiguous(memory_format=torch.channels_last), identity)
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), path.__name__
+        with pytest.raises(ValueError, match="residual"):
+            fast(x)
+
+
 def test_asymmetric_static_padding_of_efficientnet_ports():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 8, 3, 2, bias=False)
@@ -137,6 +158,9 @@ def test_compiled_model_equals_the_masked_model_on_either_path(build):
         assert len(convs) == len(compiled.layers) and all(m.masked for m in convs)
         fused = [m for m in convs if m.bounds is not None]
         assert fused and not any(isinstance(m, nn.BatchNorm2d) for m in compiled.modules())
+        # every block's add (and the ReLU after it) runs inside its conv; MobileNet-V1 has none
+        blocks = sum(type(m).__name__ == "BasicBlock" for m in model.modules())
+        assert sum(m.residual for m in convs) == blocks and (blocks == 9) == hasattr(model, "layers")
         for m in convs:  # the per-layer choice must not matter for the result
             m.path = "sparse" if m.sparse_capable else "dense"
             m.feeds_kept_only = False

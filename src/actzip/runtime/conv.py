@@ -11,8 +11,8 @@ The sparse path, for a channels_last input of one size:
    preallocated (R, kh*kw*C) im2col matrix (a fresh tensor that large costs more in page faults
    than the gather itself);
 3. multiply it by the weight as a 1x1 conv with the fused activation;
-4. append the masked pixels' value, act(BN(0)), as one extra row and expand to the full NHWC output
-   with a second index_select (a gather, which is several times faster than index_copy_).
+4. expand to the full NHWC output, writing the masked pixels' value act(BN(0)) between the kept
+   rows (`rows.py`; the dense path writes that value over its masked pixels the same way).
 When the conv's only consumer is a sparse 1x1 conv with the same mask (MobileNet's depthwise ->
 project pair), that consumer reads nothing but the kept pixels: `feeds_kept_only` then skips the
 fill of the masked pixels, and a sparse producer hands over its kept rows as they are (a 2-D
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fold import MaskedConv2d
+from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
 _pointwise = torch.ops.mkldnn._convolution_pointwise
@@ -62,17 +63,20 @@ def _activation_attr(bounds: tuple[float, float] | None) -> tuple[str, list]:
 
 class CompiledConv2d(nn.Module):
     """conv (BatchNorm folded) -> pixel mask -> clamp to `bounds` (the fused ReLU/ReLU6), for inputs
-    of spatial size `input_hw`. `path` is "dense" or "sparse"; `actzip.runtime.compile` sets it."""
+    of spatial size `input_hw`. With `residual`, forward takes a second tensor that is added before
+    the clamp (a residual block's add and ReLU in the same op). `path` is "dense" or "sparse";
+    `actzip.runtime.compile` sets it."""
 
     def __init__(self, conv: MaskedConv2d, bounds: tuple[float, float] | None, input_shape: tuple[int, ...],
-                 workspace: Workspace):
+                 workspace: Workspace, residual: bool = False):
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"only zero padding is compiled, not {conv.padding_mode!r}")
         self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
-        self.bounds, self.workspace = bounds, workspace
+        self.bounds, self.workspace, self.residual = bounds, workspace, residual
         self.attr, self.scalars = _activation_attr(bounds)
+        self.lo, self.hi = bounds if bounds is not None else (-float("inf"), float("inf"))
         self.pads = _total_padding(conv)  # top, bottom, left, right
         top, bottom, left, right = self.pads
         self.symmetric = top == bottom and left == right
@@ -96,12 +100,15 @@ class CompiledConv2d(nn.Module):
         if tuple(mask.shape[-2:]) != self.output_hw:
             raise ValueError(f"pixel mask of {tuple(mask.shape[-2:])} does not fit the conv output {self.output_hw}")
         fill = conv.masked_value.reshape(-1)
-        if bounds is not None:
-            fill = fill.clamp(*bounds)
+        if not residual:  # with a residual the clamp follows the add
+            fill = fill.clamp(self.lo, self.hi)
         self.register_buffer("fill", fill.clone())
         keep = mask.reshape(-1).bool()
         self.register_buffer("masked_pixels", (~keep).nonzero().reshape(-1))
         self.register_buffer("kept_pixels", keep.nonzero().reshape(-1))
+        # for each output pixel, its row among an image's kept rows, or -1
+        self.register_buffer("slot", torch.full((keep.numel(),), -1, dtype=torch.long))
+        self.slot[self.kept_pixels] = torch.arange(self.kept_pixels.numel())
         self.sparsity = 1 - self.kept_pixels.numel() / keep.numel()
         self.sparse_capable = self.groups == 1
         if self.sparse_capable:
@@ -117,10 +124,10 @@ class CompiledConv2d(nn.Module):
             * kh * kw
 
     # -- index tables --------------------------------------------------------------------------
-    def _tables(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For `batch` images: the rows of the padded NHWC input to gather (R * taps), the full
-        output's rows as kept rows or R (the fill row), and the im2col weight reordered for R rows
-        (reordered for no particular size, oneDNN picks a kernel up to 15x slower)."""
+    def _tables(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For `batch` images: the rows of the padded NHWC input to gather (R * taps) and the im2col
+        weight reordered for R rows (reordered for no particular size, oneDNN picks a kernel up to
+        15x slower)."""
         if batch not in self._tables_by_batch:
             top, bottom, left, right = self.pads
             hp, wp = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
@@ -132,12 +139,9 @@ class CompiledConv2d(nn.Module):
             per_image = (base[:, None] + taps[None]).reshape(-1)
             images = torch.arange(batch)[:, None]
             gather = (images * hp * wp + per_image[None]).reshape(-1)
-            where = torch.full((ho * wo,), -1, dtype=torch.long)
-            where[kept] = torch.arange(kept.numel())
             rows = batch * kept.numel()
-            scatter = torch.where(where[None] >= 0, images * kept.numel() + where[None], rows).reshape(-1)
             weight = _reorder(self.cols_weight, [0, 0], [1, 1], [1, 1], 1, [1, self.cols_weight.shape[1], rows, 1])
-            self._tables_by_batch[batch] = (gather, scatter, weight)
+            self._tables_by_batch[batch] = (gather, weight)
         return self._tables_by_batch[batch]
 
     # -- the two paths -------------------------------------------------------------------------
@@ -146,35 +150,43 @@ class CompiledConv2d(nn.Module):
             raise ValueError(f"this conv was compiled for {self.input_hw[0]}x{self.input_hw[1]} inputs, got "
                              f"{x.shape[-2]}x{x.shape[-1]}: compile the model for this input size")
 
-    def dense(self, x: torch.Tensor) -> torch.Tensor:
+    def _residual(self, identity: torch.Tensor | None):
+        if identity is None:
+            return None
+        return identity.contiguous(memory_format=CHANNELS_LAST), self.lo, self.hi
+
+    def dense(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         self._check(x)
         top, bottom, left, right = self.pads
         if not self.symmetric:
             x = F.pad(x, (left, right, top, bottom))
-        out = _pointwise(x, self.dense_weight, self.bias, self.dense_padding,
-                         list(self.stride), list(self.dilation), self.groups, self.attr, self.scalars, "")
-        if self.masked and self.masked_pixels.numel() and not self.feeds_kept_only:
-            n, c, ho, wo = out.shape
-            rows = out.permute(0, 2, 3, 1).reshape(n, ho * wo, c)  # a view: the output is channels_last
-            rows[:, self.masked_pixels] = self.fill
+        geometry = (self.dense_padding, list(self.stride), list(self.dilation), self.groups)
+        if identity is None:
+            out = _pointwise(x, self.dense_weight, self.bias, *geometry, self.attr, self.scalars, "")
+        else:
+            identity = identity.contiguous(memory_format=CHANNELS_LAST)
+            out = _pointwise.binary(x, identity, self.dense_weight, self.bias, *geometry, "add", None,
+                                    None if self.attr == "none" else self.attr, self.scalars, "")
+        if self.masked and not self.feeds_kept_only:
+            fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), self._residual(identity))
         return out
 
-    def sparse(self, x: torch.Tensor) -> torch.Tensor:
+    def sparse(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
             n = x.shape[0] // self.kept_pixels.numel()
-            _, scatter, weight = self._tables(n)
+            _, weight = self._tables(n)
             rows, cols = x.shape[0], x
         else:
-            n, scatter, weight, cols = self._gather(x)
+            n, weight, cols = self._gather(x)
             rows = cols.shape[0]
+        attr, scalars = ("none", []) if identity is not None else (self.attr, self.scalars)
         out = _pointwise(cols.view(1, rows, 1, -1).permute(0, 3, 1, 2), weight, self.bias,
-                         [0, 0], [1, 1], [1, 1], 1, self.attr, self.scalars, "")
+                         [0, 0], [1, 1], [1, 1], 1, attr, scalars, "")
         kept = out.permute(0, 2, 3, 1).reshape(rows, self.out_channels)
         if self.feeds_kept_only:
             return kept
-        computed = torch.cat([kept, self.fill[None]])
-        ho, wo = self.output_hw
-        return computed.index_select(0, scatter).view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+        return expand_rows(kept, self.slot.numpy(), self.fill.numpy(), (n, self.out_channels, *self.output_hw),
+                           self._residual(identity))
 
     def _gather(self, x: torch.Tensor):
         """The im2col rows of the kept output pixels, in the shared workspace."""
@@ -182,7 +194,7 @@ class CompiledConv2d(nn.Module):
         n, c, h, w = x.shape
         top, bottom, left, right = self.pads
         hp, wp = h + top + bottom, w + left + right
-        gather, scatter, weight = self._tables(n)
+        gather, weight = self._tables(n)
         taps = self.kernel_size[0] * self.kernel_size[1]
         rows = gather.numel() // taps
         padded_numel = n * hp * wp * c if (top or bottom or left or right) else 0
@@ -200,17 +212,20 @@ class CompiledConv2d(nn.Module):
         source = nhwc.reshape(-1, c)  # a view: x is channels_last, or was just padded
         cols = space[padded_numel:].view(rows, taps * c)
         torch.index_select(source, 0, gather, out=cols.view(-1, c))
-        return n, scatter, weight, cols
+        return n, weight, cols
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        if (identity is not None) != self.residual:
+            raise ValueError("a residual conv takes the tensor to add, and only a residual conv does")
         if x.dim() == 2:
-            return self.sparse(x)
+            return self.sparse(x, identity)
         if not x.is_contiguous(memory_format=CHANNELS_LAST):
             x = x.contiguous(memory_format=CHANNELS_LAST)
-        return self.sparse(x) if self.path == "sparse" else self.dense(x)
+        return self.sparse(x, identity) if self.path == "sparse" else self.dense(x, identity)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         s += f", groups={self.groups}" if self.groups > 1 else ""
+        s += ", + residual" if self.residual else ""
         s += f", activation={self.attr}" if self.bounds else ""
         return s + (f", sparsity={self.sparsity:.2f}, path={self.path}" if self.masked else "")
