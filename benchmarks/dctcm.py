@@ -7,6 +7,8 @@ Per model, 8-bit activation maps, every site compressed and decoded inside the f
   can be attributed: re-quantization alone in the pixel domain (transform off) with zvc bitmap
   coding, then the channel DCT allowed (G = 8 and 16), then rans, then ctxrans (rANS with the
   spatial neighbours as context) instead of zvc for the streams;
+- dctcm G16+ctxrans at the per-site budget 1e-3 spread by sensitivity (`budget_by_sensitivity`:
+  the output error that 1e-3 at every site would cause, spent where it saves the most bits);
 - dctcm with one budget on the model's output (relative squared error of the logits) split among
   the sites by their measured sensitivity (`actzip.budgets`), at three output budgets, and at the
   middle one the same attribution steps; and for Lite0 a few of these on 8 views of every photo
@@ -58,6 +60,9 @@ def variants() -> list[tuple[str, dict]]:
                      {"codec": "dctcm", "codec_params": {"budget": b, "transform": False, "coder": coder}}),
                     (f"dctcm G8+{coder} @{b:g}", {"codec": "dctcm", "codec_params": {"budget": b, "group": 8, "coder": coder}}),
                     (f"dctcm G16+{coder} @{b:g}", {"codec": "dctcm", "codec_params": {"budget": b, "group": 16, "coder": coder}})]
+    out.append(("dctcm G16+ctxrans @0.001 by sensitivity",
+                {"codec": "dctcm", "budget_by_sensitivity": True,
+                 "codec_params": {"budget": 1e-3, "group": 16, "coder": "ctxrans"}}))
     for b in OUTPUT_BUDGETS:
         steps = [("requantize", "zvc", False), ("dctcm G16", "zvc", True), ("dctcm G16", "rans", True),
                  ("requantize", "ctxrans", False)] if b == OUTPUT_BUDGETS[1] else []

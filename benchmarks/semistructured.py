@@ -126,10 +126,14 @@ def main():
     torch.set_num_threads(2)
     command = "python benchmarks/semistructured.py " + " ".join(sys.argv[1:])
     if args.what == "accuracy":
-        results = accuracy(args)
+        # other models' rows stay, each with the command that produced it
+        path = HERE / "semistructured_accuracy.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+        commands = saved.get("commands", {m: saved["command"] for m in saved["models"]} if "command" in saved else {})
+        results = {**saved["models"], **accuracy(args)}
+        commands.update({m: command for m in args.models})
         (HERE / "semistructured_accuracy.md").write_text(accuracy_markdown(results))
-        (HERE / "semistructured_accuracy.json").write_text(json.dumps({"command": command, "models": results},
-                                                                      indent=1))
+        path.write_text(json.dumps({"commands": commands, "models": results}, indent=1))
         print(accuracy_markdown(results))
     else:
         rows = speed(args)

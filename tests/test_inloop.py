@@ -119,3 +119,17 @@ def test_output_budget_needs_dctcm_without_a_site_budget():
                 dict(codec="dctcm", output_budget=1.0)):
         with pytest.raises(ValueError, match="output"):
             EvaluateConfig(**bad)
+
+
+def test_a_site_budget_spread_by_sensitivity_keeps_its_estimated_output_error():
+    model = _net()
+    data = _images(model, quantized_labels=False)
+    report = evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, codec_params={"budget": 1e-2},
+                                                  budget_by_sensitivity=True))
+    sites = report["sites"]
+    assert report["budget_by_sensitivity"] and all(s["sensitivity"] > 0 for s in sites)
+    spent = sum(s["sensitivity"] * s["budget"] for s in sites)
+    assert spent <= 1e-2 * sum(s["sensitivity"] for s in sites) * (1 + 1e-6)
+    assert len({round(s["budget"], 9) for s in sites}) > 1  # not the same budget everywhere
+    with pytest.raises(ValueError, match="per-site budget"):
+        EvaluateConfig(codec="dctcm", budget_by_sensitivity=True)

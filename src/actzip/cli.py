@@ -324,6 +324,9 @@ def evaluate(
     output_budget: Optional[float] = typer.Option(
         None, help="dctcm: relative squared error of the model's output, split among the sites by their "
                    "measured sensitivity (instead of -p budget=, the same error at every site)"),
+    by_sensitivity: bool = typer.Option(
+        False, "--by-sensitivity", help="dctcm with -p budget=E: spend the output error that E at every site "
+                                        "would cause where it saves the most bits"),
     limit: Optional[int] = typer.Option(None, help="evaluate at most this many images"),
     batch_size: int = typer.Option(16, help="images per forward pass"),
     calibration_images: int = typer.Option(64, help="calibrate quantizers (and dctcm settings) on N images"),
@@ -339,7 +342,8 @@ def evaluate(
     from .inloop import evaluate as run_evaluation
 
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
-                            limit=limit, calibration_images=calibration_images, output_budget=output_budget)
+                            limit=limit, calibration_images=calibration_images, output_budget=output_budget,
+                            budget_by_sensitivity=by_sensitivity)
     writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))

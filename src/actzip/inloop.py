@@ -10,9 +10,12 @@ quantization-only result exactly.
 
 A lossy codec with an error budget (dctcm) is calibrated first: its settings are chosen per site
 from the activation maps of the calibration images, then fixed for the whole run. The budget is
-either the same relative error at every site (`codec_params["budget"]`) or one relative error of
-the model's output (`output_budget`), split among the sites by their measured sensitivity
-(`actzip.budgets`). The report gives the output's relative squared error either way.
+the same relative error at every site (`codec_params["budget"]`); or one relative error of the
+model's output (`output_budget`), split among the sites by their measured sensitivity
+(`actzip.budgets`); or, with `budget_by_sensitivity`, the per-site budget e turned into the output
+error it would cause at every site, e * sum of the sensitivities, and that split by sensitivity:
+the same estimated damage to the output, spent where it saves the most bits. The report gives the
+output's relative squared error in every case.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class EvaluateConfig:
     limit: int | None = None
     calibration_images: int = 64
     output_budget: float | None = None  # relative squared error of the output, split among the sites
+    budget_by_sensitivity: bool = False  # spend the output error of codec_params["budget"] by sensitivity
 
     def __post_init__(self):
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
@@ -54,6 +58,8 @@ class EvaluateConfig:
                 raise ValueError("an output budget needs the dctcm codec without a per-site budget")
             if not 0 < self.output_budget < 1:
                 raise ValueError(f"output error budget must be in (0, 1), got {self.output_budget}")
+        if self.budget_by_sensitivity and (self.codec != "dctcm" or "budget" not in self.codec_params):
+            raise ValueError("spreading a budget by sensitivity needs the dctcm codec with a per-site budget")
 
 
 def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
@@ -96,17 +102,19 @@ def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites
     sample = {s.name: np.concatenate(samples.pop(s.name), axis=1)[None] for s in sites}
     search = {k: params[k] for k in ("group", "coder", "transform") if k in params}
     allocated = {}
-    if budget is None:
+    if budget is None or config.budget_by_sensitivity:
         allocated = _allocate(model, calibration, config, sites, quantizers, sample, progress)
     return {s.name: make(s, choose(sample[s.name], config.bits,
-                                   budget or allocated[s.name]["budget"], **search)) for s in sites}, allocated
+                                   allocated[s.name]["budget"] if allocated else budget, **search))
+            for s in sites}, allocated
 
 
 def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
               quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
               progress: Progress | None) -> dict[str, dict]:
-    """Per site: its error budget from config.output_budget, its sensitivity and the curve point
-    the allocation took (see actzip.budgets)."""
+    """Per site: its error budget from config.output_budget (or from the per-site budget's output
+    error, with budget_by_sensitivity), its sensitivity and the curve point the allocation took
+    (see actzip.budgets)."""
     coder = config.codec_params.get("coder", "zvc")
     curves = [pixel_curve(sample[s.name], config.bits, coder) for s in sites]
     probes = [budgets.probe_point(c) for c in curves]
@@ -132,7 +140,10 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
 
     sensitivity = budgets.sensitivities(names, probes, run, progress)
     values = [math.prod(s.shape) for s in sites]
-    points = budgets.allocate(curves, values, sensitivity, config.output_budget)
+    output_budget = config.output_budget
+    if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
+        output_budget = min(config.codec_params["budget"] * sum(sensitivity), 1 - 1e-9)
+    points = budgets.allocate(curves, values, sensitivity, output_budget)
     # choose needs a budget in (0, 1): an exact point becomes a tiny budget, which only step 1 meets
     return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens}
             for s, p, sens in zip(sites, points, sensitivity)}
@@ -209,6 +220,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
 
     return {
         "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
+        "budget_by_sensitivity": config.budget_by_sensitivity,
         "bits": config.bits,
         "images": total, "labelled": labelled,
         "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},

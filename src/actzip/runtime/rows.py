@@ -68,7 +68,7 @@ def _expand_rows_residual(kept, slot, fill, identity, lo, hi, out):
 def _pixel_rows(x: torch.Tensor) -> np.ndarray:
     """(N, H*W, C) numpy view of a channels_last (N, C, H, W) float32 tensor."""
     n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).view(n, h * w, c).numpy()  # view: raises rather than fill a copy
+    return x.detach().permute(0, 2, 3, 1).view(n, h * w, c).numpy()  # view: raises rather than fill a copy
 
 
 Residual = tuple[torch.Tensor, float, float]  # (identity, lo, hi): clamp(value + identity, lo, hi)
@@ -91,8 +91,8 @@ def expand_rows(kept: torch.Tensor, slot: np.ndarray, fill: np.ndarray, shape: t
     (R = kept rows per image), or `fill` where slot[p] < 0."""
     out = torch.empty(shape, memory_format=torch.channels_last)
     if residual is None:
-        _expand_rows(kept.numpy(), slot, fill, _pixel_rows(out))
+        _expand_rows(kept.detach().numpy(), slot, fill, _pixel_rows(out))
     else:
         identity, lo, hi = residual
-        _expand_rows_residual(kept.numpy(), slot, fill, _pixel_rows(identity), lo, hi, _pixel_rows(out))
+        _expand_rows_residual(kept.detach().numpy(), slot, fill, _pixel_rows(identity), lo, hi, _pixel_rows(out))
     return out
