@@ -2,7 +2,7 @@
 
 accuracy: `resnet20` / `mobilenet-v1` on Fashion-MNIST. A dense baseline (trained from scratch, the
 one of benchmarks/sparsify_table.py when it exists), then fine-tuned from it with pixel masks at each
-sparsity, random (published) vs magnitude (ours) masks, plus a dense fine-tune with the same schedule
+sparsity, random (published) vs magnitude and spread (ours, `--criteria`) masks, plus a dense fine-tune with the same schedule
 as the fair reference. Top-1 on the 10k test set. Runs live in --runs and are resumed.
 
 speed: end-to-end latency of torchvision ResNet18 / MobileNetV2 and EfficientNet-Lite0 at 224x224,
@@ -48,7 +48,7 @@ def accuracy(args) -> dict:
         dense = run(TrainConfig(model=model, **tune), args.runs / f"{model}-dense-ft")
         rows.append({"run": "dense fine-tuned", "sparsity": 0.0, "top1": dense["training"]["top1"]})
         for s in args.sparsities:
-            for criterion in ("random", "magnitude"):
+            for criterion in args.criteria:
                 r = run(TrainConfig(model=model, pixel_sparsity=s, pixel_criterion=criterion, **tune),
                         args.runs / f"{model}-{criterion}-{s:g}")
                 rows.append({"run": criterion, "sparsity": s, "top1": r["training"]["top1"]})
@@ -58,13 +58,14 @@ def accuracy(args) -> dict:
 
 
 def accuracy_markdown(results: dict) -> str:
-    lines = ["| model | s | random top-1 % | magnitude top-1 % | dense fine-tuned % |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | s | random top-1 % | magnitude top-1 % | spread top-1 % | dense fine-tuned % |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for model, rows in results.items():
         dense = next(r["top1"] for r in rows if r["run"] == "dense fine-tuned")
         for s in sorted({r["sparsity"] for r in rows if r["sparsity"]}):
             top = {r["run"]: r["top1"] for r in rows if r["sparsity"] == s}
-            lines.append(f"| {model} | {s:g} | {100 * top.get('random', float('nan')):.2f} | "
-                         f"{100 * top.get('magnitude', float('nan')):.2f} | {100 * dense:.2f} |")
+            cells = " | ".join(f"{100 * top[c]:.2f}" if c in top else "-" for c in ("random", "magnitude", "spread"))
+            lines.append(f"| {model} | {s:g} | {cells} | {100 * dense:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +117,7 @@ def main():
     acc.add_argument("--base-epochs", type=int, default=15)
     acc.add_argument("--tune-epochs", type=int, default=5)
     acc.add_argument("--lr", type=float, default=0.01)
+    acc.add_argument("--criteria", nargs="+", default=["random", "magnitude", "spread"])
     acc.add_argument("--runs", type=Path, default=Path("runs/semistructured"))
     sp = sub.add_parser("speed")
     sp.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=list(SPEED_MODELS))

@@ -83,6 +83,25 @@ def test_magnitude_masks_drop_the_quietest_positions():
     assert energy[masked].max() <= energy[~masked].min() + 1e-6
 
 
+def test_spread_masks_are_shared_per_resolution_and_take_each_windows_weakest_pixel_first():
+    model = _model()
+    images = _images()
+    handle = attach_pixel_masks(model, PixelMask(0.25, criterion="spread"), images[0][0][None], images)
+    handle.set_sparsity(0.25)
+    masks = {n: c.pixel_mask[0, 0] for n, c in handle.convs.items()}
+    by_size: dict = {}
+    for n, m in masks.items():
+        by_size.setdefault(tuple(m.shape), []).append(m)
+    assert all(torch.equal(ms[0], m) for ms in by_size.values() for m in ms)
+    # the 28x28 maps: exactly one pixel of every 2x2 window, and there the weakest on the shared score
+    name, conv = next((n, c) for n, c in handle.convs.items() if masks[n].shape == (28, 28))
+    windows = (1 - masks[name]).reshape(14, 2, 14, 2).sum(dim=(1, 3))
+    assert torch.equal(windows, torch.ones(14, 14))
+    score = conv.pixel_score.reshape(14, 2, 14, 2).permute(0, 2, 1, 3).reshape(14, 14, 4)
+    masked = (1 - masks[name]).reshape(14, 2, 14, 2).permute(0, 2, 1, 3).reshape(14, 14, 4).bool()
+    assert torch.equal(score.argmin(-1), masked.float().argmax(-1))
+
+
 def test_layer_selection():
     model = _model()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

@@ -266,7 +266,7 @@ def train(
     hoyer: float = typer.Option(0.0, help="Hoyer-square activation penalty strength"),
     fatrelu: float = typer.Option(0.0, help="FATReLU target extra sparsity, 0..1"),
     pixel_sparsity: float = typer.Option(0.0, help="semi-structured pixel masks on conv outputs: masked fraction"),
-    pixel_criterion: str = typer.Option("random", help="which pixels to mask: random or magnitude"),
+    pixel_criterion: str = typer.Option("random", help="which pixels to mask: random, magnitude or spread"),
     seed: int = typer.Option(0),
     data_root: Optional[Path] = typer.Option(None, help="where the dataset lives"),
     download: bool = typer.Option(False, help="allow downloading CIFAR-10"),

@@ -57,7 +57,7 @@ class TrainConfig:
     hoyer: float = 0.0  # Hoyer-square penalty strength
     fatrelu: float = 0.0  # FATReLU target extra sparsity
     pixel_sparsity: float = 0.0  # semi-structured pixel masks on conv outputs (0: none)
-    pixel_criterion: str = "random"  # or "magnitude"
+    pixel_criterion: str = "random"  # or "magnitude", "spread"
     eval_images: int = 500  # test images whose activations are measured each epoch
     bits: tuple[int, ...] = (8, 16)
     codecs: tuple[str, ...] = ("zvc", "seg", "ctx")

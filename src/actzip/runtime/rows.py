@@ -4,7 +4,7 @@ Each comes in two forms: plain, and for a conv whose output is added to a residu
 clamped (ResNet's conv2 -> + identity -> ReLU, run as one op), where a pixel becomes
 clamp(value + identity, lo, hi).
 
-A pixel of an NHWC tensor is one contiguous row of C values, so both kernels copy whole rows, in
+A pixel of an NHWC tensor is one contiguous row of C values, so the kernels work on whole rows, in
 parallel over (image, pixel). PyTorch's equivalents cost several times more: `rows[:, idx] = fill`
 goes through index_put's per-element indexing (6x slower than `fill_pixels` on MobileNetV2's
 expand outputs), and expanding the kept rows by cat + index_select makes and writes two full
@@ -75,7 +75,8 @@ Residual = tuple[torch.Tensor, float, float]  # (identity, lo, hi): clamp(value 
 
 
 def fill_pixels(x: torch.Tensor, pixels: np.ndarray, value: np.ndarray, residual: Residual | None = None) -> None:
-    """Set the pixels `pixels` (flat indices into H*W) of every image of `x` to `value` (C,), in place."""
+    """Set the pixels `pixels` (flat indices into H*W) of every image of `x` to `value` (C,), or with
+    `residual` to clamp(value + identity), in place."""
     if not len(pixels):
         return
     if residual is None:
@@ -88,7 +89,7 @@ def fill_pixels(x: torch.Tensor, pixels: np.ndarray, value: np.ndarray, residual
 def expand_rows(kept: torch.Tensor, slot: np.ndarray, fill: np.ndarray, shape: tuple[int, int, int, int],
                 residual: Residual | None = None) -> torch.Tensor:
     """The channels_last tensor of `shape` whose pixel p of image i is row i * R + slot[p] of `kept`
-    (R = kept rows per image), or `fill` where slot[p] < 0."""
+    (R = kept rows per image), or `fill` where slot[p] < 0; with `residual`, clamp(that + identity)."""
     out = torch.empty(shape, memory_format=torch.channels_last)
     if residual is None:
         _expand_rows(kept.detach().numpy(), slot, fill, _pixel_rows(out))
