@@ -142,7 +142,7 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     values = [math.prod(s.shape) for s in sites]
     output_budget = config.output_budget
     if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
-        output_budget = min(config.codec_params["budget"] * sum(sensitivity), 1 - 1e-9)
+        output_budget = min(max(config.codec_params["budget"] * sum(sensitivity), 1e-12), 1 - 1e-9)
     points = budgets.allocate(curves, values, sensitivity, output_budget)
     # choose needs a budget in (0, 1): an exact point becomes a tiny budget, which only step 1 meets
     return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens}
