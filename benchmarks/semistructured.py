@@ -131,7 +131,7 @@ def main():
         # other models' rows stay, each with the command that produced it
         path = HERE / "semistructured_accuracy.json"
         saved = json.loads(path.read_text()) if path.is_file() else {"models": {}}
-        commands = saved.get("commands", {m: saved["command"] for m in saved["models"]} if "command" in saved else {})
+        commands = saved.get("commands", {})
         results = {**saved["models"], **accuracy(args)}
         commands.update({m: command for m in args.models})
         (HERE / "semistructured_accuracy.md").write_text(accuracy_markdown(results))

@@ -72,18 +72,18 @@ def main():
         base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline")
         rows = [row("baseline", base, base["totals"]["effective_macs"])]
         # runs fine-tuned longer than the default 5 epochs get their own directory and label
-        longer = args.tune_epochs != 5
+        run_suffix, label_suffix = ((f"-{args.tune_epochs}ep", f", {args.tune_epochs} ep") if args.tune_epochs != 5
+                                    else ("", ""))
         for alpha in args.strengths:
             tuned = run(TrainConfig(model=model, epochs=args.tune_epochs, l1=alpha, lr=0.005,
                                     init=str(args.runs / f"{model}-baseline" / "weights.pt"), **common),
-                        args.runs / (f"{model}-l1-{alpha:g}" + (f"-{args.tune_epochs}ep" if longer else "")))
-            rows.append(row(f"L1 {alpha:g}" + (f", {args.tune_epochs} ep" if longer else ""), tuned,
-                            base["totals"]["effective_macs"]))
+                        args.runs / f"{model}-l1-{alpha:g}{run_suffix}")
+            rows.append(row(f"L1 {alpha:g}{label_suffix}", tuned, base["totals"]["effective_macs"]))
             print(json.dumps(rows[-1])[:300], flush=True)
         # rows of this model from other commands stay; those run now replace their namesakes
         kept = [r for r in results["models"].get(model, []) if r["run"] not in {x["run"] for x in rows}]
         results["models"][model] = sorted(kept + rows, key=lambda r: (r["run"] != "baseline", r["run"]))
-        results["commands"][model + (f" {args.tune_epochs} ep" if longer else "")] = command
+        results["commands"][model + label_suffix] = command
         args.out.write_text(json.dumps(results, indent=1))
     (HERE / "sparsify_table.md").write_text(markdown(results))
     print(markdown(results))

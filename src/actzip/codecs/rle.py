@@ -23,6 +23,8 @@ from .base import ChunkedCodec, Header, read_varint, register, write_varint
 from .bits import packed_bytes, padded, refill, scratch, unzigzag_value, zigzag_value
 
 MAX_RUN_BITS = 16
+_32 = np.uint64(32)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @njit(cache=True, nogil=True)
@@ -102,9 +104,6 @@ def _pack(tokens, width, out):
     if nacc:
         out[o] = _big_endian(acc << (_32 - nacc))
 
-
-_32 = np.uint64(32)
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @njit(cache=True, nogil=True)

@@ -161,14 +161,14 @@ class CompiledConv2d(nn.Module):
         if not self.symmetric:
             x = F.pad(x, (left, right, top, bottom))
         geometry = (self.dense_padding, list(self.stride), list(self.dilation), self.groups)
-        if identity is None:
+        residual = self._residual(identity)
+        if residual is None:
             out = _pointwise(x, self.dense_weight, self.bias, *geometry, self.attr, self.scalars, "")
         else:
-            identity = identity.contiguous(memory_format=CHANNELS_LAST)
-            out = _pointwise.binary(x, identity, self.dense_weight, self.bias, *geometry, "add", None,
+            out = _pointwise.binary(x, residual[0], self.dense_weight, self.bias, *geometry, "add", None,
                                     None if self.attr == "none" else self.attr, self.scalars, "")
         if self.masked and not self.feeds_kept_only:
-            fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), self._residual(identity))
+            fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), residual)
         return out
 
     def sparse(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:

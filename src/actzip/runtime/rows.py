@@ -1,8 +1,7 @@
 """Numba kernels that write the masked pixels of a channels_last conv output.
 
-Each comes in two forms: plain, and for a conv whose output is added to a residual and then
-clamped (ResNet's conv2 -> + identity -> ReLU, run as one op), where a pixel becomes
-clamp(value + identity, lo, hi).
+Both also serve a conv whose output is added to a residual and then clamped (ResNet's conv2 ->
++ identity -> ReLU, run as one op): given the identity, a pixel becomes clamp(value + identity).
 
 A pixel of an NHWC tensor is one contiguous row of C values, so the kernels work on whole rows, in
 parallel over (image, pixel). PyTorch's equivalents cost several times more: `rows[:, idx] = fill`
@@ -19,50 +18,41 @@ from numba import njit, prange
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fill_pixels(out, pixels, value):
+def _fill_pixels(out, pixels, value, identity, lo, hi):
+    """value at the given pixels of every image; with a non-empty identity, clamp(value + identity)."""
     n, _, c = out.shape
     m = pixels.shape[0]
-    for t in prange(n * m):
-        row = out[t // m, pixels[t % m]]
-        for k in range(c):
-            row[k] = value[k]
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _fill_pixels_residual(out, pixels, value, identity, lo, hi):
-    n, _, c = out.shape
-    m = pixels.shape[0]
+    residual = identity.shape[0] > 0
     for t in prange(n * m):
         i, p = t // m, pixels[t % m]
-        row, add = out[i, p], identity[i, p]
-        for k in range(c):
-            row[k] = min(max(value[k] + add[k], lo), hi)
+        row = out[i, p]
+        if residual:
+            add = identity[i, p]
+            for k in range(c):
+                row[k] = min(max(value[k] + add[k], lo), hi)
+        else:
+            for k in range(c):
+                row[k] = value[k]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _expand_rows(kept, slot, fill, out):
+def _expand_rows(kept, slot, fill, identity, lo, hi, out):
+    """Kept rows or fill at every pixel; with a non-empty identity, clamp(that + identity)."""
     n, hw, c = out.shape
     per_image = kept.shape[0] // n
+    residual = identity.shape[0] > 0
     for t in prange(n * hw):
         i, p = t // hw, t % hw
         s = slot[p]
         source = kept[i * per_image + s] if s >= 0 else fill
         row = out[i, p]
-        for k in range(c):
-            row[k] = source[k]
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _expand_rows_residual(kept, slot, fill, identity, lo, hi, out):
-    n, hw, c = out.shape
-    per_image = kept.shape[0] // n
-    for t in prange(n * hw):
-        i, p = t // hw, t % hw
-        s = slot[p]
-        source = kept[i * per_image + s] if s >= 0 else fill
-        row, add = out[i, p], identity[i, p]
-        for k in range(c):
-            row[k] = min(max(source[k] + add[k], lo), hi)
+        if residual:
+            add = identity[i, p]
+            for k in range(c):
+                row[k] = min(max(source[k] + add[k], lo), hi)
+        else:
+            for k in range(c):
+                row[k] = source[k]
 
 
 def _pixel_rows(x: torch.Tensor) -> np.ndarray:
@@ -72,18 +62,21 @@ def _pixel_rows(x: torch.Tensor) -> np.ndarray:
 
 
 Residual = tuple[torch.Tensor, float, float]  # (identity, lo, hi): clamp(value + identity, lo, hi)
+_NO_IDENTITY = np.zeros((0, 0, 0), np.float32)
+
+
+def _residual_args(residual: Residual | None) -> tuple[np.ndarray, float, float]:
+    if residual is None:
+        return _NO_IDENTITY, -np.inf, np.inf
+    identity, lo, hi = residual
+    return _pixel_rows(identity), lo, hi
 
 
 def fill_pixels(x: torch.Tensor, pixels: np.ndarray, value: np.ndarray, residual: Residual | None = None) -> None:
     """Set the pixels `pixels` (flat indices into H*W) of every image of `x` to `value` (C,), or with
     `residual` to clamp(value + identity), in place."""
-    if not len(pixels):
-        return
-    if residual is None:
-        _fill_pixels(_pixel_rows(x), pixels, value)
-    else:
-        identity, lo, hi = residual
-        _fill_pixels_residual(_pixel_rows(x), pixels, value, _pixel_rows(identity), lo, hi)
+    if len(pixels):
+        _fill_pixels(_pixel_rows(x), pixels, value, *_residual_args(residual))
 
 
 def expand_rows(kept: torch.Tensor, slot: np.ndarray, fill: np.ndarray, shape: tuple[int, int, int, int],
@@ -91,9 +84,5 @@ def expand_rows(kept: torch.Tensor, slot: np.ndarray, fill: np.ndarray, shape: t
     """The channels_last tensor of `shape` whose pixel p of image i is row i * R + slot[p] of `kept`
     (R = kept rows per image), or `fill` where slot[p] < 0; with `residual`, clamp(that + identity)."""
     out = torch.empty(shape, memory_format=torch.channels_last)
-    if residual is None:
-        _expand_rows(kept.detach().numpy(), slot, fill, _pixel_rows(out))
-    else:
-        identity, lo, hi = residual
-        _expand_rows_residual(kept.detach().numpy(), slot, fill, _pixel_rows(identity), lo, hi, _pixel_rows(out))
+    _expand_rows(kept.detach().numpy(), slot, fill, *_residual_args(residual), _pixel_rows(out))
     return out

@@ -182,13 +182,10 @@ def _spread_scores(magnitudes: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for (h, w), maps in by_size.items():
         shared = torch.stack(maps).mean(0)
         unit = shared / (shared.max() * 1.001 + 1e-12)  # in [0, 1): breaks ties within one rank
-        padded = F.pad(unit, (0, w % 2, 0, h % 2), value=2.0)  # odd edges: padding never ranks first
-        windows = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).permute(0, 2, 1, 3).reshape(
-            padded.shape[0] // 2, padded.shape[1] // 2, 4)
-        rank = windows.argsort(dim=-1).argsort(dim=-1).float()
-        ranked = rank.reshape(padded.shape[0] // 2, padded.shape[1] // 2, 2, 2).permute(0, 2, 1, 3).reshape(
-            padded.shape)
-        spread[(h, w)] = (ranked + padded.clamp(max=1.0))[:h, :w]
+        padded = F.pad(unit, (0, w % 2, 0, h % 2), value=2.0)[None, None]  # odd edges: padding ranks last
+        windows = F.pixel_unshuffle(padded, 2)  # (1, 4, h/2, w/2): the four pixels of each window
+        ranked = F.pixel_shuffle(windows.argsort(dim=1).argsort(dim=1).float(), 2)[0, 0]
+        spread[(h, w)] = (ranked + padded[0, 0].clamp(max=1.0))[:h, :w]
     return {n: spread[tuple(m.shape)] for n, m in magnitudes.items()}
 
 
