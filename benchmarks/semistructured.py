@@ -36,35 +36,58 @@ def run(config: TrainConfig, out: Path) -> dict:
 
 
 def accuracy(args) -> dict:
-    common = dict(dataset="fashion-mnist", seed=0, eval_images=200, codecs=("zvc",), bits=(8,))
+    common = dict(dataset="fashion-mnist", eval_images=200, codecs=("zvc",), bits=(8,))
     results = {}
     for model in args.models:
         base_dir = TABLE_RUNS / f"{model}-baseline"
         if not (base_dir / "report.json").is_file():
             base_dir = args.runs / f"{model}-baseline"
-        base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), base_dir)
+        base = run(TrainConfig(model=model, epochs=args.base_epochs, seed=0, **common), base_dir)
         tune = dict(epochs=args.tune_epochs, lr=args.lr, init=str(base_dir / "weights.pt"), **common)
-        rows = [{"run": "baseline", "sparsity": 0.0, "top1": base["training"]["top1"]}]
-        dense = run(TrainConfig(model=model, **tune), args.runs / f"{model}-dense-ft")
-        rows.append({"run": "dense fine-tuned", "sparsity": 0.0, "top1": dense["training"]["top1"]})
-        for s in args.sparsities:
-            for criterion in args.criteria:
-                r = run(TrainConfig(model=model, pixel_sparsity=s, pixel_criterion=criterion, **tune),
-                        args.runs / f"{model}-{criterion}-{s:g}")
-                rows.append({"run": criterion, "sparsity": s, "top1": r["training"]["top1"]})
-                print(model, rows[-1], flush=True)
+        rows = [{"run": "baseline", "sparsity": 0.0, "seed": 0, "top1": base["training"]["top1"]}]
+        dense = run(TrainConfig(model=model, seed=0, **tune), args.runs / f"{model}-dense-ft")
+        rows.append({"run": "dense fine-tuned", "sparsity": 0.0, "seed": 0, "top1": dense["training"]["top1"]})
+        for seed in args.seeds:
+            for s in args.sparsities:
+                for criterion in args.criteria:
+                    suffix = f"-seed{seed}" if seed else ""  # seed 0 keeps the directories of earlier runs
+                    r = run(TrainConfig(model=model, pixel_sparsity=s, pixel_criterion=criterion, seed=seed, **tune),
+                            args.runs / f"{model}-{criterion}-{s:g}{suffix}")
+                    rows.append({"run": criterion, "sparsity": s, "seed": seed, "top1": r["training"]["top1"]})
+                    print(model, rows[-1], flush=True)
         results[model] = rows
     return results
 
 
+def merge_rows(saved: list[dict], new: list[dict]) -> list[dict]:
+    """saved rows with each (run, sparsity, seed) that `new` measured replaced by the new row."""
+    def key(row):
+        return row["run"], row["sparsity"], row.get("seed", 0)
+    fresh = {key(r): r for r in new}
+    return [r for r in saved if key(r) not in fresh] + new
+
+
+CRITERIA_COLUMNS = ("random", "magnitude", "spread")
+
+
 def accuracy_markdown(results: dict) -> str:
-    lines = ["| model | s | random top-1 % | magnitude top-1 % | spread top-1 % | dense fine-tuned % |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    """Top-1 per criterion: the mean over seeds, with the spread (max - min) and count when several."""
+    lines = ["| model | s | " + " | ".join(f"{c} top-1 %" for c in CRITERIA_COLUMNS) + " | dense fine-tuned % |",
+             "| --- | ---: | " + "---: | " * len(CRITERIA_COLUMNS) + "---: |"]
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        mean = 100 * sum(values) / len(values)
+        if len(values) == 1:
+            return f"{mean:.2f}"
+        return f"{mean:.2f} ({100 * min(values):.2f}-{100 * max(values):.2f}, {len(values)} seeds)"
+
     for model, rows in results.items():
         dense = next(r["top1"] for r in rows if r["run"] == "dense fine-tuned")
         for s in sorted({r["sparsity"] for r in rows if r["sparsity"]}):
-            top = {r["run"]: r["top1"] for r in rows if r["sparsity"] == s}
-            cells = " | ".join(f"{100 * top[c]:.2f}" if c in top else "-" for c in ("random", "magnitude", "spread"))
+            cells = " | ".join(cell([r["top1"] for r in rows if r["sparsity"] == s and r["run"] == c])
+                               for c in CRITERIA_COLUMNS)
             lines.append(f"| {model} | {s:g} | {cells} | {100 * dense:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -117,7 +140,8 @@ def main():
     acc.add_argument("--base-epochs", type=int, default=15)
     acc.add_argument("--tune-epochs", type=int, default=5)
     acc.add_argument("--lr", type=float, default=0.01)
-    acc.add_argument("--criteria", nargs="+", default=["random", "magnitude", "spread"])
+    acc.add_argument("--criteria", nargs="+", default=list(CRITERIA_COLUMNS))
+    acc.add_argument("--seeds", nargs="+", type=int, default=[0], help="fine-tune seeds (masks and batches)")
     acc.add_argument("--runs", type=Path, default=Path("runs/semistructured"))
     sp = sub.add_parser("speed")
     sp.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=list(SPEED_MODELS))
@@ -128,12 +152,18 @@ def main():
     torch.set_num_threads(2)
     command = "python benchmarks/semistructured.py " + " ".join(sys.argv[1:])
     if args.what == "accuracy":
-        # other models' rows stay, each with the command that produced it
+        # rows measured before stay (a row is replaced only when re-measured), with the commands behind them
         path = HERE / "semistructured_accuracy.json"
         saved = json.loads(path.read_text()) if path.is_file() else {"models": {}}
         commands = saved.get("commands", {})
-        results = {**saved["models"], **accuracy(args)}
-        commands.update({m: command for m in args.models})
+        results = dict(saved["models"])
+        for model, rows in accuracy(args).items():
+            results[model] = merge_rows(results.get(model, []), rows)
+            commands.setdefault(model, [])
+            if isinstance(commands[model], str):
+                commands[model] = [commands[model]]
+            if command not in commands[model]:
+                commands[model].append(command)
         (HERE / "semistructured_accuracy.md").write_text(accuracy_markdown(results))
         path.write_text(json.dumps({"commands": commands, "models": results}, indent=1))
         print(accuracy_markdown(results))

@@ -102,6 +102,28 @@ def test_spread_masks_are_shared_per_resolution_and_take_each_windows_weakest_pi
     assert torch.equal(score.argmin(-1), masked.float().argmax(-1))
 
 
+def test_taylor_masks_take_the_positions_the_loss_does_not_depend_on_however_large():
+    # a 1x1 conv whose output the classifier ignores at the top-left pixel of every 2x2 window,
+    # where the images are brightest: magnitude would keep those pixels, the loss-based score masks them
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+    dead = torch.zeros(8, 8, dtype=torch.bool)
+    dead[::2, ::2] = True
+    with torch.no_grad():
+        model[2].weight.view(3, 2, 8, 8)[:, :, dead] = 0
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(64, 1, 8, 8, generator=g) + 2.0 * dead
+    images = TensorDataset(x, torch.randint(0, 3, (64,), generator=g))
+    for criterion, expect_dead in (("taylor", True), ("spread", False)):
+        handle = attach_pixel_masks(model, PixelMask(0.25, criterion=criterion), x[:1], images)
+        handle.set_sparsity(0.25)
+        masked = model[0].pixel_mask[0, 0] == 0
+        assert torch.equal(masked, dead) == expect_dead, criterion
+        assert model[0].weight.grad is None  # scoring leaves no gradient behind
+        handle.detach()
+        del model[0].pixel_mask, model[0].pixel_score
+
+
 def test_layer_selection():
     model = _model()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

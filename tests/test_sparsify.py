@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from actzip.macs import count_macs
 from actzip.sites import capture
 from actzip.sparsify import FATReLU, Hoyer, L1, attach_fatrelu, attach_penalty, calibrate_thresholds
 from conftest import TensorSet, TinyNet
@@ -22,6 +23,21 @@ def test_l1_is_alpha_times_mean_abs_summed_over_sites(tiny):
     h.detach()
     seen = _site_inputs(tiny, x)
     expected = sum((2.0 if n == "fc" else 0.5) * a.abs().mean() for n, a in seen.items())
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_mac_weighted_l1_weighs_each_site_by_the_macs_of_its_reader(tiny):
+    tiny.train()
+    x = torch.randn(4, 3, 8, 8)
+    h = attach_penalty(tiny, L1(alpha=0.5, normalize="macs"))
+    tiny(x)
+    got = h.take()
+    h.detach()
+    modules = dict(tiny.named_modules())
+    seen = _site_inputs(tiny, x)
+    macs = {n: count_macs(modules[n.split("#")[0]], a[:1]).macs for n, a in seen.items()}  # "conv2#2": 2nd call
+    assert len(set(macs.values())) == 2  # conv2 (twice) and fc differ, so a wrong weight shows
+    expected = sum(0.5 * len(macs) * macs[n] / sum(macs.values()) * a.abs().mean() for n, a in seen.items())
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -50,7 +66,7 @@ def test_penalty_only_in_training_and_forgotten_after_take(tiny):
     assert h.take().item() == 0.0
     tiny(torch.randn(2, 3, 8, 8))
     assert h.take().item() > 0
-    assert h._total is None  # nothing kept between steps
+    assert h._terms == []  # nothing kept between steps
     h.detach()
     assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in tiny.modules()) == 0
 

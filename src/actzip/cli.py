@@ -263,10 +263,12 @@ def train(
     width: Optional[float] = typer.Option(None, help="width multiplier of the small models"),
     init: Optional[Path] = typer.Option(None, help="weights or checkpoint to fine-tune from"),
     l1: float = typer.Option(0.0, help="L1 activation penalty strength"),
+    l1_normalize: str = typer.Option("mean", help="L1 per site: mean |x|, sum, or macs (mean |x| weighted "
+                                     "by the MACs of the layer that reads it)"),
     hoyer: float = typer.Option(0.0, help="Hoyer-square activation penalty strength"),
     fatrelu: float = typer.Option(0.0, help="FATReLU target extra sparsity, 0..1"),
     pixel_sparsity: float = typer.Option(0.0, help="semi-structured pixel masks on conv outputs: masked fraction"),
-    pixel_criterion: str = typer.Option("random", help="which pixels to mask: random, magnitude or spread"),
+    pixel_criterion: str = typer.Option("random", help="which pixels to mask: random, magnitude, spread or taylor"),
     seed: int = typer.Option(0),
     data_root: Optional[Path] = typer.Option(None, help="where the dataset lives"),
     download: bool = typer.Option(False, help="allow downloading CIFAR-10"),
@@ -283,7 +285,8 @@ def train(
 
     config = TrainConfig(model=model, width=width, dataset=dataset, data_root=str(data_root) if data_root else None,
                          download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1, hoyer=hoyer,
+                         weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1,
+                         l1_normalize=l1_normalize, hoyer=hoyer,
                          fatrelu=fatrelu, pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
                          eval_images=eval_images, train_limit=train_limit,
                          sync_batchnorm=sync_batchnorm)

@@ -54,10 +54,11 @@ class TrainConfig:
     seed: int = 0
     init: str | None = None  # weights to fine-tune from
     l1: float = 0.0  # L1 penalty strength (alpha on each site's mean |x|)
+    l1_normalize: str = "mean"  # or "macs": each site's mean |x| weighted by its reader's MACs (see L1)
     hoyer: float = 0.0  # Hoyer-square penalty strength
     fatrelu: float = 0.0  # FATReLU target extra sparsity
     pixel_sparsity: float = 0.0  # semi-structured pixel masks on conv outputs (0: none)
-    pixel_criterion: str = "random"  # or "magnitude", "spread"
+    pixel_criterion: str = "random"  # or "magnitude", "spread", "taylor"
     eval_images: int = 500  # test images whose activations are measured each epoch
     bits: tuple[int, ...] = (8, 16)
     codecs: tuple[str, ...] = ("zvc", "seg", "ctx")
@@ -74,6 +75,7 @@ class TrainConfig:
             raise ValueError("choose one penalty: l1 or hoyer")
         if min(self.l1, self.hoyer) < 0 or not 0 <= self.fatrelu < 1:
             raise ValueError("penalties must be >= 0 and the FATReLU sparsity in [0, 1)")
+        L1(self.l1, normalize=self.l1_normalize)  # validates the normalization
         AnalyzeConfig(bits=self.bits, codecs=self.codecs)  # validates bits and codec names
         self.pixel_masks()  # validates the pixel-mask settings
 
@@ -238,7 +240,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     run = _prepare(config, Path(out), resume)
     config = run.config
     fat = attach_fatrelu(run.model, run.thresholds) if run.thresholds else None
-    penalty_cfg = L1(config.l1) if config.l1 else Hoyer(config.hoyer) if config.hoyer else None
+    penalty_cfg = L1(config.l1, normalize=config.l1_normalize) if config.l1 else Hoyer(config.hoyer) if config.hoyer else None
     penalty = attach_penalty(run.model, penalty_cfg) if penalty_cfg else None
     try:
         last = None

@@ -4,6 +4,11 @@
   alpha on the *mean* magnitude, so a site's pull does not grow with its resolution (with a sum,
   the 112x112 early layers, which are dense and cheap to skip least, would dominate the loss);
   `per_site` overrides alpha by site name, `normalize="sum"` gives the per-element sum instead.
+  `normalize="macs"` weighs each site's mean |x| by the MACs of the layer that reads it, relative
+  to the mean over the sites (so alpha keeps about the scale of "mean"): every activation is then
+  pulled towards zero in proportion to the MACs a zero-skipping engine would skip with it, which
+  moves the sparsity to where it pays (on MobileNet, the depthwise outputs that feed the 1x1
+  convs, which spend C_out MACs per value against 9 for a depthwise input).
 - Hoyer: sum over sites of alpha_site * (||x||_1)^2 / ||x||_2^2, per sample and averaged over the
   batch: scale-invariant, so it favours zeros without just shrinking the activations.
 
@@ -19,7 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..macs import count_macs
 from ..sites import Site, capture
+
+NORMALIZATIONS = ("mean", "sum", "macs")
 
 
 def _zeros_masked_by_producer(x: torch.Tensor) -> bool:
@@ -81,16 +89,16 @@ class _HoyerSquare(torch.autograd.Function):
 class L1:
     alpha: float = 1e-4
     per_site: dict = field(default_factory=dict)  # site name -> alpha
-    normalize: str = "mean"  # "mean" or "sum" (per sample)
+    normalize: str = "mean"  # "mean", "sum" (per sample) or "macs" (mean, weighted by the reader's MACs)
 
     def __post_init__(self):
         if self.alpha < 0 or any(a < 0 for a in self.per_site.values()):
             raise ValueError("L1 strengths must be non-negative")
-        if self.normalize not in ("mean", "sum"):
-            raise ValueError(f"normalize must be 'mean' or 'sum', got {self.normalize!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
 
     def term(self, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        scale = 1.0 if self.normalize == "mean" else x.numel() / x.shape[0]
+        scale = x.numel() / x.shape[0] if self.normalize == "sum" else 1.0
         return mean_abs_penalty(x, alpha * scale)
 
 
@@ -113,7 +121,8 @@ class PenaltyHandle:
     def __init__(self, model: nn.Module, config: L1 | Hoyer):
         self.config = config
         self.model = model
-        self._total: torch.Tensor | None = None
+        self._terms: list[tuple[torch.Tensor, int]] = []  # (term, MACs of the reading layer) per site
+        self._macs: dict[tuple, int] = {}  # per site and input shape: MACs per sample
         self._stack = contextlib.ExitStack()
         self.sites = self._stack.enter_context(capture(model, self._observe))
 
@@ -122,19 +131,27 @@ class PenaltyHandle:
             return None
         alpha = self.config.per_site.get(site.name, self.config.alpha)
         if alpha:
-            term = self.config.term(x, alpha)
-            self._total = term if self._total is None else self._total + term
+            macs = 0
+            if getattr(self.config, "normalize", None) == "macs":
+                key = (site.name, tuple(x.shape[1:]))
+                if key not in self._macs:
+                    self._macs[key] = count_macs(module, x[:1].detach()).macs
+                macs = self._macs[key]
+            self._terms.append((self.config.term(x, alpha), macs))
         return None
 
     def take(self) -> torch.Tensor:
         """The summed penalty of the forward since the last take (0 if none), then forget it."""
-        total, self._total = self._total, None
-        if total is None:
+        terms, self._terms = self._terms, []
+        if not terms:
             return torch.zeros(())
-        return total
+        total_macs = sum(m for _, m in terms)
+        if total_macs:  # MAC weights, averaging 1 over the sites
+            return sum(t * (m * len(terms) / total_macs) for t, m in terms)
+        return sum(t for t, _ in terms)
 
     def detach(self) -> None:
-        self._total = None
+        self._terms = []
         self._stack.close()
 
 
