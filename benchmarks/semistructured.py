@@ -2,8 +2,9 @@
 
 accuracy: `resnet20` / `mobilenet-v1` on Fashion-MNIST. A dense baseline (trained from scratch, the
 one of benchmarks/sparsify_table.py when it exists), then fine-tuned from it with pixel masks at each
-sparsity, random (published) vs magnitude and spread (ours, `--criteria`) masks, plus a dense fine-tune with the same schedule
-as the fair reference. Top-1 on the 10k test set. Runs live in --runs and are resumed.
+sparsity, random (published) vs magnitude, spread and taylor (ours) masks (`--criteria`), with one
+or more fine-tune seeds (`--seeds`), plus a dense fine-tune with the same schedule as the fair
+reference. Top-1 on the 10k test set. Runs live in --runs and are resumed.
 
 speed: end-to-end latency of torchvision ResNet18 / MobileNetV2 and EfficientNet-Lite0 at 224x224,
 2 threads, `actzip.runtime.compile` vs dense PyTorch (channels_last and contiguous; the faster one
@@ -67,7 +68,7 @@ def merge_rows(saved: list[dict], new: list[dict]) -> list[dict]:
     return [r for r in saved if key(r) not in fresh] + new
 
 
-CRITERIA_COLUMNS = ("random", "magnitude", "spread")
+CRITERIA_COLUMNS = ("random", "magnitude", "spread", "taylor")
 
 
 def accuracy_markdown(results: dict) -> str:

@@ -8,6 +8,7 @@ bits. Runs live in --runs and are resumed if interrupted, so the script can be r
 
     python benchmarks/sparsify_table.py [--models resnet20 mobilenet-v1] [--base-epochs 15]
         [--tune-epochs 5] [--strengths 3e-3 1e-2 3e-2] [--l1-normalize mean|macs]
+        [--distill 0.5]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main():
     ap.add_argument("--strengths", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2])
     ap.add_argument("--l1-normalize", default="mean", choices=["mean", "macs"],
                     help="macs: each site's penalty weighted by the MACs of the layer that reads it")
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the baseline")
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--runs", type=Path, default=Path("runs/sparsify_table"))
     ap.add_argument("--out", type=Path, default=HERE / "sparsify_table.json")
@@ -73,14 +75,16 @@ def main():
     for model in args.models:
         base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline")
         rows = [row("baseline", base, base["totals"]["effective_macs"])]
-        # runs fine-tuned longer than the default 5 epochs, or with MAC-weighted L1, get their own
+        # runs with MAC-weighted L1, distillation or longer than the default 5 epochs get their own
         # directory and label
-        run_suffix, label_suffix = ("-macs", " by MACs") if args.l1_normalize == "macs" else ("", "")
-        if args.tune_epochs != 5:
-            run_suffix, label_suffix = run_suffix + f"-{args.tune_epochs}ep", label_suffix + f", {args.tune_epochs} ep"
+        variant = [(args.l1_normalize == "macs", "-macs", " by MACs"),
+                   (args.distill > 0, f"-kd{args.distill:g}", f" + KD {args.distill:g}"),
+                   (args.tune_epochs != 5, f"-{args.tune_epochs}ep", f", {args.tune_epochs} ep")]
+        run_suffix = "".join(r for on, r, _ in variant if on)
+        label_suffix = "".join(label for on, _, label in variant if on)
         for alpha in args.strengths:
             tuned = run(TrainConfig(model=model, epochs=args.tune_epochs, l1=alpha, l1_normalize=args.l1_normalize,
-                                    lr=0.005,
+                                    distill=args.distill, lr=0.005,
                                     init=str(args.runs / f"{model}-baseline" / "weights.pt"), **common),
                         args.runs / f"{model}-l1-{alpha:g}{run_suffix}")
             rows.append(row(f"L1 {alpha:g}{label_suffix}", tuned, base["totals"]["effective_macs"]))

@@ -75,6 +75,21 @@ def test_fine_tune_from_weights_with_fatrelu(folder_dataset, tmp_path):
     assert report["totals"]["zero_fraction"] > base + 0.1
 
 
+def test_distillation_follows_the_teacher_over_the_labels(folder_dataset, tmp_path):
+    train(config(folder_dataset, epochs=3, lr=0.02, batch_size=4, l1=0.0), tmp_path / "base")
+    weights = torch.load(tmp_path / "base" / "weights.pt", weights_only=True)
+    for k in ("fc.weight", "fc.bias"):  # two classes: negated logits predict the other one
+        weights[k] = -weights[k]
+    torch.save(weights, tmp_path / "inverted.pt")
+    tune = dict(epochs=2, lr=0.02, batch_size=4, l1=0.0, init=str(tmp_path / "inverted.pt"))
+    labels = train(config(folder_dataset, **tune), tmp_path / "labels")
+    teacher = train(config(folder_dataset, distill=1.0, **tune), tmp_path / "teacher")
+    assert labels["training"]["top1"] >= 0.8  # the labels undo the inversion
+    assert teacher["training"]["top1"] <= 0.2  # the (inverted) teacher keeps it
+    with pytest.raises(ValueError, match="init"):
+        config(folder_dataset, distill=0.5)
+
+
 def test_cli_train(folder_dataset, tmp_path):
     r = CliRunner().invoke(app, ["train", "--dataset", str(folder_dataset), "--epochs", "1", "--batch-size", "8",
                                  "--width", "0.25", "--eval-images", "8", "--out", str(tmp_path / "r")])

@@ -267,6 +267,7 @@ def train(
                                      "by the MACs of the layer that reads it)"),
     hoyer: float = typer.Option(0.0, help="Hoyer-square activation penalty strength"),
     fatrelu: float = typer.Option(0.0, help="FATReLU target extra sparsity, 0..1"),
+    distill: float = typer.Option(0.0, help="weight of distillation from the --init model (the teacher), 0..1"),
     pixel_sparsity: float = typer.Option(0.0, help="semi-structured pixel masks on conv outputs: masked fraction"),
     pixel_criterion: str = typer.Option("random", help="which pixels to mask: random, magnitude, spread or taylor"),
     seed: int = typer.Option(0),
@@ -287,7 +288,7 @@ def train(
                          download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1,
                          l1_normalize=l1_normalize, hoyer=hoyer,
-                         fatrelu=fatrelu, pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
+                         fatrelu=fatrelu, distill=distill, pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
                          eval_images=eval_images, train_limit=train_limit,
                          sync_batchnorm=sync_batchnorm)
     bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),

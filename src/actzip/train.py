@@ -5,6 +5,11 @@ finished epoch: model, optimizer, schedule, RNG), and at the end weights.pt plus
 report (report.json/.md and charts). Every file is written atomically, so a run killed at any
 moment leaves a loadable checkpoint, and `resume=True` continues it to the same result as an
 uninterrupted run: each epoch shuffles with a generator seeded from (seed, epoch).
+
+A fine-tune can distil from the model it starts from (`distill` > 0): a frozen copy of the --init
+weights, without penalty or masks, supplies soft targets, and the loss becomes
+(1 - distill) * cross-entropy + distill * T^2 * KL(teacher || student) at temperature T = 4
+(Hinton et al. 2015), which keeps the sparsified student close to what the dense model computed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from .sparsify import (FATReLU, Hoyer, L1, PixelMask, PixelMaskHandle, attach_fa
 
 Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, info)
 SMALL_MODELS = ("resnet20", "resnet18", "mobilenet-v1")
+DISTILL_TEMPERATURE = 4.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class TrainConfig:
     l1_normalize: str = "mean"  # or "macs": each site's mean |x| weighted by its reader's MACs (see L1)
     hoyer: float = 0.0  # Hoyer-square penalty strength
     fatrelu: float = 0.0  # FATReLU target extra sparsity
+    distill: float = 0.0  # weight of distillation from the --init model, in [0, 1] (see the module doc)
     pixel_sparsity: float = 0.0  # semi-structured pixel masks on conv outputs (0: none)
     pixel_criterion: str = "random"  # or "magnitude", "spread", "taylor"
     eval_images: int = 500  # test images whose activations are measured each epoch
@@ -75,6 +82,10 @@ class TrainConfig:
             raise ValueError("choose one penalty: l1 or hoyer")
         if min(self.l1, self.hoyer) < 0 or not 0 <= self.fatrelu < 1:
             raise ValueError("penalties must be >= 0 and the FATReLU sparsity in [0, 1)")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"the distillation weight must be in [0, 1], got {self.distill}")
+        if self.distill and not self.init:
+            raise ValueError("distillation needs the weights to start from (init): they are the teacher")
         L1(self.l1, normalize=self.l1_normalize)  # validates the normalization
         AnalyzeConfig(bits=self.bits, codecs=self.codecs)  # validates bits and codec names
         self.pixel_masks()  # validates the pixel-mask settings
@@ -108,6 +119,7 @@ class Run:
     start_epoch: int = 0
     metrics: list = field(default_factory=list)
     net: nn.Module | None = None  # what the training forward calls: the model, or its DDP wrapper
+    teacher: nn.Module | None = None  # the frozen --init model, when distilling
 
 
 def epoch_loader(train_set, config: TrainConfig, epoch: int) -> DataLoader:
@@ -170,6 +182,11 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
     model = build_model(config, sets.in_channels, sets.num_classes)
     if config.init and state is None:
         models.load_weights(model, config.init)
+    teacher = None
+    if config.distill:  # from the init weights even on resume: the checkpoint holds the student
+        teacher = build_model(config, sets.in_channels, sets.num_classes)
+        models.load_weights(teacher, config.init)
+        teacher.eval().requires_grad_(False)
     masks = None
     if config.pixel_sparsity:  # before the broadcast, so that every rank gets rank 0's masks
         masks = attach_pixel_masks(model, config.pixel_masks(), train_set[0][0][None], train_set)
@@ -185,7 +202,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     steps = config.epochs * len(epoch_loader(train_set, config, 0))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler, masks=masks)
+    run = Run(config, out, model, train_set, sets.test, optimizer, scheduler, masks=masks, teacher=teacher)
     run.net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if state is not None:
         model.load_state_dict(state["model"])
@@ -277,7 +294,13 @@ def _train_epoch(run: Run, epoch: int, penalty, progress: Progress | None) -> tu
     for step, (x, y) in enumerate(loader):
         if run.masks:
             run.masks.update((epoch * steps + step) / (config.epochs * steps))
-        loss = F.cross_entropy(run.net(x), y)
+        logits = run.net(x)
+        loss = F.cross_entropy(logits, y)
+        if run.teacher is not None:
+            with torch.no_grad():
+                soft = F.softmax(run.teacher(x) / DISTILL_TEMPERATURE, dim=1)
+            kl = F.kl_div(F.log_softmax(logits / DISTILL_TEMPERATURE, dim=1), soft, reduction="batchmean")
+            loss = (1 - config.distill) * loss + config.distill * DISTILL_TEMPERATURE**2 * kl
         extra = penalty.take() if penalty else torch.zeros(())
         objective = loss + extra
         value = float(objective.detach())
