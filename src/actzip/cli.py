@@ -287,10 +287,9 @@ def train(
     config = TrainConfig(model=model, width=width, dataset=dataset, data_root=str(data_root) if data_root else None,
                          download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1,
-                         l1_normalize=l1_normalize, hoyer=hoyer,
-                         fatrelu=fatrelu, distill=distill, pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
-                         eval_images=eval_images, train_limit=train_limit,
-                         sync_batchnorm=sync_batchnorm)
+                         l1_normalize=l1_normalize, hoyer=hoyer, fatrelu=fatrelu, distill=distill,
+                         pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
+                         eval_images=eval_images, train_limit=train_limit, sync_batchnorm=sync_batchnorm)
     bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
     tasks = {}

@@ -257,7 +257,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     run = _prepare(config, Path(out), resume)
     config = run.config
     fat = attach_fatrelu(run.model, run.thresholds) if run.thresholds else None
-    penalty_cfg = L1(config.l1, normalize=config.l1_normalize) if config.l1 else Hoyer(config.hoyer) if config.hoyer else None
+    penalty_cfg = (L1(config.l1, normalize=config.l1_normalize) if config.l1
+                   else Hoyer(config.hoyer) if config.hoyer else None)
     penalty = attach_penalty(run.model, penalty_cfg) if penalty_cfg else None
     try:
         last = None
