@@ -72,7 +72,7 @@ CRITERIA_COLUMNS = ("random", "magnitude", "spread", "taylor")
 
 
 def accuracy_markdown(results: dict) -> str:
-    """Top-1 per criterion: the mean over seeds, with the spread (max - min) and count when several."""
+    """Top-1 per criterion: the mean over seeds, with their range and count when there are several."""
     lines = ["| model | s | " + " | ".join(f"{c} top-1 %" for c in CRITERIA_COLUMNS) + " | dense fine-tuned % |",
              "| --- | ---: | " + "---: | " * len(CRITERIA_COLUMNS) + "---: |"]
 
@@ -161,8 +161,6 @@ def main():
         for model, rows in accuracy(args).items():
             results[model] = merge_rows(results.get(model, []), rows)
             commands.setdefault(model, [])
-            if isinstance(commands[model], str):
-                commands[model] = [commands[model]]
             if command not in commands[model]:
                 commands[model].append(command)
         (HERE / "semistructured_accuracy.md").write_text(accuracy_markdown(results))
