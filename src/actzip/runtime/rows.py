@@ -17,42 +17,36 @@ import torch
 from numba import njit, prange
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _write_row(row, source, identity, i, p, lo, hi):
+    """row = source; with a non-empty identity, clamp(source + identity[i, p], lo, hi)."""
+    if identity.shape[0] > 0:
+        add = identity[i, p]
+        for k in range(row.shape[0]):
+            row[k] = min(max(source[k] + add[k], lo), hi)
+    else:
+        for k in range(row.shape[0]):
+            row[k] = source[k]
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _fill_pixels(out, pixels, value, identity, lo, hi):
     """value at the given pixels of every image; with a non-empty identity, clamp(value + identity)."""
-    n, _, c = out.shape
     m = pixels.shape[0]
-    residual = identity.shape[0] > 0
-    for t in prange(n * m):
+    for t in prange(out.shape[0] * m):
         i, p = t // m, pixels[t % m]
-        row = out[i, p]
-        if residual:
-            add = identity[i, p]
-            for k in range(c):
-                row[k] = min(max(value[k] + add[k], lo), hi)
-        else:
-            for k in range(c):
-                row[k] = value[k]
+        _write_row(out[i, p], value, identity, i, p, lo, hi)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _expand_rows(kept, slot, fill, identity, lo, hi, out):
     """Kept rows or fill at every pixel; with a non-empty identity, clamp(that + identity)."""
-    n, hw, c = out.shape
+    n, hw, _ = out.shape
     per_image = kept.shape[0] // n
-    residual = identity.shape[0] > 0
     for t in prange(n * hw):
         i, p = t // hw, t % hw
         s = slot[p]
-        source = kept[i * per_image + s] if s >= 0 else fill
-        row = out[i, p]
-        if residual:
-            add = identity[i, p]
-            for k in range(c):
-                row[k] = min(max(source[k] + add[k], lo), hi)
-        else:
-            for k in range(c):
-                row[k] = source[k]
+        _write_row(out[i, p], kept[i * per_image + s] if s >= 0 else fill, identity, i, p, lo, hi)
 
 
 def _pixel_rows(x: torch.Tensor) -> np.ndarray:
