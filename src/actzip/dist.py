@@ -8,6 +8,7 @@ report equals the single-process one.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import numpy as np
@@ -20,7 +21,15 @@ def init_from_env() -> bool:
     """Join the process group torchrun describes (no-op for a single process); True if distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Left to interpreter shutdown, gloo's worker threads are torn down after Python is gone and
+        # the process aborts now and then ("terminate called without an active exception").
+        atexit.register(_shutdown)
     return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:
