@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from actzip.budgets import allocate, probe_point, sensitivities
+from actzip.budgets import OUTPUT_BUDGET_RANGE, allocate, budget_for_agreement, probe_point, sensitivities
 
 
 def _curve(scale: float = 1.0):
@@ -66,3 +66,24 @@ def test_probe_and_sensitivity_come_from_the_measured_output_change():
 
     s = sensitivities(["a", "b", "c"], [curve[4], curve[4], None], run)
     np.testing.assert_allclose(s, [20.0, 2.0, 0.0])
+
+
+def test_the_agreement_search_takes_the_largest_budget_that_keeps_the_target():
+    curves = [[{"step": s, "error": e, "bits_per_value": b} for s, e, b in
+               ((1, 0.0, 8.0), (2, 1e-3, 6.0), (4, 1e-2, 4.0), (8, 1e-1, 2.0), (16, 0.5, 1.0))]] * 2
+    sens = [1.0, 3.0]
+
+    def agreement(points):  # falls as the output error the points cause grows
+        return 1 - _spent(points, sens)
+
+    budget, points, reached = budget_for_agreement(curves, [1, 1], sens, 0.97, agreement)
+    assert reached >= 0.97 and _spent(points, sens) <= budget
+    # a little more budget would have bought a point past the target
+    looser = allocate(curves, [1, 1], sens, budget * 1.01)
+    assert looser == points or agreement(looser) < 0.97
+    assert budget_for_agreement(curves, [1, 1], sens, 0.5, agreement)[0] > budget
+    # a target no budget meets: the smallest budget, and how far it falls short
+    budget, points, reached = budget_for_agreement(curves, [1, 1], sens, 0.9, lambda p: 0.5)
+    assert budget == OUTPUT_BUDGET_RANGE[0] and reached == 0.5
+    with pytest.raises(ValueError, match="agreement"):
+        budget_for_agreement(curves, [1, 1], sens, 1.0, agreement)

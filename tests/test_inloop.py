@@ -90,6 +90,27 @@ def test_cli_evaluate_with_an_output_budget_writes_its_report(tmp_path):
     assert all("sensitivity" in s for s in report["sites"]) and "output error" in r.output
 
 
+def test_cli_evaluate_with_an_agreement_target_calibrates_on_other_images(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from actzip.cli import app
+
+    for folder, shade in (("eval", 40), ("calib", 90)):
+        (tmp_path / folder).mkdir()
+        for i in range(4):
+            Image.new("RGB", (48, 40), (shade + 20 * i, 100, 30 * i)).save(tmp_path / folder / f"{i}.png")
+    r = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path / "eval"),
+                                 "--calibrate-on", str(tmp_path / "calib"), "--calibration-images", "3",
+                                 "--agreement", "0.9", "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["images"] == 4 and report["agreement_search"]["calibration_images"] == 3
+    assert "calibration images" in r.output
+    bad = CliRunner().invoke(app, ["evaluate", "--agreement", "0.9", "--output-budget", "0.1"])
+    assert bad.exit_code == 2 and "agreement target needs" in bad.output
+
+
 def test_an_output_budget_is_split_by_sensitivity_and_bounds_the_output_error():
     model = _net()
     data = _images(model, quantized_labels=False)
@@ -133,3 +154,35 @@ def test_a_site_budget_spread_by_sensitivity_keeps_its_estimated_output_error():
     assert len({round(s["budget"], 9) for s in sites}) > 1  # not the same budget everywhere
     with pytest.raises(ValueError, match="per-site budget"):
         EvaluateConfig(codec="dctcm", budget_by_sensitivity=True)
+
+
+def test_an_agreement_target_finds_the_output_budget_that_keeps_it():
+    model = _net()
+    data = _images(model, quantized_labels=False)  # labels = the float model's predictions
+    strict, loose = (evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, agreement=a)) for a in (0.95, 0.6))
+    for target, report in ((0.95, strict), (0.6, loose)):
+        found = report["agreement_search"]
+        assert report["agreement_target"] == target and found["calibration_images"] == 40
+        assert found["calibration_agreement"] >= target
+        # calibrated on the evaluated images, so the compressed model keeps the target on them too
+        assert report["agreement"]["compressed"] >= target
+    assert strict["agreement_search"]["output_budget"] < loose["agreement_search"]["output_budget"]
+    assert strict["compression"] < loose["compression"]
+    # at 0.6, choose took a DCT setting at the second site that broke the target: back to the pixel domain
+    assert loose["agreement_search"]["dct_kept"] is False
+    assert not any(s["codec"]["transform"] for s in loose["sites"])
+
+
+def test_calibration_images_can_be_a_separate_set():
+    model = _net()
+    data = _images(model, quantized_labels=False)
+    same = evaluate(model, data, EvaluateConfig(codec="zvc", bits=4))
+    assert evaluate(model, data, EvaluateConfig(codec="zvc", bits=4), calibration=data) == same
+    # quantizers calibrated on images 8x brighter have 8x coarser steps for these ones
+    bright = TensorDataset(data.tensors[0] * 8, data.tensors[1])
+    coarse = evaluate(model, data, EvaluateConfig(codec="zvc", bits=4), calibration=bright)
+    assert coarse["agreement"]["quantized"] < same["agreement"]["quantized"]
+    with pytest.raises(ValueError, match="agreement"):
+        EvaluateConfig(codec="dctcm", bits=8, agreement=1.0)
+    with pytest.raises(ValueError, match="agreement target needs"):
+        EvaluateConfig(codec="dctcm", bits=8, output_budget=0.1, agreement=0.9)

@@ -13,6 +13,11 @@ uniform per-site budget spends most of its error where it hurts most. Here
 - the budgets minimise the total bits subject to sum_i s_i * e_i <= the output budget (errors of
   different sites add at the output about independently), through one Lagrange multiplier found
   by bisection; each site then searches dctcm's full settings (DCT, keep mask) within its e_i.
+
+The relative output error a model tolerates differs between models (a 10-class Fashion-MNIST
+network flips its top-1 at a third of the output error Lite0 does), so the budget can also be
+found from a target top-1 agreement with the float model on the calibration images
+(`budget_for_agreement`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 PROBE_ERROR = 1e-3  # the relative error injected at one site to measure its sensitivity
+OUTPUT_BUDGET_RANGE = (1e-4, 0.9)  # where budget_for_agreement looks
+AGREEMENT_STEPS = 10  # bisection steps on log10 of the output budget: ends within 1 % of the best
 
 
 def allocate(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],
@@ -86,3 +93,30 @@ def sensitivities(names: Sequence[str], probes: Sequence[dict | None],
         if progress:
             progress("site sensitivity", i + 1, len(names))
     return out
+
+
+def budget_for_agreement(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],
+                         target: float, agreement: Callable[[list[dict]], float],
+                         progress: Callable[[str, int, int], None] | None = None) -> tuple[float, list[dict], float]:
+    """The largest output budget whose allocation keeps agreement(points) >= target, by bisection
+    on a log scale over OUTPUT_BUDGET_RANGE (agreement falls about monotonically as the budget
+    grows): (output budget, its points, their agreement). If even the smallest budget misses the
+    target, that one is returned, and its agreement says by how much."""
+    if not 0 < target < 1:
+        raise ValueError(f"agreement target must be in (0, 1), got {target}")
+    lo, hi = (math.log10(b) for b in OUTPUT_BUDGET_RANGE)
+    points = allocate(curves, values, sensitivities, 10**lo)
+    best = (10**lo, points, agreement(points))
+    for i in range(AGREEMENT_STEPS):
+        if best[2] < target:
+            break
+        mid = (lo + hi) / 2
+        points = allocate(curves, values, sensitivities, 10**mid)
+        reached = agreement(points)
+        if reached >= target:
+            lo, best = mid, (10**mid, points, reached)
+        else:
+            hi = mid
+        if progress:
+            progress("search output budget", i + 1, AGREEMENT_STEPS)
+    return best

@@ -330,6 +330,12 @@ def evaluate(
     by_sensitivity: bool = typer.Option(
         False, "--by-sensitivity", help="dctcm with -p budget=E: spend the output error that E at every site "
                                         "would cause where it saves the most bits"),
+    agreement: Optional[float] = typer.Option(
+        None, help="dctcm: top-1 agreement with the float model to keep on the calibration images; the "
+                   "output budget is searched to meet it"),
+    calibrate_on: Optional[str] = typer.Option(
+        None, help="calibrate on these images instead of the evaluated ones (same forms as --images, "
+                   "e.g. fashion-mnist-train)"),
     limit: Optional[int] = typer.Option(None, help="evaluate at most this many images"),
     batch_size: int = typer.Option(16, help="images per forward pass"),
     calibration_images: int = typer.Option(64, help="calibrate quantizers (and dctcm settings) on N images"),
@@ -346,14 +352,19 @@ def evaluate(
 
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
                             limit=limit, calibration_images=calibration_images, output_budget=output_budget,
-                            budget_by_sensitivity=by_sensitivity)
+                            budget_by_sensitivity=by_sensitivity, agreement=agreement)
     writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))
+    calibration = None if calibrate_on is None else open_images(calibrate_on, models.preprocessing(model))
     bar, update = _progress()
     with bar:
-        report = run_evaluation(net, dataset, config, progress=update)
+        report = run_evaluation(net, dataset, config, progress=update, calibration=calibration)
     report["model"] = model
+    if report["agreement_search"]:
+        found = report["agreement_search"]
+        out.print(f"output budget {found['output_budget']:.3g} keeps {100 * found['calibration_agreement']:.2f} % "
+                  f"agreement on {found['calibration_images']} calibration images")
     atomic_write(out_file, json.dumps(report, indent=1).encode())
     top1 = report["top1"]
     if top1["float"] is not None:

@@ -14,8 +14,13 @@ the same relative error at every site (`codec_params["budget"]`); or one relativ
 model's output (`output_budget`), split among the sites by their measured sensitivity
 (`actzip.budgets`); or, with `budget_by_sensitivity`, the per-site budget e turned into the output
 error it would cause at every site, e * sum of the sensitivities, and that split by sensitivity:
-the same estimated damage to the output, spent where it saves the most bits. The report gives the
-output's relative squared error in every case.
+the same estimated damage to the output, spent where it saves the most bits; or a top-1 agreement
+with the float model to keep on the calibration images (`agreement`), for which the output budget
+is searched. The report gives the output's relative squared error in every case.
+
+Calibration uses the first `calibration_images` of the evaluated images, or of a separate set
+(`evaluate(..., calibration=...)`, e.g. training images) so that what is reported was not
+calibrated on.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class EvaluateConfig:
     calibration_images: int = 64
     output_budget: float | None = None  # relative squared error of the output, split among the sites
     budget_by_sensitivity: bool = False  # spend the output error of codec_params["budget"] by sensitivity
+    agreement: float | None = None  # top-1 agreement to keep on the calibration images; finds the output budget
 
     def __post_init__(self):
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
@@ -58,6 +64,11 @@ class EvaluateConfig:
                 raise ValueError("an output budget needs the dctcm codec without a per-site budget")
             if not 0 < self.output_budget < 1:
                 raise ValueError(f"output error budget must be in (0, 1), got {self.output_budget}")
+        if self.agreement is not None:
+            if self.codec != "dctcm" or "budget" in self.codec_params or self.output_budget is not None:
+                raise ValueError("an agreement target needs the dctcm codec without another budget")
+            if not 0 < self.agreement < 1:
+                raise ValueError(f"agreement target must be in (0, 1), got {self.agreement}")
         if self.budget_by_sensitivity and (self.codec != "dctcm" or "budget" not in self.codec_params):
             raise ValueError("spreading a budget by sensitivity needs the dctcm codec with a per-site budget")
 
@@ -70,12 +81,13 @@ def _axis(site: Site) -> int:
     return site.channel_axis % (len(site.shape) + 1)
 
 
-def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites: list[Site],
+def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConfig, sites: list[Site],
                 quantizers: dict[str, QuantParams], progress: Progress | None = None,
-                ) -> tuple[dict[str, codecs.Codec], dict[str, dict]]:
+                ) -> tuple[dict[str, codecs.Codec], dict[str, dict], dict]:
     """One codec per site: the configured one, or for dctcm with a budget the settings `choose`
-    finds on a sample of that site's activations over the calibration images; and per site how
-    its budget was set (empty without an output budget)."""
+    finds on a sample of that site's activations over the first config.calibration_images of
+    `calibration_set`; per site how its budget was set (empty without an output budget); and how an
+    agreement target was met (empty without one)."""
     params = dict(config.codec_params)
     budget = params.pop("budget", None)
 
@@ -84,10 +96,10 @@ def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites
             return codecs.get(config.codec, bits=config.bits, **params)
         return codecs.get("dctcm", bits=config.bits, axis=_axis(site), **{**params, **(chosen or {})})
 
-    if budget is None and config.output_budget is None:
-        return {s.name: make(s) for s in sites}, {}
-    count = min(len(images), config.limit or len(images), config.calibration_images)
-    calibration = [x for x in _batches(images, count, config.batch_size, progress, "load calibration images")]
+    if budget is None and config.output_budget is None and config.agreement is None:
+        return {s.name: make(s) for s in sites}, {}, {}
+    count = min(len(calibration_set), config.calibration_images)
+    calibration = [x for x in _batches(calibration_set, count, config.batch_size, progress, "load calibration images")]
     samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
     per_batch = max(1, SAMPLE_VALUES // len(calibration))
 
@@ -101,65 +113,114 @@ def site_codecs(model: nn.Module, images: Dataset, config: EvaluateConfig, sites
             model(x)
     sample = {s.name: np.concatenate(samples.pop(s.name), axis=1)[None] for s in sites}
     search = {k: params[k] for k in ("group", "coder", "transform") if k in params}
-    allocated = {}
+    allocated, search_result = {}, {}
     if budget is None or config.budget_by_sensitivity:
-        allocated = _allocate(model, calibration, config, sites, quantizers, sample, progress)
-    return {s.name: make(s, choose(sample[s.name], config.bits,
-                                   allocated[s.name]["budget"] if allocated else budget, **search))
-            for s in sites}, allocated
+        allocated, search_result = _allocate(model, calibration, config, sites, quantizers, sample, progress)
+    chosen = {s.name: choose(sample[s.name], config.bits, allocated[s.name]["budget"] if allocated else budget,
+                             **search) for s in sites}
+    if search_result and any(c["transform"] for c in chosen.values()):
+        # The search measured the agreement of pixel-domain re-quantization; a DCT setting of the
+        # same error may move other pixels' predictions. Keep it only if the target still holds.
+        coders = {s.name: make(s, chosen[s.name]) for s in sites}
+        reached = _agreement(model, calibration, quantizers, coders, search_result["reference"])
+        if reached < config.agreement:
+            chosen = {name: {"transform": False, "step": allocated[name]["allocated_step"]} if c["transform"] else c
+                      for name, c in chosen.items()}
+        search_result["dct_kept"] = reached >= config.agreement
+    search_result.pop("reference", None)
+    return {s.name: make(s, chosen[s.name]) for s in sites}, allocated, search_result
+
+
+def _outputs(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams],
+             coders: dict[str, codecs.Codec]) -> tuple[np.ndarray, float]:
+    """The model's outputs over the calibration batches with every site quantized and the sites in
+    `coders` replaced by their codec's reconstruction, and the relative squared error at those sites."""
+    error = [0.0, 0.0]
+
+    def replace(site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q = quantizers[site.name]
+        codes = _codes(x, q)
+        if site.name in coders:
+            coded = coders[site.name].reconstruct(codes)
+            err, energy = squared_error(codes.reshape(-1), coded)
+            error[0] += err
+            error[1] += energy
+            codes = coded.reshape(codes.shape)
+        return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
+
+    with capture(model, replace), torch.no_grad():
+        out = np.concatenate([model(x).reshape(len(x), -1).numpy() for x in calibration])
+    return out, error[0] / error[1] if error[1] else 0.0
+
+
+def _agreement(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams],
+               coders: dict[str, codecs.Codec], reference: np.ndarray) -> float:
+    """Top-1 agreement of _outputs with the reference predictions."""
+    return float(np.mean(_outputs(model, calibration, quantizers, coders)[0].argmax(1) == reference))
 
 
 def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
               quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
-              progress: Progress | None) -> dict[str, dict]:
-    """Per site: its error budget from config.output_budget (or from the per-site budget's output
-    error, with budget_by_sensitivity), its sensitivity and the curve point the allocation took
-    (see actzip.budgets)."""
+              progress: Progress | None) -> tuple[dict[str, dict], dict]:
+    """Per site: its error budget from config.output_budget (from the per-site budget's output
+    error with budget_by_sensitivity, or searched for config.agreement), its sensitivity and the
+    step of the curve point taken (see actzip.budgets); and for an agreement target, the output
+    budget found, the calibration agreement it gave and the float model's predictions."""
     coder = config.codec_params.get("coder", "zvc")
     curves = [pixel_curve(sample[s.name], config.bits, coder) for s in sites]
     probes = [budgets.probe_point(c) for c in curves]
     names = [s.name for s in sites]
 
+    def requantizers(steps: dict[str, float]) -> dict[str, codecs.Codec]:
+        return {name: codecs.get("dctcm", bits=config.bits, transform=False, step=step)
+                for name, step in steps.items() if step != 1.0}
+
     def run(target: str | None, step: float | None) -> tuple[np.ndarray, float]:
-        error = [0.0, 0.0]
-
-        def requantize(site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            q = quantizers[site.name]
-            codes = _codes(x, q)
-            if site.name == target:
-                coded = codecs.get("dctcm", bits=config.bits, transform=False, step=step).reconstruct(codes)
-                err, energy = squared_error(codes.reshape(-1), coded)
-                error[0] += err
-                error[1] += energy
-                codes = coded.reshape(codes.shape)
-            return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
-
-        with capture(model, requantize), torch.no_grad():
-            out = np.concatenate([model(x).reshape(len(x), -1).numpy() for x in calibration])
-        return out, error[0] / error[1] if error[1] else 0.0
+        return _outputs(model, calibration, quantizers, requantizers({} if target is None else {target: step}))
 
     sensitivity = budgets.sensitivities(names, probes, run, progress)
     values = [math.prod(s.shape) for s in sites]
-    output_budget = config.output_budget
-    if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
-        output_budget = min(max(config.codec_params["budget"] * sum(sensitivity), 1e-12), 1 - 1e-9)
-    points = budgets.allocate(curves, values, sensitivity, output_budget)
+    search_result = {}
+    if config.agreement is not None:
+        with torch.no_grad():
+            reference = np.concatenate([model(x).reshape(len(x), -1).argmax(1).numpy() for x in calibration])
+
+        def agreement(points: list[dict]) -> float:
+            steps = requantizers({s.name: p["step"] for s, p in zip(sites, points)})
+            return _agreement(model, calibration, quantizers, steps, reference)
+
+        output_budget, points, reached = budgets.budget_for_agreement(curves, values, sensitivity, config.agreement,
+                                                                      agreement, progress)
+        search_result = {"output_budget": output_budget, "calibration_agreement": reached,
+                         "calibration_images": len(reference), "reference": reference}
+    else:
+        output_budget = config.output_budget
+        if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
+            output_budget = min(max(config.codec_params["budget"] * sum(sensitivity), 1e-12), 1 - 1e-9)
+        points = budgets.allocate(curves, values, sensitivity, output_budget)
     # choose needs a budget in (0, 1): an exact point becomes a tiny budget, which only step 1 meets
-    return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens}
-            for s, p, sens in zip(sites, points, sensitivity)}
+    return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens,
+                     "allocated_step": p["step"]}
+            for s, p, sens in zip(sites, points, sensitivity)}, search_result
 
 
 def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = EvaluateConfig(),
-             progress: Progress | None = None) -> dict:
-    """Top-1 (float, quantized, compressed), agreement, and compression per site and in total."""
+             progress: Progress | None = None, calibration: Dataset | None = None) -> dict:
+    """Top-1 (float, quantized, compressed), agreement, and compression per site and in total;
+    quantizers and codec settings calibrated on `calibration` (default: the evaluated images)."""
     if len(images) == 0:
         raise ActzipError("no images to evaluate")
+    count = min(len(images), config.limit or len(images))
+    if calibration is None:
+        calibration = torch.utils.data.Subset(images, range(count))
+    elif len(calibration) == 0:
+        raise ActzipError("no calibration images")
     model.eval()
-    analyze_config = AnalyzeConfig(bits=(config.bits,), batch_size=config.batch_size, limit=config.limit,
+    analyze_config = AnalyzeConfig(bits=(config.bits,), batch_size=config.batch_size,
                                    calibration_images=config.calibration_images, codecs=())
-    sites, quantizers = calibrate(model, images, analyze_config, progress)
+    sites, quantizers = calibrate(model, calibration, analyze_config, progress)
     quantizers = {name: q[config.bits] for name, q in quantizers.items()}
-    coders, allocated = site_codecs(model, images, config, sites, quantizers, progress)
+    coders, allocated, search_result = site_codecs(model, calibration, config, sites, quantizers, progress)
     stream_bytes = {s.name: 0 for s in sites}
     numel = {s.name: 0 for s in sites}
     errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)
@@ -182,7 +243,6 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     labelled = correct_float = correct_quant = correct_comp = agree = agree_quant = total = 0
     output_error = {"quantized": 0.0, "compressed": 0.0}
     output_energy = 0.0
-    count = min(len(images), config.limit or len(images))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
                                          batch_size=config.batch_size)
     with torch.no_grad():
@@ -221,6 +281,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     return {
         "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
         "budget_by_sensitivity": config.budget_by_sensitivity,
+        "agreement_target": config.agreement, "agreement_search": search_result,
         "bits": config.bits,
         "images": total, "labelled": labelled,
         "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},
