@@ -120,7 +120,7 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
                              **search) for s in sites}
     if search_result and any(c["transform"] for c in chosen.values()):
         # The search measured the agreement of pixel-domain re-quantization; a DCT setting of the
-        # same error may move other pixels' predictions. Keep it only if the target still holds.
+        # same error may flip other images. Keep it only if the target still holds.
         coders = {s.name: make(s, chosen[s.name]) for s in sites}
         reached = _agreement(model, calibration, quantizers, coders, search_result["reference"])
         if reached < config.agreement:
