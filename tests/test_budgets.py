@@ -82,6 +82,13 @@ def test_the_agreement_search_takes_the_largest_budget_that_keeps_the_target():
     looser = allocate(curves, [1, 1], sens, budget * 1.01)
     assert looser == points or agreement(looser) < 0.97
     assert budget_for_agreement(curves, [1, 1], sens, 0.5, agreement)[0] > budget
+    # one image flipping back in a middle band does not hide the larger budgets above it
+    def dip(points):
+        spent = _spent(points, sens)
+        return 0.9 if 0.002 < spent < 0.02 else 1 - spent
+
+    assert budget_for_agreement(curves, [1, 1], sens, 0.95, dip)[2] >= 0.95
+    assert _spent(budget_for_agreement(curves, [1, 1], sens, 0.95, dip)[1], sens) > 0.02
     # a target no budget meets: the smallest budget, and how far it falls short
     budget, points, reached = budget_for_agreement(curves, [1, 1], sens, 0.9, lambda p: 0.5)
     assert budget == OUTPUT_BUDGET_RANGE[0] and reached == 0.5

@@ -29,7 +29,8 @@ import numpy as np
 
 PROBE_ERROR = 1e-3  # the relative error injected at one site to measure its sensitivity
 OUTPUT_BUDGET_RANGE = (1e-4, 0.9)  # where budget_for_agreement looks
-AGREEMENT_STEPS = 10  # bisection steps on log10 of the output budget: ends within 1 % of the best
+GRID_RATIO = 10**0.25  # budget_for_agreement's first pass: from the top of the range down in these steps
+REFINE_STEPS = 6  # then bisection on log10 up to the grid step above: ends within 1 % of the boundary
 
 
 def allocate(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],
@@ -98,25 +99,36 @@ def sensitivities(names: Sequence[str], probes: Sequence[dict | None],
 def budget_for_agreement(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],
                          target: float, agreement: Callable[[list[dict]], float],
                          progress: Callable[[str, int, int], None] | None = None) -> tuple[float, list[dict], float]:
-    """The largest output budget whose allocation keeps agreement(points) >= target, by bisection
-    on a log scale over OUTPUT_BUDGET_RANGE (agreement falls about monotonically as the budget
-    grows): (output budget, its points, their agreement). If even the smallest budget misses the
-    target, that one is returned, and its agreement says by how much."""
+    """The largest output budget whose allocation keeps agreement(points) >= target: (output
+    budget, its points, their agreement). On a few images agreement does not fall monotonically
+    with the budget (one image flips back and forth), so a bisection over the whole range can stop
+    at a low boundary; instead the budgets are tried from the top of OUTPUT_BUDGET_RANGE down by
+    GRID_RATIO, and the first that keeps the target is refined towards the one above it. If none
+    does, the smallest budget is returned, and its agreement says by how much it falls short."""
     if not 0 < target < 1:
         raise ValueError(f"agreement target must be in (0, 1), got {target}")
-    lo, hi = (math.log10(b) for b in OUTPUT_BUDGET_RANGE)
-    points = allocate(curves, values, sensitivities, 10**lo)
-    best = (10**lo, points, agreement(points))
-    for i in range(AGREEMENT_STEPS):
-        if best[2] < target:
-            break
-        mid = (lo + hi) / 2
-        points = allocate(curves, values, sensitivities, 10**mid)
-        reached = agreement(points)
-        if reached >= target:
-            lo, best = mid, (10**mid, points, reached)
-        else:
-            hi = mid
+    low, high = OUTPUT_BUDGET_RANGE
+    grid = [high / GRID_RATIO**k for k in range(math.ceil(math.log(high / low, GRID_RATIO)))] + [low]
+
+    def attempt(budget: float) -> tuple[float, list[dict], float]:
+        points = allocate(curves, values, sensitivities, budget)
+        return budget, points, agreement(points)
+
+    for k, budget in enumerate(grid):
+        best = attempt(budget)
         if progress:
-            progress("search output budget", i + 1, AGREEMENT_STEPS)
+            progress("search output budget", k + 1, len(grid))
+        if best[2] >= target:
+            break
+    else:
+        return best
+    if k:  # refine between the budget that kept the target and the one above, which did not
+        lo, hi = math.log10(best[0]), math.log10(grid[k - 1])
+        for _ in range(REFINE_STEPS):
+            mid = (lo + hi) / 2
+            tried = attempt(10**mid)
+            if tried[2] >= target:
+                lo, best = mid, tried
+            else:
+                hi = mid
     return best
