@@ -1,7 +1,9 @@
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from actzip.cli import app
 from conftest import write_two_class_folder
@@ -65,6 +67,22 @@ def test_bad_runs(folder_dataset, tmp_path):
         train(config(folder_dataset, lr=1e30, epochs=1), tmp_path / "nan")
     with pytest.raises(ActzipError, match="unknown dataset"):
         train(config("no-such-set"), tmp_path / "x")
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(folder_dataset, tmp_path, monkeypatch):
+    in_epoch_two = []
+
+    def note_epoch(phase, done, total, info):
+        in_epoch_two.append(phase.startswith("epoch 2"))
+
+    cross_entropy = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy",
+                        lambda *a, **k: cross_entropy(*a, **k) * (math.nan if any(in_epoch_two) else 1.0))
+    with pytest.raises(ActzipError, match="became nan at epoch 2, step 2"):
+        train(config(folder_dataset), tmp_path / "run", progress=note_epoch)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
 def test_fine_tune_from_weights_with_fatrelu(folder_dataset, tmp_path):
