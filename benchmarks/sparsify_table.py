@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from actzip import codecs
+from actzip.fileio import atomic_write
 from actzip.train import TrainConfig, train
 
 HERE = Path(__file__).parent
@@ -38,6 +39,16 @@ def row(label: str, report: dict, baseline_effective: float) -> dict:
             "compression": t["compression"]}
 
 
+def command(args: argparse.Namespace, model: str, strengths: list[float]) -> str:
+    """The command line that reproduces one row (the baseline's: no strengths)."""
+    settings = vars(args) | {"models": [model], "strengths": strengths}
+    if not strengths:  # the fine-tuning settings do not touch the baseline
+        settings = {k: settings[k] for k in ("models", "base_epochs", "strengths", "eval_images")}
+    return "python benchmarks/sparsify_table.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}".rstrip()
+        for k, v in settings.items() if k not in ("runs", "out"))
+
+
 def markdown(results: dict) -> str:
     lines = ["| model | run | top-1 % | zeros % | eff. MACs vs baseline | best 8-bit | best 16-bit |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -56,7 +67,8 @@ def main():
     ap.add_argument("--models", nargs="+", default=["resnet20", "mobilenet-v1"])
     ap.add_argument("--base-epochs", type=int, default=15)
     ap.add_argument("--tune-epochs", type=int, default=5)
-    ap.add_argument("--strengths", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2])
+    ap.add_argument("--strengths", nargs="*", type=float, default=[3e-3, 1e-2, 3e-2],
+                    help="L1 strengths to fine-tune with (none: the baseline only)")
     ap.add_argument("--l1-normalize", default="mean", choices=["mean", "macs"],
                     help="macs: each site's penalty weighted by the MACs of the layer that reads it")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the baseline")
@@ -65,16 +77,11 @@ def main():
     ap.add_argument("--out", type=Path, default=HERE / "sparsify_table.json")
     args = ap.parse_args()
     common = dict(dataset="fashion-mnist", seed=0, eval_images=args.eval_images, codecs=tuple(codecs.names()))
-    command = "python benchmarks/sparsify_table.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("runs", "out"))
-    # other models' rows stay, with the command that produced them
+    # rows of other models and other settings stay, each with the command that reproduces it
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}}
-    results.setdefault("commands", {})
-    results.pop("command", None)
     for model in args.models:
         base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline")
-        rows = [row("baseline", base, base["totals"]["effective_macs"])]
+        rows = [row("baseline", base, base["totals"]["effective_macs"]) | {"command": command(args, model, [])}]
         # runs with MAC-weighted L1, distillation or longer than the default 5 epochs get their own
         # directory and label
         variant = [(args.l1_normalize == "macs", "-macs", " by MACs"),
@@ -87,14 +94,14 @@ def main():
                                     distill=args.distill, lr=0.005,
                                     init=str(args.runs / f"{model}-baseline" / "weights.pt"), **common),
                         args.runs / f"{model}-l1-{alpha:g}{run_suffix}")
-            rows.append(row(f"L1 {alpha:g}{label_suffix}", tuned, base["totals"]["effective_macs"]))
+            rows.append(row(f"L1 {alpha:g}{label_suffix}", tuned, base["totals"]["effective_macs"])
+                        | {"command": command(args, model, [alpha])})
             print(json.dumps(rows[-1])[:300], flush=True)
         # rows of this model from other commands stay; those run now replace their namesakes
         kept = [r for r in results["models"].get(model, []) if r["run"] not in {x["run"] for x in rows}]
         results["models"][model] = sorted(kept + rows, key=lambda r: (r["run"] != "baseline", r["run"]))
-        results["commands"][model + label_suffix] = command
-        args.out.write_text(json.dumps(results, indent=1))
-    (HERE / "sparsify_table.md").write_text(markdown(results))
+        atomic_write(args.out, json.dumps(results, indent=1))
+    atomic_write(args.out.with_suffix(".md"), markdown(results))
     print(markdown(results))
 
 
