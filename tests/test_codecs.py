@@ -180,6 +180,62 @@ def test_ctxrans_chunks_split_rows_and_planes_anywhere(shape, dtype):
     assert np.array_equal(c.decode(stream), a.ravel())
 
 
+def _ctx_sizes(a: np.ndarray, **off) -> tuple[int, int]:
+    """Stream sizes of `ctx` with its defaults and with the named features off; both decode exactly."""
+    full, reduced = codecs.get("ctx"), codecs.get("ctx", **off)
+    sizes = []
+    for c in (full, reduced):
+        stream = c.encode(a)
+        assert np.array_equal(full.decode(stream), a.ravel())  # the stream, not the decoder, says what is on
+        sizes.append(len(stream))
+    return sizes[0], sizes[1]
+
+
+def test_ctx_codes_a_flat_background_as_repeats():
+    """A conv over a black background gives one constant per channel: after the first value of a
+    run, each repeat is one well-predicted flag instead of a 13-bit code."""
+    rng = np.random.default_rng(0)
+    a = np.zeros((4, 28, 28), np.uint16)
+    a[:] = np.array([1000, 5000, 0, 777], np.uint16)[:, None, None]
+    a[:, 8:20, 8:20] = rng.integers(0, 60000, (4, 12, 12))  # the object: no repeats
+    with_repeats, without = _ctx_sizes(a, repeats=False, prediction=False)
+    object_bytes = 4 * 144 * 2  # random 16-bit values cost what they are
+    assert with_repeats - object_bytes < 0.2 * (without - object_bytes)
+
+
+def test_ctx_codes_residuals_of_smooth_maps():
+    """On a smooth 16-bit ramp with +-8 of noise the median predictor's residuals (noise of four
+    values) cost ~7 bits where the values cost ~14."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:40, :40]
+    a = (20000 + 300 * x + 200 * y + rng.integers(-8, 9, (3, 40, 40))).astype(np.uint16)
+    predicted, plain = _ctx_sizes(a, prediction=False)
+    assert predicted < 0.6 * plain
+
+
+@pytest.mark.parametrize("dtype, bits", [(np.uint8, 8), (np.uint16, 16), (np.int8, 8), (np.int16, 16),
+                                         (np.int16, 12)])
+def test_ctx_residuals_span_the_whole_range(dtype, bits):
+    """Neighbours at one end and a value at the other: the residual needs bits + 1 bits."""
+    lo, hi = value_range(dtype, bits)
+    lo = max(lo, 1) if lo == 0 else lo
+    a = np.where((np.indices((2, 9, 9)).sum(0) % 2) == 0, hi, lo).astype(dtype)
+    a[:, 3, 3] = lo  # a residual of lo - hi, and hi - lo next to it
+    c = codecs.get("ctx", bits=bits)
+    assert np.array_equal(c.decode(c.encode(a)), a.ravel())
+
+
+def test_ctx_refuses_unknown_context_flags():
+    a = np.arange(1, 101, dtype=np.uint8).reshape(1, 10, 10)
+    c = codecs.get("ctx")
+    b = bytearray(c.encode(a))
+    chunk = len(b) - len(c._encode_chunk(a.ravel(), 8, a.shape, 0))  # one chunk, at the end
+    assert b[chunk] == CODED and b[chunk + 1] == 1 | 4 | 8  # neighbours, repeats, prediction
+    b[chunk + 1] = 16
+    with pytest.raises(CorruptStreamError, match="context flags"):
+        codecs.get("ctx").decode(bytes(b))
+
+
 def _streams():
     rng = np.random.default_rng(1)
     sparse = np.maximum(rng.integers(-60, 200, 3000), 0).astype(np.uint8)
@@ -188,7 +244,9 @@ def _streams():
     maps = sparse[:2880].reshape(2, 20, 72)
     lossy = [("dctcm", codecs.get("dctcm", bits=8, keep=3, step=2.0, coder=coder, transform=t).encode(maps))
              for coder in ("zvc", "rans", "ctxrans") for t in (True, False)]
-    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy
+    # planes give ctx's repeat flags and predicted residuals something to decode
+    planes = [("ctx", codecs.get("ctx").encode(a)) for a in (maps, signed[:1800].reshape(3, 20, 30))]
+    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy + planes
 
 
 def _decode_or_corrupt(name, data):

@@ -4,10 +4,19 @@ The array is read as planes of (..., C, H, W) (a 2-D array as (N, C) with 1x1 pl
 row). Each value u (zigzag for signed) is coded as:
 - a zero flag, in the context of which of its left, upper, upper-left and upper-right neighbours are
   non-zero, and of its channel's zero rate so far (8 buckets);
-- for a non-zero, its bit length m + 1 (m in 0..b-1) along a binary tree, in the context of the
-  left and upper neighbours' bit lengths and of its channel's mean bit length so far;
-- the two bits below the leading one, in the context of m and of how the neighbours compare;
-- the remaining m - 2 bits raw, in a plain bitstream after the range coder's bytes.
+- for a non-zero whose left neighbour is non-zero, a repeat flag (equal to the left neighbour), in
+  the context of whether the left one repeated its own left and whether the upper one equals it.
+  Flat regions repeat exactly: on Fashion-MNIST's black background a conv's output is one constant
+  per channel, and there a 16-bit code costs 13 bits where the flag costs a fraction of one;
+- for a non-zero that is no repeat and whose left and upper neighbours are non-zero: the residual
+  from LOCO-I's median edge predictor (zigzag), as its bit length along a binary tree in the
+  context of the local activity, then the two bits below its leading one, then the rest raw.
+  Activation maps are smooth where they are non-zero: on 28x28 maps the residual is ~4 bits
+  shorter than the value, which matters at 16 bits, where the low bits are noise;
+- for any other non-zero, its bit length m + 1 (m in 0..b-1) along a binary tree, in the context
+  of the left and upper neighbours' bit lengths and of its channel's mean bit length so far; the
+  two bits below the leading one, in the context of m and of how the neighbours compare; the
+  remaining m - 2 bits raw, in a plain bitstream after the range coder's bytes.
 Every probability starts at 1/2 and adapts (shift 5), so a chunk costs nothing up front; a chunk
 that would not shrink is stored raw instead. Neighbours and channel statistics are taken within
 the chunk (chunks are coded independently).
@@ -123,20 +132,59 @@ def _tree_depth(bits):
     return 3 if bits <= 8 else 4
 
 
-# One probability array, in three sections: zero flags, bit-length tree nodes, mantissa bits.
+# One probability array, in sections: zero flags, bit-length tree nodes, mantissa bits, repeat
+# flags, residual bit-length tree nodes, residual mantissa bits.
 ZERO_PROBS = ZERO_BUCKETS * 16
 LEN_PROBS = CAT_CLASSES * CAT_CLASSES * CHANNEL_CLASSES * TREE_NODES
 MAN_PROBS = 16 * 4 * 3
-N_PROBS = ZERO_PROBS + LEN_PROBS + MAN_PROBS
+REP_PROBS = 4
+RES_DEPTH = 5  # a residual's zigzag needs up to bits + 2 bits: lengths 0..31 cover 16-bit codes
+RES_PROBS = CAT_CLASSES * (1 << RES_DEPTH)
+RES_MAN_PROBS = 32 * 3
+MAN_BASE = ZERO_PROBS + LEN_PROBS
+REP_BASE = MAN_BASE + MAN_PROBS
+RES_BASE = REP_BASE + REP_PROBS
+RES_MAN_BASE = RES_BASE + RES_PROBS
+N_PROBS = RES_MAN_BASE + RES_MAN_PROBS
+MAX_DECISIONS = 2 + RES_DEPTH + 2  # zero flag, repeat flag, the deeper tree, two mantissa bits
+
+
+@njit(cache=True, inline="always")
+def _repeat_ctx(v, i, x, y, width, use_repeats):
+    """The repeat flag's probability index for the value at i, or -1 if it has no repeat flag (its
+    left neighbour is absent or zero). `v` holds the values so far."""
+    if not use_repeats or x == 0 or i < 1 or v[i - 1] == 0:
+        return -1
+    run = 1 if x >= 2 and i >= 2 and v[i - 2] == v[i - 1] else 0
+    flat = 1 if y > 0 and i >= width and v[i - width] == v[i - 1] else 0
+    return REP_BASE + run * 2 + flat
+
+
+@njit(cache=True, inline="always")
+def _prediction(v, i, x, y, width, bits, use_prediction):
+    """(predicted value, residual tree base) for the value at i, or (0, -1) if it is not predicted
+    (its left or upper neighbour is absent or zero). The predictor is LOCO-I's median edge detector
+    on the values; the context is the local activity |left - upleft| + |up - upleft|."""
+    if not use_prediction or x == 0 or y == 0 or i < width + 1:
+        return np.int64(0), -1
+    left, up, upleft = np.int64(v[i - 1]), np.int64(v[i - width]), np.int64(v[i - width - 1])
+    if left == 0 or up == 0:
+        return np.int64(0), -1
+    lo, hi = min(left, up), max(left, up)
+    pred = lo if upleft >= hi else (hi if upleft <= lo else left + up - upleft)
+    activity = _bit_length(abs(left - upleft) + abs(up - upleft))
+    return pred, RES_BASE + _cat_class(activity, bits) * (1 << RES_DEPTH)
 
 
 @njit(cache=True, nogil=True)
-def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours, use_channel, out, raw_out):
+def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours, use_channel, use_repeats,
+            use_prediction, out, raw_out):
     """Range-code `a` into `out` and its raw mantissa bits into `raw_out`; returns (bytes, raw bits),
     with bytes > out.size when `out` was too small (the chunk does not compress).
 
-    Each value is a short list of binary decisions (zero flag, bit-length tree, two mantissa bits),
-    all coded at one place in the loop: numba compiles that far better than a helper per decision."""
+    Each value becomes a short list of binary decisions (zero flag, repeat flag, bit-length tree, two
+    mantissa bits), all coded at one place in the loop: numba compiles that far better than a helper
+    per decision."""
     n = a.shape[0]
     probs = np.full(N_PROBS, 1 << (PROB_BITS - 1), np.uint16)  # small, to stay in L1
     lengths = np.zeros(n, np.uint8)
@@ -145,6 +193,8 @@ def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours
     ch_len_sum = np.zeros(channels, np.int64)
     ch_nonzero = np.zeros(channels, np.int64)
     depth = _tree_depth(bits)
+    decision_idx = np.zeros(MAX_DECISIONS, np.int64)
+    decision_bit = np.zeros(MAX_DECISIONS, np.int64)
     low, rng, cache, cache_size, o = np.int64(0), np.int64(0xFFFFFFFF), np.int64(0), np.int64(1), 0
     racc, rnacc, ro = np.uint64(0), 0, 0
     x, y, c = x0, y0, c0
@@ -165,22 +215,42 @@ def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours
         u = zigzag_value(a[i], signed)
         length = _bit_length(u)
         lengths[i] = length
-        m = length - 1
-        man_ctx = ZERO_PROBS + LEN_PROBS + _mantissa_ctx(m, max(left, up)) if u else 0
-        first = (u >> (m - 1)) & 1 if m >= 1 else 0
-        decisions = 1 + (depth + min(m, 2) if u else 0)
-        node = 1
-        for step in range(decisions):
-            if step == 0:
-                idx, bit = zero_ctx, 1 if u else 0
-            elif step <= depth:
-                bit = (m >> (depth - step)) & 1
-                idx = ZERO_PROBS + len_ctx + node
-                node = 2 * node + bit
-            elif step == depth + 1:
-                idx, bit = man_ctx, first
-            else:
-                idx, bit = man_ctx + 1 + first, (u >> (m - 2)) & 1
+        decision_idx[0], decision_bit[0] = zero_ctx, 1 if u else 0
+        nd = 1
+        mantissa_bits, w = 0, np.int64(0)
+        if u:
+            rep_idx = _repeat_ctx(a, i, x, y, width, use_repeats)
+            repeat = rep_idx >= 0 and a[i] == a[i - 1]
+            if rep_idx >= 0:
+                decision_idx[nd], decision_bit[nd] = rep_idx, 1 if repeat else 0
+                nd += 1
+            if not repeat:
+                pred, res_base = _prediction(a, i, x, y, width, bits, use_prediction)
+                if res_base >= 0:  # the residual's bit length (0 for an exact prediction), then its bits
+                    w = zigzag_value(np.int64(a[i]) - pred, True)
+                    symbol, tree_depth, tree_base = _bit_length(w), RES_DEPTH, res_base
+                    mantissa_bits = symbol - 1
+                    man_base = RES_MAN_BASE + 3 * max(mantissa_bits, 0)
+                else:  # the value's bit length (at least 1), then its bits
+                    w = u
+                    symbol, tree_depth, tree_base = length - 1, depth, ZERO_PROBS + len_ctx
+                    mantissa_bits = symbol
+                    man_base = MAN_BASE + _mantissa_ctx(symbol, max(left, up))
+                node = 1
+                for t in range(tree_depth):
+                    bit = (symbol >> (tree_depth - 1 - t)) & 1
+                    decision_idx[nd], decision_bit[nd] = tree_base + node, bit
+                    nd += 1
+                    node = 2 * node + bit
+                if mantissa_bits >= 1:
+                    first = (w >> (mantissa_bits - 1)) & 1
+                    decision_idx[nd], decision_bit[nd] = man_base, first
+                    nd += 1
+                    if mantissa_bits >= 2:
+                        decision_idx[nd], decision_bit[nd] = man_base + 1 + first, (w >> (mantissa_bits - 2)) & 1
+                        nd += 1
+        for k in range(nd):
+            idx, bit = decision_idx[k], decision_bit[k]
             p = np.int64(probs[idx])
             bound = (rng >> PROB_BITS) * p
             if bit == 0:
@@ -193,9 +263,9 @@ def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours
             while rng < TOP:
                 rng <<= 8
                 low, cache, cache_size, o = _shift_low(low, cache, cache_size, out, o)
-        if m > 2:  # the bits below the two modelled ones go raw
-            racc = (racc << np.uint64(m - 2)) | np.uint64(u & ((1 << (m - 2)) - 1))
-            rnacc += m - 2
+        if mantissa_bits > 2:  # the bits below the two modelled ones go raw
+            racc = (racc << np.uint64(mantissa_bits - 2)) | np.uint64(w & ((1 << (mantissa_bits - 2)) - 1))
+            rnacc += mantissa_bits - 2
             while rnacc >= 8:
                 rnacc -= 8
                 raw_out[ro] = np.uint8((racc >> np.uint64(rnacc)) & np.uint64(0xFF))
@@ -216,11 +286,33 @@ def _encode(a, signed, bits, width, height, channels, x0, y0, c0, use_neighbours
     return o, ro * 8 + rnacc
 
 
+@njit(cache=True, inline="always")
+def _decode_bit(probs, idx, code, rng, buf, q):
+    """One binary decision: (bit, code, rng, q)."""
+    p = np.int64(probs[idx])
+    bound = (rng >> PROB_BITS) * p
+    if code < bound:
+        rng = bound
+        probs[idx] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS)
+        bit = 0
+    else:
+        code -= bound
+        rng -= bound
+        probs[idx] = p - (p >> MOVE_BITS)
+        bit = 1
+    while rng < TOP:
+        rng <<= 8
+        code = ((code << 8) | buf[q]) & 0xFFFFFFFF
+        q += 1
+    return bit, code, rng, q
+
+
 @njit(cache=True, nogil=True)
 def _decode(buf, n_bytes, raw, raw_bits, n, signed, bits, width, height, channels, x0, y0, c0, use_neighbours,
-            use_channel, out):
+            use_channel, use_repeats, use_prediction, out):
     """Inverse of _encode into `out`; returns 0, or -1 if the stream does not decode using exactly
-    its bytes (truncated, damaged, or with garbage after it)."""
+    its bytes (truncated, damaged, or with garbage after it). `buf` is padded, so reading past
+    n_bytes is safe; the check on q afterwards catches it."""
     probs = np.full(N_PROBS, 1 << (PROB_BITS - 1), np.uint16)  # small, to stay in L1
     lengths = np.zeros(n, np.uint8)
     ch_zero = np.zeros(channels, np.int64)
@@ -251,70 +343,62 @@ def _decode(buf, n_bytes, raw, raw_bits, n, signed, bits, width, height, channel
             if x + 1 < width:
                 upright = np.int64(lengths[i - width + 1])
         zero_ctx, len_ctx = _contexts(left, up, upleft, upright, zb, ch_class, bits)
-        near = max(left, up)
-        u, m, node, first, man_ctx = 0, -1, 1, 0, 0
-        step = 0
-        while True:
-            if step == 0:
-                idx = zero_ctx
-            elif step <= depth:
-                idx = ZERO_PROBS + len_ctx + node
-            elif step == depth + 1:
-                idx = man_ctx
+        nonzero, code, rng, q = _decode_bit(probs, zero_ctx, code, rng, buf, q)
+        value = np.int64(0)
+        if nonzero:
+            rep_idx = _repeat_ctx(out, i, x, y, width, use_repeats)
+            repeat = 0
+            if rep_idx >= 0:
+                repeat, code, rng, q = _decode_bit(probs, rep_idx, code, rng, buf, q)
+            if repeat:
+                value = np.int64(out[i - 1])
             else:
-                idx = man_ctx + 1 + first
-            p = np.int64(probs[idx])
-            bound = (rng >> PROB_BITS) * p
-            if code < bound:
-                rng = bound
-                probs[idx] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS)
-                bit = 0
-            else:
-                code -= bound
-                rng -= bound
-                probs[idx] = p - (p >> MOVE_BITS)
-                bit = 1
-            while rng < TOP:
-                rng <<= 8
-                code = ((code << 8) | buf[q]) & 0xFFFFFFFF
-                q += 1
-            if step == 0:
-                if bit == 0:
-                    break
-            elif step <= depth:
-                node = 2 * node + bit
-                if step == depth:
-                    m = node - (1 << depth)
-                    if m >= bits:
+                pred, res_base = _prediction(out, i, x, y, width, bits, use_prediction)
+                if res_base >= 0:
+                    tree_depth, tree_base = RES_DEPTH, res_base
+                else:
+                    tree_depth, tree_base = depth, ZERO_PROBS + len_ctx
+                node = 1
+                for _ in range(tree_depth):
+                    bit, code, rng, q = _decode_bit(probs, tree_base + node, code, rng, buf, q)
+                    node = 2 * node + bit
+                symbol = node - (1 << tree_depth)
+                if res_base >= 0:
+                    mantissa_bits = symbol - 1
+                    man_base = RES_MAN_BASE + 3 * max(mantissa_bits, 0)
+                    if symbol > bits + 1:  # the residual of two b-bit codes fits in b + 1 bits
                         return -1
-                    u = 1 << m
-                    man_ctx = ZERO_PROBS + LEN_PROBS + _mantissa_ctx(m, near)
-                    if m == 0:
-                        break
-            elif step == depth + 1:
-                first = bit
-                u |= bit << (m - 1)
-                if m == 1:
-                    break
-            else:
-                u |= bit << (m - 2)
-                break
-            step += 1
-        if m > 2:
-            while rnacc <= 56:
-                racc |= np.uint64(raw[rp]) << np.uint64(56 - rnacc)
-                rp += 1
-                rnacc += 8
-            u |= np.int64(racc >> np.uint64(64 - (m - 2)))
-            racc <<= np.uint64(m - 2)
-            rnacc -= m - 2
-            if 8 * rp - rnacc > raw_bits:
-                return -1
+                else:
+                    mantissa_bits = symbol
+                    man_base = MAN_BASE + _mantissa_ctx(symbol, max(left, up))
+                    if symbol >= bits:
+                        return -1
+                w = np.int64(1) << mantissa_bits if mantissa_bits >= 0 else np.int64(0)
+                if mantissa_bits >= 1:
+                    first, code, rng, q = _decode_bit(probs, man_base, code, rng, buf, q)
+                    w |= first << (mantissa_bits - 1)
+                    if mantissa_bits >= 2:
+                        bit, code, rng, q = _decode_bit(probs, man_base + 1 + first, code, rng, buf, q)
+                        w |= bit << (mantissa_bits - 2)
+                if mantissa_bits > 2:
+                    while rnacc <= 56:
+                        racc |= np.uint64(raw[rp]) << np.uint64(56 - rnacc)
+                        rp += 1
+                        rnacc += 8
+                    w |= np.int64(racc >> np.uint64(64 - (mantissa_bits - 2)))
+                    racc <<= np.uint64(mantissa_bits - 2)
+                    rnacc -= mantissa_bits - 2
+                    if 8 * rp - rnacc > raw_bits:
+                        return -1
+                value = pred + unzigzag_value(w, True) if res_base >= 0 else unzigzag_value(w, signed)
         if q > n_bytes:
             return -1
-        length = m + 1
+        u = zigzag_value(value, signed)
+        length = _bit_length(u)
+        if nonzero and (u == 0 or length > bits):  # a residual that lands on zero or out of range
+            return -1
         lengths[i] = length
-        out[i] = unzigzag_value(u, signed)
+        out[i] = value
         ch_total[c] += 1
         if u == 0:
             ch_zero[c] += 1
@@ -343,16 +427,22 @@ class Context(ChunkedCodec):
     codec_id = "ctx"
     values_per_bit = 64.0  # an adaptive coder can go far below a bit per value, not below 1/64
 
-    def __init__(self, bits: int | None = None, neighbours: bool = True, channel: bool = False):
-        """neighbours / channel: use the causal neighbours / the channel statistics as context
-        (switching them off measures what each buys; on Lite0 the channel statistics add nothing
-        once the neighbours are used, so they are off by default)."""
+    def __init__(self, bits: int | None = None, neighbours: bool = True, channel: bool = False,
+                 repeats: bool = True, prediction: bool = True):
+        """neighbours / channel: use the causal neighbours / the channel statistics as context;
+        repeats / prediction: code a repeat of the left neighbour with one flag / code the residual
+        from the median predictor where the left and upper neighbours are non-zero. Switching them
+        off measures what each buys; on Lite0 the channel statistics add nothing once the neighbours
+        are used, so they are off by default."""
         super().__init__(bits)
         self.neighbours = bool(neighbours)
         self.channel = bool(channel)
+        self.repeats = bool(repeats)
+        self.prediction = bool(prediction)
 
     def _params(self):
-        return {"bits": self.bits, "neighbours": self.neighbours, "channel": self.channel}
+        return {"bits": self.bits, "neighbours": self.neighbours, "channel": self.channel, "repeats": self.repeats,
+                "prediction": self.prediction}
 
     def _encode(self, a, bits):
         return self._encode_chunk(a, bits, a.shape, 0)
@@ -363,14 +453,14 @@ class Context(ChunkedCodec):
         c0, rest = divmod(start, plane)
         c0 %= channels
         y0, x0 = divmod(rest, width)
-        flags = (1 if self.neighbours else 0) | (2 if self.channel else 0)
+        flags = (self.neighbours * 1) | (self.channel * 2) | (self.repeats * 4) | (self.prediction * 8)
         params = (bytes([flags]) + write_varint(channels) + write_varint(height) + write_varint(width)
                   + write_varint(start % (plane * channels)))
         raw_size = packed_bytes(a.size * bits)
         out = np.zeros(raw_size, np.uint8)
-        raw_out = np.zeros(packed_bytes(a.size * max(bits - 3, 0)) + 1, np.uint8)
+        raw_out = np.zeros(packed_bytes(a.size * max(bits - 2, 0)) + 1, np.uint8)  # a residual's raw bits
         n_bytes, raw_bits = _encode(a, a.dtype.kind == "i", bits, width, height, channels, x0, y0, c0,
-                                    self.neighbours, self.channel, out, raw_out)
+                                    self.neighbours, self.channel, self.repeats, self.prediction, out, raw_out)
         coded = n_bytes <= out.size and n_bytes + packed_bytes(raw_bits) < raw_size
         if not coded:
             return bytes([RAW]) + pack_values(zigzag(a), bits)
@@ -384,9 +474,9 @@ class Context(ChunkedCodec):
             return unzigzag(unpack_values(payload, 1, h.n, h.bits, "ctx"), h.dtype)
         if payload[0] != CODED:
             raise CorruptStreamError(f"ctx: unknown chunk mode {payload[0]}")
-        if len(payload) < 2 or payload[1] > 3:
+        if len(payload) < 2 or payload[1] > 15:
             raise CorruptStreamError("ctx: bad context flags")
-        use_neighbours, use_channel = bool(payload[1] & 1), bool(payload[1] & 2)
+        use_neighbours, use_channel, use_repeats, use_prediction = (bool(payload[1] & f) for f in (1, 2, 4, 8))
         pos = 2
         channels, pos = read_varint(payload, pos, "channels")
         height, pos = read_varint(payload, pos, "height")
@@ -405,6 +495,6 @@ class Context(ChunkedCodec):
         coded = padded(payload[pos:pos + n_bytes])
         raw = padded(payload, pos + n_bytes)
         if _decode(coded, n_bytes, raw, raw_bits, h.n, h.signed, h.bits, width, height, channels, x0, y0, c0,
-                   use_neighbours, use_channel, out) < 0:
+                   use_neighbours, use_channel, use_repeats, use_prediction, out) < 0:
             raise CorruptStreamError("ctx: malformed or truncated stream")
         return out
