@@ -93,8 +93,13 @@ def measure_suite(suite: list[tuple[str, dict]], streams: list[np.ndarray], bits
     return rows
 
 
-SUITE = ([(name, {}) for name in codecs.names()] + [("zstd", {"level": 19})]
-         + [("ctx", {"neighbours": n, "channel": c}) for n, c in ((False, False), (False, True), (True, True))])
+# ctx's model switched on part by part (the default, with everything but channel statistics, is
+# in the list above): adaptive bits alone, + channel statistics, + neighbours, neighbours without
+# channel statistics, + repeat flags
+CTX_PARTS = [dict(neighbours=n, channel=c, repeats=r, prediction=False)
+             for n, c, r in ((False, False, False), (False, True, False), (True, True, False), (True, False, False),
+                             (True, False, True))]
+SUITE = [(name, {}) for name in codecs.names()] + [("zstd", {"level": 19})] + [("ctx", p) for p in CTX_PARTS]
 
 
 def plain_baseline(label: str, streams: list[np.ndarray], repeats: int) -> dict:

@@ -4,11 +4,12 @@ For each model: train a baseline without penalty, then fine-tune it with the L1 
 at several strengths (same seed, same schedule). Per row: top-1 on the 10k test set, zero fraction
 and effective (zero-skipping) MACs over `--eval-images` test images, the speedup of a zero-skipping
 engine over the *baseline's* effective MACs, and the compression ratio of every codec at 8 and 16
-bits. Runs live in --runs and are resumed if interrupted, so the script can be re-run to finish.
+bits. Runs live in --runs and are resumed if interrupted, so the script can be re-run to finish;
+--reanalyze measures finished runs again from their weights (after a codec changes, say).
 
     python benchmarks/sparsify_table.py [--models resnet20 mobilenet-v1] [--base-epochs 15]
         [--tune-epochs 5] [--strengths 3e-3 1e-2 3e-2] [--l1-normalize mean|macs]
-        [--distill 0.5]
+        [--distill 0.5] [--reanalyze]
 """
 
 from __future__ import annotations
@@ -17,17 +18,34 @@ import argparse
 import json
 from pathlib import Path
 
-from actzip import codecs
+from actzip import codecs, models
 from actzip.fileio import atomic_write
-from actzip.train import TrainConfig, train
+from actzip.report import write_report
+from actzip.train import TrainConfig, build_model, evaluate, train, training_sets
 
 HERE = Path(__file__).parent
 
 
-def run(config: TrainConfig, out: Path) -> dict:
-    if (out / "report.json").is_file():
-        return json.loads((out / "report.json").read_text())
-    return train(config, out, resume=(out / "checkpoint.pt").is_file())
+def run(config: TrainConfig, out: Path, reanalyze: bool = False) -> dict:
+    if not (out / "report.json").is_file():
+        return train(config, out, resume=(out / "checkpoint.pt").is_file())
+    report = json.loads((out / "report.json").read_text())
+    return measure_again(report, out) if reanalyze else report
+
+
+def measure_again(report: dict, out: Path) -> dict:
+    """The report of a finished run, measured again from its weights with the current code; its
+    training record stays. The top-1 must come out as it did at the end of training."""
+    config = TrainConfig.from_dict(report["training"]["config"])
+    sets = training_sets(config.dataset, config.data_root, False)
+    model = build_model(config, sets.in_channels, sets.num_classes)
+    models.load_weights(model, out / "weights.pt")
+    top1, fresh = evaluate(model, sets.test, config)
+    if abs(top1 - report["training"]["top1"]) > 1e-9:
+        raise SystemExit(f"{out}: top-1 {top1} now, {report['training']['top1']} at the end of training")
+    fresh["training"] = report["training"]
+    write_report(fresh, out)
+    return fresh
 
 
 def row(label: str, report: dict, baseline_effective: float) -> dict:
@@ -46,7 +64,7 @@ def command(args: argparse.Namespace, model: str, strengths: list[float]) -> str
         settings = {k: settings[k] for k in ("models", "base_epochs", "strengths", "eval_images")}
     return "python benchmarks/sparsify_table.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}".rstrip()
-        for k, v in settings.items() if k not in ("runs", "out"))
+        for k, v in settings.items() if k not in ("runs", "out", "reanalyze"))
 
 
 def markdown(results: dict) -> str:
@@ -73,6 +91,7 @@ def main():
                     help="macs: each site's penalty weighted by the MACs of the layer that reads it")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the baseline")
     ap.add_argument("--eval-images", type=int, default=1000)
+    ap.add_argument("--reanalyze", action="store_true", help="measure finished runs again from their weights")
     ap.add_argument("--runs", type=Path, default=Path("runs/sparsify_table"))
     ap.add_argument("--out", type=Path, default=HERE / "sparsify_table.json")
     args = ap.parse_args()
@@ -80,7 +99,8 @@ def main():
     # rows of other models and other settings stay, each with the command that reproduces it
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}}
     for model in args.models:
-        base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline")
+        base = run(TrainConfig(model=model, epochs=args.base_epochs, **common), args.runs / f"{model}-baseline",
+                   args.reanalyze)
         rows = [row("baseline", base, base["totals"]["effective_macs"]) | {"command": command(args, model, [])}]
         # runs with MAC-weighted L1, distillation or longer than the default 5 epochs get their own
         # directory and label
@@ -93,7 +113,7 @@ def main():
             tuned = run(TrainConfig(model=model, epochs=args.tune_epochs, l1=alpha, l1_normalize=args.l1_normalize,
                                     distill=args.distill, lr=0.005,
                                     init=str(args.runs / f"{model}-baseline" / "weights.pt"), **common),
-                        args.runs / f"{model}-l1-{alpha:g}{run_suffix}")
+                        args.runs / f"{model}-l1-{alpha:g}{run_suffix}", args.reanalyze)
             rows.append(row(f"L1 {alpha:g}{label_suffix}", tuned, base["totals"]["effective_macs"])
                         | {"command": command(args, model, [alpha])})
             print(json.dumps(rows[-1])[:300], flush=True)
