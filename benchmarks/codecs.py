@@ -93,12 +93,12 @@ def measure_suite(suite: list[tuple[str, dict]], streams: list[np.ndarray], bits
     return rows
 
 
-# ctx's model switched on part by part (the default, with everything but channel statistics, is
-# in the list above): adaptive bits alone, + channel statistics, + neighbours, neighbours without
-# channel statistics, + repeat flags
-CTX_PARTS = [dict(neighbours=n, channel=c, repeats=r, prediction=False)
-             for n, c, r in ((False, False, False), (False, True, False), (True, True, False), (True, False, False),
-                             (True, False, True))]
+# ctx's model switched on part by part: adaptive bits alone, + channel statistics, + neighbours,
+# neighbours without channel statistics, + repeat flags (the default at 8 bits), + the predictor
+# (the default above 8 bits)
+CTX_PARTS = [dict(neighbours=n, channel=c, repeats=r, prediction=p)
+             for n, c, r, p in ((False, False, False, False), (False, True, False, False), (True, True, False, False),
+                                (True, False, False, False), (True, False, True, False), (True, False, True, True))]
 SUITE = [(name, {}) for name in codecs.names()] + [("zstd", {"level": 19})] + [("ctx", p) for p in CTX_PARTS]
 
 

@@ -225,12 +225,16 @@ def test_ctx_residuals_span_the_whole_range(dtype, bits):
     assert np.array_equal(c.decode(c.encode(a)), a.ravel())
 
 
-def test_ctx_refuses_unknown_context_flags():
-    a = np.arange(1, 101, dtype=np.uint8).reshape(1, 10, 10)
+@pytest.mark.parametrize("dtype, flags", [(np.uint8, 1 | 4), (np.uint16, 1 | 4 | 8)])
+def test_ctx_flags_its_model_and_refuses_unknown_flags(dtype, flags):
+    """By default: neighbours and repeats, and the predictor above 8 bits."""
+    a = np.zeros((1, 10, 10), dtype)
+    a[0, 3:6, 3:6] = 100
     c = codecs.get("ctx")
     b = bytearray(c.encode(a))
-    chunk = len(b) - len(c._encode_chunk(a.ravel(), 8, a.shape, 0))  # one chunk, at the end
-    assert b[chunk] == CODED and b[chunk + 1] == 1 | 4 | 8  # neighbours, repeats, prediction
+    bits = 8 * np.dtype(dtype).itemsize
+    chunk = len(b) - len(c._encode_chunk(a.ravel(), bits, a.shape, 0))  # one chunk, at the end
+    assert b[chunk] == CODED and b[chunk + 1] == flags
     b[chunk + 1] = 16
     with pytest.raises(CorruptStreamError, match="context flags"):
         codecs.get("ctx").decode(bytes(b))
