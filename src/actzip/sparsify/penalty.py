@@ -65,13 +65,15 @@ def mean_abs_penalty(x: torch.Tensor, alpha: float) -> torch.Tensor:
 
 class _HoyerSquare(torch.autograd.Function):
     """Batch mean of (sum |x_i|)^2 / sum x_i^2 per sample, with its gradient written in one expression:
-    d/dx = 2 l1 / l2sq * sign(x) - 2 l1^2 / l2sq^2 * x, per sample."""
+    d/dx = 2 l1 / l2sq * sign(x) - 2 l1^2 / l2sq^2 * x, per sample. Behind a ReLU sign(x) can be 1
+    (as in _MeanAbs), so the gradient is one fused pass, a - b * x, instead of four."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, masked):
         flat = x.flatten(1)
-        l1 = torch.linalg.vector_norm(flat, 1, dim=1)
+        l1 = flat.sum(1) if masked else torch.linalg.vector_norm(flat, 1, dim=1)
         l2sq = torch.linalg.vector_norm(flat, 2, dim=1).square().clamp_min(1e-12)
+        ctx.masked = masked
         ctx.save_for_backward(x, l1, l2sq)
         return (l1.square() / l2sq).mean()
 
@@ -82,7 +84,9 @@ class _HoyerSquare(torch.autograd.Function):
         scale = grad / x.shape[0]
         a = (2 * l1 / l2sq * scale).reshape(shape)
         b = (2 * l1.square() / l2sq.square() * scale).reshape(shape)
-        return torch.sign(x) * a - x * b
+        if ctx.masked:
+            return torch.addcmul(a, x, b, value=-1), None
+        return torch.sign(x) * a - x * b, None
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class Hoyer:
             raise ValueError("Hoyer strengths must be non-negative")
 
     def term(self, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        return alpha * _HoyerSquare.apply(x)
+        return alpha * _HoyerSquare.apply(x, _zeros_masked_by_producer(x))
 
 
 class PenaltyHandle:
