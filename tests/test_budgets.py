@@ -73,24 +73,27 @@ def test_the_agreement_search_takes_the_largest_budget_that_keeps_the_target():
                ((1, 0.0, 8.0), (2, 1e-3, 6.0), (4, 1e-2, 4.0), (8, 1e-1, 2.0), (16, 0.5, 1.0))]] * 2
     sens = [1.0, 3.0]
 
+    def per_budget(budget):
+        return allocate(curves, [1, 1], sens, budget)
+
     def agreement(points):  # falls as the output error the points cause grows
         return 1 - _spent(points, sens)
 
-    budget, points, reached = budget_for_agreement(curves, [1, 1], sens, 0.97, agreement)
+    budget, points, reached = budget_for_agreement(per_budget, 0.97, agreement)
     assert reached >= 0.97 and _spent(points, sens) <= budget
     # a little more budget would have bought a point past the target
     looser = allocate(curves, [1, 1], sens, budget * 1.01)
     assert looser == points or agreement(looser) < 0.97
-    assert budget_for_agreement(curves, [1, 1], sens, 0.5, agreement)[0] > budget
+    assert budget_for_agreement(per_budget, 0.5, agreement)[0] > budget
     # one image flipping back in a middle band does not hide the larger budgets above it
     def dip(points):
         spent = _spent(points, sens)
         return 0.9 if 0.002 < spent < 0.02 else 1 - spent
 
-    assert budget_for_agreement(curves, [1, 1], sens, 0.95, dip)[2] >= 0.95
-    assert _spent(budget_for_agreement(curves, [1, 1], sens, 0.95, dip)[1], sens) > 0.02
+    assert budget_for_agreement(per_budget, 0.95, dip)[2] >= 0.95
+    assert _spent(budget_for_agreement(per_budget, 0.95, dip)[1], sens) > 0.02
     # a target no budget meets: the smallest budget, and how far it falls short
-    budget, points, reached = budget_for_agreement(curves, [1, 1], sens, 0.9, lambda p: 0.5)
+    budget, points, reached = budget_for_agreement(per_budget, 0.9, lambda p: 0.5)
     assert budget == OUTPUT_BUDGET_RANGE[0] and reached == 0.5
     with pytest.raises(ValueError, match="agreement"):
-        budget_for_agreement(curves, [1, 1], sens, 1.0, agreement)
+        budget_for_agreement(per_budget, 1.0, agreement)

@@ -248,6 +248,8 @@ def _streams():
     maps = sparse[:2880].reshape(2, 20, 72)
     lossy = [("dctcm", codecs.get("dctcm", bits=8, keep=3, step=2.0, coder=coder, transform=t).encode(maps))
              for coder in ("zvc", "rans", "ctxrans") for t in (True, False)]
+    lossy.append(("dctcm", codecs.get("dctcm", bits=8, transform=False, coder="ctxrans",
+                                      channel_steps=[2.0 ** (k / 4) for k in range(20)]).encode(maps)))
     # planes give ctx's repeat flags and predicted residuals something to decode
     planes = [("ctx", codecs.get("ctx").encode(a)) for a in (maps, signed[:1800].reshape(3, 20, 30))]
     return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy + planes

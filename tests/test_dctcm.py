@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import actzip
 from actzip import codecs
-from actzip.codecs.dctcm import choose, dct_matrix, relative_error
+from actzip.codecs.dctcm import channel_curves, choose, dct_matrix, relative_error
 from actzip.errors import CorruptStreamError
 
 
@@ -162,3 +162,58 @@ def test_a_forged_shape_is_refused_before_allocating():
     forged = stream[:2] + write_varint(2**40) + stream[h.size:]
     with pytest.raises(CorruptStreamError):
         codecs.get("dctcm").decode(forged)
+
+
+def _channel_codec(channels: int, **params):
+    steps = [2.0 ** (k % 17 / 4) for k in range(channels)]  # 1 .. 16 in quarter octaves
+    return codecs.get("dctcm", bits=8, transform=False, channel_steps=steps, **params), np.array(steps)
+
+
+@pytest.mark.parametrize("coder", ["zvc", "rans", "ctxrans"])
+def test_each_channel_is_requantized_with_its_own_step(coder):
+    x = _relu_maps((3, 20, 6, 6), smooth=False)
+    codec, steps = _channel_codec(20, coder=coder)
+    y = codec.decode(codec.encode(x)).reshape(x.shape)
+    assert np.array_equal(y.ravel(), codec.reconstruct(x))
+    err = np.abs(y.astype(float) - x).max(axis=(0, 2, 3))
+    assert (err <= steps / 2 + 0.5).all() and err[0] == 0  # the first channel's step is 1: exact
+    assert err[16] > err[4]  # a coarser step, a larger error
+    assert codecs.from_config(codec.get_config()) == codec
+
+
+def test_channel_curves_measure_what_the_codec_does():
+    x = _relu_maps((2, 12, 8, 8), smooth=False)
+    curves = channel_curves(x, 8)
+    assert curves["error"].shape == curves["bits_per_value"].shape == (12, len(curves["steps"]))
+    assert (curves["error"][:, 0] == 0).all()
+    np.testing.assert_allclose(curves["energy"], np.square(x.astype(float)).sum(axis=(0, 2, 3)))
+    j = 8  # step 4
+    codec = codecs.get("dctcm", bits=8, transform=False, channel_steps=[curves["steps"][j]] * 12)
+    y = codec.reconstruct(x).reshape(x.shape).astype(float)
+    np.testing.assert_allclose(curves["error"][:, j], np.square(y - x).sum(axis=(0, 2, 3)))
+    q = np.floor(x[:, 3].astype(float) / 4 + 0.5).ravel()
+    p = np.unique(q, return_counts=True)[1] / q.size
+    assert math.isclose(curves["bits_per_value"][3, j], -(p * np.log2(p)).sum())
+
+
+def test_bad_channel_steps_are_refused():
+    with pytest.raises(ValueError, match=r"2\^\(k/4\)"):
+        codecs.get("dctcm", transform=False, channel_steps=[1.0, 3.0])
+    with pytest.raises(ValueError, match="pixel-domain"):
+        codecs.get("dctcm", channel_steps=[1.0, 2.0])
+    with pytest.raises(ValueError, match="3 channel steps for 4 channels"):
+        codecs.get("dctcm", transform=False, channel_steps=[1.0, 2.0, 4.0]).encode(np.ones((1, 4, 2, 2), np.uint8))
+
+
+def test_corrupt_channel_steps_are_refused():
+    x = _relu_maps((2, 20, 6, 6))
+    codec, _ = _channel_codec(20)
+    stream = codec.encode(x)
+    start = stream.index(bytes(codec._step_indices))
+    for cut in range(start, start + 20):
+        with pytest.raises(CorruptStreamError):
+            codec.decode(stream[:cut])
+    forged = bytearray(stream)
+    forged[start + 5] = 200
+    with pytest.raises(CorruptStreamError, match="channel step"):
+        codec.decode(bytes(forged))

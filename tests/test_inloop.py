@@ -72,6 +72,8 @@ def test_cli_evaluate_reports_and_refuses_bad_settings(tmp_path):
     np.testing.assert_equal(CliRunner().invoke(app, ["evaluate", "-p", "budget"]).exit_code, 2)
     bad = CliRunner().invoke(app, ["evaluate", "--codec", "zvc", "--output-budget", "0.1"])
     assert bad.exit_code == 2 and "needs the dctcm codec" in bad.output
+    bad = CliRunner().invoke(app, ["evaluate", "--channel-weights", "-p", "coder=rans"])
+    assert bad.exit_code == 2 and "channel weights need an output budget" in bad.output
 
 
 def test_cli_evaluate_with_an_output_budget_writes_its_report(tmp_path):
@@ -88,6 +90,11 @@ def test_cli_evaluate_with_an_output_budget_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["output_budget"] == 0.01 and report["output_error"]["compressed"] <= 0.01
     assert all("sensitivity" in s for s in report["sites"]) and "output error" in r.output
+    r = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path),
+                                 "--output-budget", "0.01", "--channel-weights", "-p", "coder=ctxrans",
+                                 "--out", str(tmp_path / "w.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "w.json").read_text())["channel_weights"]
 
 
 def test_cli_evaluate_with_an_agreement_target_calibrates_on_other_images(tmp_path):
@@ -186,3 +193,24 @@ def test_calibration_images_can_be_a_separate_set():
         EvaluateConfig(codec="dctcm", bits=8, agreement=1.0)
     with pytest.raises(ValueError, match="agreement target needs"):
         EvaluateConfig(codec="dctcm", bits=8, output_budget=0.1, agreement=0.9)
+
+
+def test_channel_weights_spend_the_error_on_the_channels_the_output_does_not_read():
+    model = _net()
+    with torch.no_grad():
+        model[2].weight[:, 1:] = 0  # the second conv reads channel 0 of its input only
+    data = _images(model, quantized_labels=False)
+    plain, weighted = (evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, output_budget=1e-3,
+                                                            codec_params={"coder": "rans"}, channel_weights=w))
+                       for w in (False, True))
+    steps = weighted["sites"][0]["codec"]["channel_steps"]
+    assert len(steps) == 16 and steps[0] < min(steps[1:])
+    assert weighted["output_error"]["compressed"] <= 1e-3
+    assert weighted["compression"] > 1.2 * plain["compression"]
+    found = evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, agreement=0.95, codec_params={"coder": "rans"},
+                                                 channel_weights=True))
+    assert found["agreement"]["compressed"] >= 0.95 and found["compression"] > plain["compression"]
+    for bad in (dict(codec_params={"coder": "rans"}), dict(output_budget=0.1),
+                dict(output_budget=0.1, codec_params={"coder": "rans", "transform": True})):
+        with pytest.raises(ValueError, match="channel weights"):
+            EvaluateConfig(codec="dctcm", channel_weights=True, **bad)

@@ -12,7 +12,12 @@ uniform per-site budget spends most of its error where it hurts most. Here
   sample of its activations (`dctcm.pixel_curve`);
 - the budgets minimise the total bits subject to sum_i s_i * e_i <= the output budget (errors of
   different sites add at the output about independently), through one Lagrange multiplier found
-  by bisection; each site then searches dctcm's full settings (DCT, keep mask) within its e_i.
+  by bisection; each site then searches dctcm's full settings (DCT, keep mask) within its e_i;
+- or, with channel weights (`actzip.importance`: how strongly each channel of a site reaches the
+  output, averaging 1 over the site), the units are channels: channel c of site i has
+  sensitivity s_i * w_c and, as its error, its squared error over the whole site's energy (so
+  that noise spread evenly costs what the site's probe measured), and the same multiplier picks
+  one step per channel (`choose_points` works on arrays of any number of units).
 
 The relative output error a model tolerates differs between models (a 10-class Fashion-MNIST
 network flips its top-1 at a third of the output error Lite0 does), so the budget can also be
@@ -24,13 +29,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
+
+Plan = TypeVar("Plan")  # what an allocation hands the agreement test: points per site, steps per channel
 
 PROBE_ERROR = 1e-3  # the relative error injected at one site to measure its sensitivity
 OUTPUT_BUDGET_RANGE = (1e-4, 0.9)  # where budget_for_agreement looks
 GRID_RATIO = 10**0.25  # budget_for_agreement's first pass: from the top of the range down in these steps
 REFINE_STEPS = 6  # then bisection on log10 up to the grid step above: ends within 1 % of the boundary
+UNREACHABLE = 1e300  # the bits and error of a point that cannot be taken (finite, so 0 x it is 0)
+
+
+def choose_points(bits: np.ndarray, errors: np.ndarray, values: np.ndarray, sensitivities: np.ndarray,
+                  output_budget: float) -> np.ndarray:
+    """For U units (sites, or the channels of sites) with S rate-distortion points each (bits per
+    value and error, (U, S) arrays), the index of the point each takes such that
+    sum(sensitivity * error) <= output_budget at the fewest total bits (values: (U,), how many
+    activation values a unit's bits_per_value counts for)."""
+    if not 0 < output_budget < 1:
+        raise ValueError(f"output error budget must be in (0, 1), got {output_budget}")
+    bits, errors = (np.where(np.isfinite(a), a, UNREACHABLE) for a in (np.asarray(bits, float), np.asarray(errors, float)))
+    values, sensitivities = np.asarray(values, float), np.asarray(sensitivities, float)
+    if not bits.shape == errors.shape == values.shape + bits.shape[1:] or sensitivities.shape != values.shape:
+        raise ValueError("one curve, value count and sensitivity per unit")
+    rate = bits * (values / max(values.sum(), 1.0))[:, None]
+    damage = sensitivities[:, None] * errors
+    rows = np.arange(len(values))
+
+    def pick(log_lam: float) -> tuple[np.ndarray, float]:
+        chosen = np.argmin(rate + 10.0**log_lam * damage, axis=1)
+        return chosen, float(damage[rows, chosen].sum())
+
+    lo, hi = -12.0, 12.0  # log10 of the multiplier: 1e-12 spends no bits, 1e12 buys every error away
+    best, spent = pick(hi)
+    if spent > output_budget:  # even the most precise points exceed it (the curves have no error-free point)
+        return best
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        chosen, spent = pick(mid)
+        if spent <= output_budget:
+            hi, best = mid, chosen
+        else:
+            lo = mid
+    return best
 
 
 def allocate(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],
@@ -38,29 +81,16 @@ def allocate(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitiv
     """One point of each curve (a dict with "error" and "bits_per_value") such that
     sum(sensitivity * error) <= output_budget at the fewest total bits (values: per site, how many
     activation values its bits_per_value counts for)."""
-    if not 0 < output_budget < 1:
-        raise ValueError(f"output error budget must be in (0, 1), got {output_budget}")
     if not len(curves) == len(values) == len(sensitivities):
         raise ValueError("one curve, value count and sensitivity per site")
-    total_values = max(sum(values), 1.0)
+    width = max((len(c) for c in curves), default=0)
 
-    def pick(lam: float) -> tuple[list[dict], float]:
-        chosen = [min(curve, key=lambda p: p["bits_per_value"] * n / total_values + lam * s * p["error"])
-                  for curve, n, s in zip(curves, values, sensitivities)]
-        return chosen, sum(s * p["error"] for s, p in zip(sensitivities, chosen))
+    def table(key: str) -> np.ndarray:  # curves of unequal length padded with points never worth taking
+        return np.array([[p[key] for p in c] + [math.inf] * (width - len(c)) for c in curves], float).reshape(-1, width)
 
-    lo, hi = -12.0, 12.0  # log10 of the multiplier: 1e-12 spends no bits, 1e12 buys every error away
-    best, spent = pick(10.0**hi)
-    if spent > output_budget:  # even the most precise points exceed it (the curves have no error-free point)
-        return best
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        chosen, spent = pick(10.0**mid)
-        if spent <= output_budget:
-            hi, best = mid, chosen
-        else:
-            lo = mid
-    return best
+    chosen = choose_points(table("bits_per_value"), table("error"), np.array(values, float),
+                           np.array(sensitivities, float), output_budget)
+    return [curve[i] for curve, i in zip(curves, chosen)]
 
 
 def probe_point(curve: Sequence[dict]) -> dict | None:
@@ -96,23 +126,24 @@ def sensitivities(names: Sequence[str], probes: Sequence[dict | None],
     return out
 
 
-def budget_for_agreement(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],
-                         target: float, agreement: Callable[[list[dict]], float],
-                         progress: Callable[[str, int, int], None] | None = None) -> tuple[float, list[dict], float]:
-    """The largest output budget whose allocation keeps agreement(points) >= target: (output
-    budget, its points, their agreement). On a few images agreement does not fall monotonically
-    with the budget (one image flips back and forth), so a bisection over the whole range can stop
-    at a low boundary; instead the budgets are tried from the top of OUTPUT_BUDGET_RANGE down by
-    GRID_RATIO, and the first that keeps the target is refined towards the one above it. If none
-    does, the smallest budget is returned, and its agreement says by how much it falls short."""
+def budget_for_agreement(allocate_for: Callable[[float], Plan], target: float,
+                         agreement: Callable[[Plan], float],
+                         progress: Callable[[str, int, int], None] | None = None) -> tuple[float, Plan, float]:
+    """The largest output budget whose plan (allocate_for(budget), e.g. the points `allocate`
+    picks) keeps agreement(plan) >= target: (output budget, its plan, their agreement). On a few
+    images agreement does not fall monotonically with the budget (one image flips back and forth),
+    so a bisection over the whole range can stop at a low boundary; instead the budgets are tried
+    from the top of OUTPUT_BUDGET_RANGE down by GRID_RATIO, and the first that keeps the target is
+    refined towards the one above it. If none does, the smallest budget is returned, and its
+    agreement says by how much it falls short."""
     if not 0 < target < 1:
         raise ValueError(f"agreement target must be in (0, 1), got {target}")
     low, high = OUTPUT_BUDGET_RANGE
     grid = [high / GRID_RATIO**k for k in range(math.ceil(math.log(high / low, GRID_RATIO)))] + [low]
 
-    def attempt(budget: float) -> tuple[float, list[dict], float]:
-        points = allocate(curves, values, sensitivities, budget)
-        return budget, points, agreement(points)
+    def attempt(budget: float) -> tuple[float, Plan, float]:
+        plan = allocate_for(budget)
+        return budget, plan, agreement(plan)
 
     for k, budget in enumerate(grid):
         best = attempt(budget)

@@ -333,6 +333,10 @@ def evaluate(
     agreement: Optional[float] = typer.Option(
         None, help="dctcm: top-1 agreement with the float model to keep on the calibration images; the "
                    "output budget is searched to meet it"),
+    channel_weights: bool = typer.Option(
+        False, "--channel-weights", help="dctcm with an output budget, an agreement or --by-sensitivity: one step "
+                                         "per channel, by how strongly it reaches the output (needs -p coder=rans "
+                                         "or ctxrans)"),
     calibrate_on: Optional[str] = typer.Option(
         None, help="calibrate on these images instead of the evaluated ones (same forms as --images, "
                    "e.g. fashion-mnist-train)"),
@@ -352,7 +356,8 @@ def evaluate(
 
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
                             limit=limit, calibration_images=calibration_images, output_budget=output_budget,
-                            budget_by_sensitivity=by_sensitivity, agreement=agreement)
+                            budget_by_sensitivity=by_sensitivity, agreement=agreement,
+                            channel_weights=channel_weights)
     writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))

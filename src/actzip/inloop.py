@@ -16,7 +16,9 @@ model's output (`output_budget`), split among the sites by their measured sensit
 error it would cause at every site, e * sum of the sensitivities, and that split by sensitivity:
 the same estimated damage to the output, spent where it saves the most bits; or a top-1 agreement
 with the float model to keep on the calibration images (`agreement`), for which the output budget
-is searched. The report gives the output's relative squared error in every case.
+is searched. The report gives the output's relative squared error in every case. With any of
+the last three, `channel_weights` gives every channel of a site its own pixel-domain step, the
+error spread over the channels by how strongly each reaches the output (`actzip.importance`).
 
 Calibration uses the first `calibration_images` of the evaluated images, or of a separate set
 (`evaluate(..., calibration=...)`, e.g. training images) so that what is reported was not
@@ -33,9 +35,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import budgets, codecs
+from . import budgets, codecs, importance
 from .analysis import AnalyzeConfig, Progress, _batches, calibrate
-from .codecs.dctcm import as_3d, choose, pixel_curve, sample_pixels, squared_error
+from .codecs.dctcm import as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error
 from .errors import ActzipError
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
@@ -54,6 +56,7 @@ class EvaluateConfig:
     output_budget: float | None = None  # relative squared error of the output, split among the sites
     budget_by_sensitivity: bool = False  # spend the output error of codec_params["budget"] by sensitivity
     agreement: float | None = None  # top-1 agreement to keep on the calibration images; finds the output budget
+    channel_weights: bool = False  # one step per channel, by its measured influence on the output
 
     def __post_init__(self):
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
@@ -71,6 +74,15 @@ class EvaluateConfig:
                 raise ValueError(f"agreement target must be in (0, 1), got {self.agreement}")
         if self.budget_by_sensitivity and (self.codec != "dctcm" or "budget" not in self.codec_params):
             raise ValueError("spreading a budget by sensitivity needs the dctcm codec with a per-site budget")
+        if self.channel_weights:
+            if self.output_budget is None and self.agreement is None and not self.budget_by_sensitivity:
+                raise ValueError("channel weights need an output budget, an agreement target or a budget "
+                                 "spread by sensitivity")
+            if self.codec_params.get("transform", False):
+                raise ValueError("channel weights give per-channel steps in the pixel domain: transform must be off")
+            if self.codec_params.get("coder", "zvc") == "zvc":
+                raise ValueError("channel weights need an entropy coder (coder=rans or ctxrans): zvc packs every "
+                                 "non-zero at the width of the largest, whatever its channel's step")
 
 
 def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
@@ -116,8 +128,11 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
     allocated, search_result = {}, {}
     if budget is None or config.budget_by_sensitivity:
         allocated, search_result = _allocate(model, calibration, config, sites, quantizers, sample, progress)
-    chosen = {s.name: choose(sample[s.name], config.bits, allocated[s.name]["budget"] if allocated else budget,
-                             **search) for s in sites}
+    if config.channel_weights:
+        chosen = {s.name: {"transform": False, **allocated[s.name].pop("settings")} for s in sites}
+    else:
+        chosen = {s.name: choose(sample[s.name], config.bits, allocated[s.name]["budget"] if allocated else budget,
+                                 **search) for s in sites}
     if search_result and any(c["transform"] for c in chosen.values()):
         # The search measured the agreement of pixel-domain re-quantization; a DCT setting of the
         # same error may flip other images. Keep it only if the target still holds.
@@ -159,49 +174,110 @@ def _agreement(model: nn.Module, calibration: list[torch.Tensor], quantizers: di
     return float(np.mean(_outputs(model, calibration, quantizers, coders)[0].argmax(1) == reference))
 
 
+@dataclass(frozen=True)
+class SitePlan:
+    """How one site is re-quantized in the pixel domain: one step, or one per channel."""
+
+    steps: np.ndarray  # (1,) or (channels,)
+    error: float  # the relative squared error it is expected to cause at the site
+
+    @property
+    def settings(self) -> dict:
+        """dctcm settings (with transform=False)."""
+        if (self.steps == self.steps[0]).all():
+            return {"step": float(self.steps[0])}
+        return {"channel_steps": self.steps.tolist()}
+
+
+def _requantizers(bits: int, plans: dict[str, SitePlan]) -> dict[str, codecs.Codec]:
+    return {name: codecs.get("dctcm", bits=bits, transform=False, **plan.settings)
+            for name, plan in plans.items() if (plan.steps != 1.0).any()}
+
+
+def _channel_planner(model: nn.Module, calibration: list[torch.Tensor], sites: list[Site],
+                     sample: dict[str, np.ndarray], site_curves: list[list[dict]], sensitivity: list[float],
+                     bits: int):
+    """plan_for(output budget) -> a SitePlan per site with one step per channel: the channels of
+    all conv inputs are the units of one allocation (see actzip.budgets). A Linear input stays one
+    unit with one step: its "channels" are features seen once per image, too few values each to
+    measure a rate from, and a step byte per feature would cost more than it saves."""
+    weights = importance.channel_weights(model, calibration, sites)
+    units = []
+    for site, site_curve, sens in zip(sites, site_curves, sensitivity):
+        if len(site.shape) != 3:
+            units.append((np.array([[p["bits_per_value"] for p in site_curve]]),
+                          np.array([[p["error"] for p in site_curve]]), np.array([math.prod(site.shape)]),
+                          np.array([sens])))
+            continue
+        curve = channel_curves(sample[site.name], bits)
+        channels = len(curve["energy"])
+        energy = curve["energy"].sum()
+        units.append((curve["bits_per_value"], curve["error"] / energy if energy else np.zeros_like(curve["error"]),
+                      np.full(channels, math.prod(site.shape) / channels), sens * weights[site.name]))
+    rate, error, values, unit_sensitivity = (np.concatenate(part) for part in zip(*units))
+    bounds = np.cumsum([0] + [len(u[2]) for u in units])
+    steps = np.array([p["step"] for p in site_curves[0]])
+
+    def plan_for(output_budget: float) -> dict[str, SitePlan]:
+        chosen = budgets.choose_points(rate, error, values, unit_sensitivity, output_budget)
+        picked = error[np.arange(len(chosen)), chosen]
+        return {s.name: SitePlan(steps[chosen[a:b]], float(picked[a:b].sum()))
+                for s, a, b in zip(sites, bounds[:-1], bounds[1:])}
+
+    return plan_for
+
+
 def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
               quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
               progress: Progress | None) -> tuple[dict[str, dict], dict]:
     """Per site: its error budget from config.output_budget (from the per-site budget's output
     error with budget_by_sensitivity, or searched for config.agreement), its sensitivity and the
-    step of the curve point taken (see actzip.budgets); and for an agreement target, the output
-    budget found, the calibration agreement it gave and the float model's predictions."""
+    step of the curve point taken, or with channel weights the dctcm settings of its channel steps
+    (see actzip.budgets); and for an agreement target, the output budget found, the calibration
+    agreement it gave and the float model's predictions."""
     coder = config.codec_params.get("coder", "zvc")
     curves = [pixel_curve(sample[s.name], config.bits, coder) for s in sites]
     probes = [budgets.probe_point(c) for c in curves]
     names = [s.name for s in sites]
 
-    def requantizers(steps: dict[str, float]) -> dict[str, codecs.Codec]:
-        return {name: codecs.get("dctcm", bits=config.bits, transform=False, step=step)
-                for name, step in steps.items() if step != 1.0}
-
     def run(target: str | None, step: float | None) -> tuple[np.ndarray, float]:
-        return _outputs(model, calibration, quantizers, requantizers({} if target is None else {target: step}))
+        plans = {} if target is None else {target: SitePlan(np.array([step]), 0.0)}
+        return _outputs(model, calibration, quantizers, _requantizers(config.bits, plans))
 
     sensitivity = budgets.sensitivities(names, probes, run, progress)
     values = [math.prod(s.shape) for s in sites]
+    if config.channel_weights:
+        plan_for = _channel_planner(model, calibration, sites, sample, curves, sensitivity, config.bits)
+    else:
+        def plan_for(output_budget: float) -> dict[str, SitePlan]:
+            points = budgets.allocate(curves, values, sensitivity, output_budget)
+            return {s.name: SitePlan(np.array([p["step"]]), p["error"]) for s, p in zip(sites, points)}
     search_result = {}
     if config.agreement is not None:
         with torch.no_grad():
             reference = np.concatenate([model(x).reshape(len(x), -1).argmax(1).numpy() for x in calibration])
 
-        def agreement(points: list[dict]) -> float:
-            steps = requantizers({s.name: p["step"] for s, p in zip(sites, points)})
-            return _agreement(model, calibration, quantizers, steps, reference)
+        def agreement(plans: dict[str, SitePlan]) -> float:
+            return _agreement(model, calibration, quantizers, _requantizers(config.bits, plans), reference)
 
-        output_budget, points, reached = budgets.budget_for_agreement(curves, values, sensitivity, config.agreement,
-                                                                      agreement, progress)
+        output_budget, plans, reached = budgets.budget_for_agreement(plan_for, config.agreement, agreement, progress)
         search_result = {"output_budget": output_budget, "calibration_agreement": reached,
                          "calibration_images": len(reference), "reference": reference}
     else:
         output_budget = config.output_budget
         if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
             output_budget = min(max(config.codec_params["budget"] * sum(sensitivity), 1e-12), 1 - 1e-9)
-        points = budgets.allocate(curves, values, sensitivity, output_budget)
+        plans = plan_for(output_budget)
     # choose needs a budget in (0, 1): an exact point becomes a tiny budget, which only step 1 meets
-    return {s.name: {"budget": min(max(p["error"], 1e-12), 1 - 1e-9), "sensitivity": sens,
-                     "allocated_step": p["step"]}
-            for s, p, sens in zip(sites, points, sensitivity)}, search_result
+    allocated = {}
+    for s, sens in zip(sites, sensitivity):
+        plan = plans[s.name]
+        allocated[s.name] = {"budget": min(max(plan.error, 1e-12), 1 - 1e-9), "sensitivity": sens}
+        if config.channel_weights:
+            allocated[s.name]["settings"] = plan.settings
+        else:
+            allocated[s.name]["allocated_step"] = float(plan.steps[0])
+    return allocated, search_result
 
 
 def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = EvaluateConfig(),
@@ -280,7 +356,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
 
     return {
         "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
-        "budget_by_sensitivity": config.budget_by_sensitivity,
+        "budget_by_sensitivity": config.budget_by_sensitivity, "channel_weights": config.channel_weights,
         "agreement_target": config.agreement, "agreement_search": search_result,
         "bits": config.bits,
         "images": total, "labelled": labelled,

@@ -11,7 +11,10 @@ transform, rounds to the nearest code and clips to the input's range.
 
 With `transform=False` the same re-quantization happens in the pixel domain instead: the choice
 for late layers that are already sparse after ReLU, where a channel DCT would smear the zeros.
-`step=1, transform=False` is lossless. Given an error `budget`, each encode chooses transform or
+`step=1, transform=False` is lossless. In the pixel domain each channel can have its own step
+(`channel_steps`, on the quarter-octave grid 2^(k/4) the searches walk, one byte each in the
+stream): the channels of one map matter very differently to the model's output, and
+`actzip.importance` measures by how much. Given an error `budget`, each encode chooses transform or
 not, keep mask and step itself (`choose`; transform=False then restricts it to the pixel domain).
 
 Cost: the header (about 20 bytes) plus the two inner streams, i.e. for zvc
@@ -52,6 +55,9 @@ MAX_DIMS = 8
 CODERS = {"zvc": ZVC, "rans": RANS, "ctxrans": ContextRANS}
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
 STEP_RANGE = (2.0**-4, 2.0**20)
+STEPS_PER_OCTAVE = 4  # the grid channel steps live on: 2^(k/4), k in 0..MAX_STEP_INDEX
+MAX_STEP_INDEX = 80  # 2^20, the top of STEP_RANGE
+PIXEL, DCT, PIXEL_PER_CHANNEL = 0, 1, 2  # the stream's transform byte
 
 
 def dct_matrix(g: int) -> np.ndarray:
@@ -115,6 +121,28 @@ def _dequantize(c, step, lo, hi, out):
     for i in range(c.size):
         v = np.floor(np.float32(c[i]) * step + np.float32(0.5))
         out[i] = lo if v < lo else (hi if v > hi else v)
+
+
+@njit(cache=True, nogil=True)
+def _requantize_channels(x, inv_steps, out):
+    """out (A, C, B) = x re-quantized with channel c's step."""
+    A, C, B = x.shape
+    for a in range(A):
+        for c in range(C):
+            s = inv_steps[c]
+            for b in range(B):
+                out[a, c, b] = np.int32(np.floor(np.float32(x[a, c, b]) * s + np.float32(0.5)))
+
+
+@njit(cache=True, nogil=True)
+def _dequantize_channels(q, steps, lo, hi, out):
+    A, C, B = out.shape
+    for a in range(A):
+        for c in range(C):
+            s = steps[c]
+            for b in range(B):
+                v = np.floor(np.float32(q[a, c, b]) * s + np.float32(0.5))
+                out[a, c, b] = lo if v < lo else (hi if v > hi else v)
 
 
 @njit(cache=True, nogil=True)
@@ -193,6 +221,7 @@ class Settings:
     group: int
     keep: tuple[int, ...]
     step: float
+    channel_steps: tuple[float, ...] = ()  # pixel domain only: one step per channel instead of `step`
 
     @property
     def basis(self) -> np.ndarray:
@@ -207,6 +236,12 @@ class Settings:
 def coefficients(x3: np.ndarray, s: Settings) -> tuple[np.ndarray, np.ndarray]:
     """(DC, other kept coefficients) as int32 arrays; in the pixel domain, (empty, requantized x)."""
     inv_step = np.float32(1.0 / s.step)
+    if s.channel_steps:
+        if len(s.channel_steps) != x3.shape[1]:
+            raise ValueError(f"{len(s.channel_steps)} channel steps for {x3.shape[1]} channels")
+        out = np.empty(x3.shape, np.int32)
+        _requantize_channels(x3, (1.0 / np.array(s.channel_steps)).astype(np.float32), out)
+        return np.zeros(0, np.int32), out.reshape(-1)
     if not s.transform:
         out = np.empty(x3.size, np.int32)
         _requantize(x3.reshape(-1), inv_step, out)
@@ -225,6 +260,9 @@ def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, d
     """The decoded codes (shape3) from the coefficients."""
     lo, hi = _value_range(dtype, bits)
     out = np.empty(shape3, dtype)
+    if s.channel_steps:
+        _dequantize_channels(ac.reshape(shape3), np.array(s.channel_steps, np.float32), lo, hi, out)
+        return out
     if not s.transform:
         _dequantize(ac, np.float32(s.step), lo, hi, out.reshape(-1))
         return out
@@ -266,7 +304,15 @@ def _estimated_bits(c: np.ndarray, coder: str) -> float:
 
 def _steps(bits: int) -> np.ndarray:
     """The step grid the search walks: quarter octaves from 1 to half the code range."""
-    return 2.0 ** (np.arange(4 * (bits - 1) + 1) / 4)
+    return 2.0 ** (np.arange(STEPS_PER_OCTAVE * (bits - 1) + 1) / STEPS_PER_OCTAVE)
+
+
+def step_index(step: float) -> int:
+    """k with step = 2^(k/4); ValueError for a step off that grid or outside 1..2^20."""
+    k = round(STEPS_PER_OCTAVE * math.log2(step)) if step > 0 else -1
+    if not 0 <= k <= MAX_STEP_INDEX or abs(2.0 ** (k / STEPS_PER_OCTAVE) - step) > 1e-9 * step:
+        raise ValueError(f"channel steps must be 2^(k/{STEPS_PER_OCTAVE}) for k in 0..{MAX_STEP_INDEX}, got {step!r}")
+    return k
 
 
 def sample_pixels(x3: np.ndarray, max_values: int) -> np.ndarray:
@@ -309,6 +355,38 @@ def pixel_curve(x, bits: int, coder: str = "zvc", axis: int = 1, max_values: int
     return points
 
 
+def _channel_entropy(q3: np.ndarray) -> np.ndarray:
+    """Order-0 entropy in bits per value of each channel of q3 (A, C, B)."""
+    q = q3.transpose(1, 0, 2).reshape(q3.shape[1], -1).astype(np.int64)
+    C, n = q.shape
+    if n == 0:
+        return np.zeros(C)
+    q -= q.min()
+    width = int(q.max()) + 1
+    counts = np.bincount((q + width * np.arange(C)[:, None]).ravel(), minlength=C * width).reshape(C, width)
+    p = counts / n
+    return -(p * np.log2(np.where(counts > 0, p, 1.0))).sum(axis=1)
+
+
+def channel_curves(x, bits: int, axis: int = 1, max_values: int = 1 << 20) -> dict:
+    """Per channel of codes like x, the rate-distortion points of pixel-domain re-quantization at
+    every step of the grid: "steps" (S,), "error" (C, S) squared error summed over the channel's
+    values, "energy" (C,) their sum of squares, "bits_per_value" (C, S) the channel's order-0
+    entropy (what a per-channel step plan is chosen by, in `actzip.budgets`)."""
+    x3, bits = _sample(x, bits, axis, max_values)
+    steps = _steps(bits)
+    values = x3.astype(np.float64)
+    error = np.empty((x3.shape[1], len(steps)))
+    rate = np.empty_like(error)
+    for j, step in enumerate(steps):
+        s = Settings(False, 1, (1,), float(step))
+        q = coefficients(x3, s)[1]
+        y = reconstruction(np.zeros(0, np.int32), q, x3.shape, s, x3.dtype, bits)
+        error[:, j] = np.square(y - values).sum(axis=(0, 2))
+        rate[:, j] = _channel_entropy(q.reshape(x3.shape))
+    return {"steps": steps, "error": error, "energy": np.square(values).sum(axis=(0, 2)), "bits_per_value": rate}
+
+
 def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis: int = 1,
            transform: bool = True, max_values: int = 1 << 20) -> dict:
     """The cheapest settings (transform or not, keep mask, step) for codes like x whose relative
@@ -347,7 +425,8 @@ class DCTCM(Codec):
     lossless = False
 
     def __init__(self, bits: int | None = None, group: int = 8, keep=None, step: float = 1.0,
-                 transform: bool = True, coder: str = "zvc", axis: int = 1, budget: float | None = None):
+                 transform: bool = True, coder: str = "zvc", axis: int = 1, budget: float | None = None,
+                 channel_steps=None):
         super().__init__(bits)
         if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 2 or group > MAX_GROUP \
                 or group & (group - 1):
@@ -365,14 +444,22 @@ class DCTCM(Codec):
         if budget is not None and not 0 < budget < 1:
             raise ValueError(f"error budget must be in (0, 1), got {budget}")
         self.budget = budget
+        self.channel_steps = tuple(float(v) for v in channel_steps) if channel_steps is not None else ()
+        if channel_steps is not None:
+            if self.transform or budget is not None:
+                raise ValueError("channel_steps are a pixel-domain setting: pass transform=False and no budget")
+            if not self.channel_steps:
+                raise ValueError("channel_steps is empty")
+        self._step_indices = bytes(step_index(v) for v in self.channel_steps)
 
     def _params(self) -> dict:
         return {"bits": self.bits, "group": self.group, "keep": list(self.keep), "step": self.step,
-                "transform": self.transform, "coder": self.coder, "axis": self.axis, "budget": self.budget}
+                "transform": self.transform, "coder": self.coder, "axis": self.axis, "budget": self.budget,
+                "channel_steps": list(self.channel_steps) or None}
 
     def _settings(self, a_in) -> Settings:
         if self.budget is None:
-            return Settings(self.transform, self.group, self.keep, self.step)
+            return Settings(self.transform, self.group, self.keep, self.step, self.channel_steps)
         chosen = choose(a_in, self.bits, self.budget, self.group, self.coder, self.axis, self.transform)
         return Settings(chosen["transform"], self.group, tuple(chosen["keep"]), chosen["step"])
 
@@ -396,9 +483,11 @@ class DCTCM(Codec):
         streams = [inner(bits=w).encode(planes(c, shape, self.axis)) for c, w in (_narrow(dc), _narrow(ac))]
         axis = self.axis % len(shape)
         mask = sum(k << f for f, k in enumerate(s.keep))
+        kind = PIXEL_PER_CHANNEL if s.channel_steps else DCT if s.transform else PIXEL
         return (pack_header(a, bits) + write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
-                + bytes([axis, int(s.transform), s.group, CODER_IDS[self.coder]]) + write_varint(mask)
-                + struct.pack("<f", s.step) + write_varint(len(streams[0])) + streams[0] + streams[1])
+                + bytes([axis, kind, s.group, CODER_IDS[self.coder]]) + write_varint(mask)
+                + struct.pack("<f", s.step) + self._step_indices
+                + write_varint(len(streams[0])) + streams[0] + streams[1])
 
     def decode(self, buf) -> np.ndarray:
         buf = stream_bytes(buf)
@@ -414,9 +503,9 @@ class DCTCM(Codec):
             raise CorruptStreamError(f"dctcm: shape {shape} does not hold the {h.n} values the header claims")
         if pos + 4 > len(buf):
             raise CorruptStreamError("dctcm: stream truncated inside its settings")
-        axis, transform, group, coder_id = buf[pos:pos + 4]
+        axis, kind, group, coder_id = buf[pos:pos + 4]
         mask, pos = read_varint(buf, pos + 4, "keep mask")
-        if axis >= ndim or transform > 1 or coder_id >= len(CODERS) or group < 2 or group > MAX_GROUP \
+        if axis >= ndim or kind > PIXEL_PER_CHANNEL or coder_id >= len(CODERS) or group < 2 or group > MAX_GROUP \
                 or group & (group - 1) or not 0 < mask < 1 << group:
             raise CorruptStreamError("dctcm: settings out of range")
         if pos + 4 > len(buf):
@@ -424,11 +513,21 @@ class DCTCM(Codec):
         (step,) = struct.unpack_from("<f", buf, pos)
         if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
             raise CorruptStreamError(f"dctcm: step {step} out of range")
-        s = Settings(bool(transform), group, tuple((mask >> f) & 1 for f in range(group)), float(step))
-        dc_size, pos = read_varint(buf, pos + 4, "DC stream length")
+        pos += 4
+        A, C, B = shape3 = _shape3(shape, axis)
+        channel_steps = ()
+        if kind == PIXEL_PER_CHANNEL:
+            if pos + C > len(buf):
+                raise CorruptStreamError("dctcm: stream truncated inside its channel steps")
+            indices = np.frombuffer(buf, np.uint8, C, pos)
+            if indices.size and indices.max() > MAX_STEP_INDEX:
+                raise CorruptStreamError("dctcm: channel step out of range")
+            channel_steps = tuple(2.0 ** (indices / STEPS_PER_OCTAVE))
+            pos += C
+        s = Settings(kind == DCT, group, tuple((mask >> f) & 1 for f in range(group)), float(step), channel_steps)
+        dc_size, pos = read_varint(buf, pos, "DC stream length")
         if pos + dc_size > len(buf):
             raise CorruptStreamError("dctcm: DC stream runs past the end")
-        A, C, B = shape3 = _shape3(shape, axis)
         if s.transform and C < group:
             raise CorruptStreamError(f"dctcm: {C} channels are fewer than the group size {group}")
         groups = -(-C // group)
