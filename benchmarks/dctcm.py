@@ -20,7 +20,10 @@ Per model, 8-bit activation maps, every site compressed and decoded inside the f
   8000 (training images will not do: the networks fit them, so an agreement kept there is lost on
   unseen images); Lite0 has only its 27 photos: calibrated on them, its 8 views of each are the
   check on unseen framings, and calibrated on the views of 14 photos, the views of the other 13
-  are the check on unseen photos.
+  are the check on unseen photos;
+- the output budgets and agreement targets again with one pixel-domain step per channel
+  (`channel_weights`), the error spread over a site's channels by how strongly each reaches the
+  output.
 Models: EfficientNet-Lite0 on the bundled photos (top-1 agreement with the float model), and
 resnet20 / mobilenet-v1 trained on Fashion-MNIST by benchmarks/sparsify_table.py (top-1 on the
 test set). Speed: dctcm encode/decode MB/s of the 8-bit codes of Lite0 (per-site settings at the
@@ -58,7 +61,8 @@ OUTPUT_BUDGETS = (0.03, 0.1, 0.3)
 AGREEMENTS = (0.97, 0.98, 0.99)
 FMNIST_CALIBRATION = 2000  # test images the agreement targets are calibrated on (and not evaluated on)
 # on Lite0's 8 views of each photo (calibrated on the plain photos only): agreement with a finer grain
-VIEW_VARIANTS = ["ctxrans", "dctcm G16+ctxrans @0.001", "dctcm G16+ctxrans @output", "dctcm G16+ctxrans @agreement"]
+VIEW_VARIANTS = ["ctxrans", "dctcm G16+ctxrans @0.001", "dctcm G16+ctxrans @output", "dctcm G16+ctxrans @agreement",
+                 "channel steps+ctxrans"]
 LOSSLESS = ("zvc", "seg", "ctx", "ctxrans")
 CODERS = ("zvc", "rans", "ctxrans")  # dctcm's inner coders, in the order the gains build up
 
@@ -85,6 +89,15 @@ def variants() -> list[tuple[str, dict]]:
     for a in AGREEMENTS:
         out.append((f"dctcm G16+ctxrans @agreement {a:g}",
                     {"codec": "dctcm", "agreement": a, "codec_params": {"group": 16, "coder": "ctxrans"}}))
+    # one step per channel, weighted by how strongly each channel reaches the output (actzip.importance)
+    for b in OUTPUT_BUDGETS:
+        out.append((f"channel steps+ctxrans @output {b:g}",
+                    {"codec": "dctcm", "output_budget": b, "channel_weights": True,
+                     "codec_params": {"coder": "ctxrans", "transform": False}}))
+    for a in AGREEMENTS:
+        out.append((f"channel steps+ctxrans @agreement {a:g}",
+                    {"codec": "dctcm", "agreement": a, "channel_weights": True,
+                     "codec_params": {"coder": "ctxrans", "transform": False}}))
     return out
 
 
@@ -110,15 +123,16 @@ def summary(label: str, report: dict) -> dict:
 
 def run_model(model_name: str, weights: Path | None, images: str, limit: int | None, cache: Path,
               select: list[str] | None, calibration_images: int = 64,
-              split: tuple[Sequence[int], Sequence[int]] | None = None) -> list[dict]:
-    """Every variant (or the selected ones) on the model; with split = (calibration indices,
-    evaluated indices), the agreement targets are calibrated on the first and evaluated on the second."""
+              split: tuple[Sequence[int], Sequence[int]] | None = None, only: list[str] | None = None) -> list[dict]:
+    """Every variant on the model whose label starts with one of `select` and one of `only` (each
+    None: any); with split = (calibration indices, evaluated indices), the agreement targets are
+    calibrated on the first and evaluated on the second."""
     model = models.load(model_name, weights=weights)
     data = open_images(images, models.preprocessing(model_name))
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
     for label, settings in variants():
-        if select and not any(label.startswith(s) for s in select):
+        if any(prefixes and not any(label.startswith(p) for p in prefixes) for prefixes in (select, only)):
             continue
         path = cache / f"{model_name}-{label.replace(' ', '_').replace('@', '').replace('+', '-')}.json"
         if path.is_file():
@@ -218,16 +232,23 @@ def main():
     results.pop("command", None)
     results |= {"budgets": BUDGETS, "output_budgets": OUTPUT_BUDGETS, "agreements": AGREEMENTS,
                 "fmnist_agreement_calibration_images": FMNIST_CALIBRATION}
+    def merge(key: str, rows: list[dict]) -> None:
+        """rows replace their namesakes under key; with --select the others stay."""
+        kept = {r["run"]: r for r in results["models"].get(key, [])} if args.select else {}
+        results["models"][key] = list((kept | {r["run"]: r for r in rows}).values())
+
     for name in args.models:
         if name == "efficientnet-lite0":
             rows = run_model(name, None, "photos", None, args.runs, args.select)
             if args.views:
                 photos = len(bundled_photos())
-                results["models"][f"{name} (8 views per photo)"] = run_model(
-                    name, None, "photo-views", None, args.runs / "views", VIEW_VARIANTS, calibration_images=photos)
-                results["models"][f"{name} (views of unseen photos)"] = run_model(
-                    name, None, "photo-views", None, args.runs / "unseen", ["dctcm G16+ctxrans @agreement"],
-                    split=photo_split(photos, 2 * len(VIEW_SCALES)))
+                merge(f"{name} (8 views per photo)", run_model(
+                    name, None, "photo-views", None, args.runs / "views", args.select, calibration_images=photos,
+                    only=VIEW_VARIANTS))
+                merge(f"{name} (views of unseen photos)", run_model(
+                    name, None, "photo-views", None, args.runs / "unseen", args.select,
+                    split=photo_split(photos, 2 * len(VIEW_SCALES)),
+                    only=["dctcm G16+ctxrans @agreement", "channel steps+ctxrans @agreement"]))
         else:
             weights = args.weights_dir / f"{name}-baseline" / "weights.pt"
             if not weights.is_file():
@@ -235,8 +256,7 @@ def main():
                 continue
             rows = run_model(name, weights, "fashion-mnist", args.fmnist_images, args.runs / f"n{args.fmnist_images}",
                              args.select, split=(range(FMNIST_CALIBRATION), range(FMNIST_CALIBRATION, args.fmnist_images)))
-        kept = {r["run"]: r for r in results["models"].get(name, [])} if args.select else {}
-        results["models"][name] = list((kept | {r["run"]: r for r in rows}).values())
+        merge(name, rows)
         command = (f"python benchmarks/dctcm.py --models {name} --fmnist-images {args.fmnist_images}"
                    + (" --select " + " ".join(f'"{s}"' for s in args.select) if args.select else ""))
         commands = results.setdefault("commands", {}).get(name, [])
