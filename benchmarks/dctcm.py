@@ -109,6 +109,16 @@ def photo_split(photos: int, views: int) -> tuple[list[int], list[int]]:
     return every_view(0), every_view(1)
 
 
+def site_codec(config: dict) -> dict:
+    """A site's codec settings for the JSON: a list of channel steps shrinks to its range and median
+    (a Lite0 row would otherwise carry some 20 000 of them)."""
+    steps = config.get("channel_steps")
+    if not isinstance(steps, list):
+        return config
+    return config | {"channel_steps": {"channels": len(steps), "min": min(steps), "median": statistics.median(steps),
+                                       "max": max(steps)}}
+
+
 def summary(label: str, report: dict) -> dict:
     sites = report["sites"]
     return {"run": label, "codec": report["codec"], "params": report["codec_params"],
@@ -117,7 +127,7 @@ def summary(label: str, report: dict) -> dict:
             "agreement_search": report["agreement_search"],
             "dct_sites": sum(bool(s["codec"].get("transform")) and s["codec"]["id"] == "dctcm" for s in sites),
             "sites": [{k: s[k] for k in ("name", "compression", "relative_error", "budget", "sensitivity") if k in s}
-                      | {"codec": s["codec"]}
+                      | {"codec": site_codec(s["codec"])}
                       for s in sites]}
 
 
