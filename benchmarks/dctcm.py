@@ -49,7 +49,7 @@ import zstandard
 from torch.utils.data import Subset
 
 from actzip import codecs, models
-from actzip.codecs.dctcm import choose
+from actzip.codecs.dctcm import choose, step_index
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
@@ -176,8 +176,18 @@ def speed(repeats: int) -> dict:
     out = {}
     zstd = zstandard.ZstdCompressor(level=3)
     zstd_d = zstandard.ZstdDecompressor()
-    for coder in CODERS:
-        coders = [codecs.get("dctcm", bits=8, coder=coder, **choose(a, 8, BUDGETS[1], coder=coder)) for a in streams]
+    variants = {coder: [codecs.get("dctcm", bits=8, coder=coder, **choose(a, 8, BUDGETS[1], coder=coder))
+                        for a in streams] for coder in CODERS}
+    # one step per channel: a plan's steps need the model, so here each channel's step lies within an
+    # octave of the stream's own pixel-domain step (the same kernels and coder, codes of mixed scales)
+    rng = np.random.default_rng(0)
+    variants["ctxrans, channel steps"] = []
+    for a in streams:
+        k = step_index(choose(a, 8, BUDGETS[1], coder="ctxrans", transform=False)["step"])
+        indices = np.clip(k + rng.integers(-4, 5, a.shape[1]), 0, 4 * 7)
+        variants["ctxrans, channel steps"].append(codecs.get("dctcm", bits=8, coder="ctxrans", transform=False,
+                                                             channel_steps=(2.0 ** (indices / 4)).tolist()))
+    for label, coders in variants.items():
         enc_t, dec_t, z_enc, z_dec = [], [], [], []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -194,7 +204,7 @@ def speed(repeats: int) -> dict:
             for z in zs:
                 zstd_d.decompress(z)
             z_dec.append(time.perf_counter() - t)
-        out[coder] = {"encode_MBps": raw / statistics.median(enc_t) / 1e6,
+        out[label] = {"encode_MBps": raw / statistics.median(enc_t) / 1e6,
                       "decode_MBps": raw / statistics.median(dec_t) / 1e6,
                       "ratio": raw / sum(len(e) for e in encoded), "budget": BUDGETS[1]}
     out["zstd-3"] = {"encode_MBps": raw / statistics.median(z_enc) / 1e6,
