@@ -49,7 +49,7 @@ import zstandard
 from torch.utils.data import Subset
 
 from actzip import codecs, models
-from actzip.codecs.dctcm import choose, step_index
+from actzip.codecs.dctcm import STEPS_PER_OCTAVE, choose, step_index
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
@@ -184,9 +184,10 @@ def speed(repeats: int) -> dict:
     variants["ctxrans, channel steps"] = []
     for a in streams:
         k = step_index(choose(a, 8, BUDGETS[1], coder="ctxrans", transform=False)["step"])
-        indices = np.clip(k + rng.integers(-4, 5, a.shape[1]), 0, 4 * 7)
+        octave = STEPS_PER_OCTAVE
+        indices = np.clip(k + rng.integers(-octave, octave + 1, a.shape[1]), 0, octave * 7)  # steps 1..128
         variants["ctxrans, channel steps"].append(codecs.get("dctcm", bits=8, coder="ctxrans", transform=False,
-                                                             channel_steps=(2.0 ** (indices / 4)).tolist()))
+                                                             channel_steps=(2.0 ** (indices / octave)).tolist()))
     for label, coders in variants.items():
         enc_t, dec_t, z_enc, z_dec = [], [], [], []
         for _ in range(repeats):
