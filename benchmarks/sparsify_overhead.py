@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from actzip.fileio import atomic_write
 
 HERE = Path(__file__).parent
 
@@ -86,7 +87,7 @@ def main():
     result["ddp"] = {"images": args.ddp_images, "one_process_s": one, "two_processes_s": two,
                      "two_vs_one": two / one}
     print(json.dumps(result["ddp"], indent=1))
-    args.out.write_text(json.dumps(result, indent=1))
+    atomic_write(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

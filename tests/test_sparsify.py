@@ -41,9 +41,11 @@ def test_mac_weighted_l1_weighs_each_site_by_the_macs_of_its_reader(tiny):
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_hoyer_square_value(tiny):
-    tiny.train()
-    x = torch.randn(4, 3, 8, 8)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_hoyer_square_value(tiny, memory_format):
+    """Per sample, whatever the layout: the sums run over each sample's dimensions in place."""
+    tiny.train().to(memory_format=memory_format)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=memory_format)
     h = attach_penalty(tiny, Hoyer(alpha=1.0))
     tiny(x)
     got = h.take().item()

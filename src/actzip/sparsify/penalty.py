@@ -41,13 +41,14 @@ class _MeanAbs(torch.autograd.Function):
     """mean |x| with a cheap backward. Behind a ReLU, sign(x) is 1 wherever the ReLU lets gradient
     through, so the gradient is returned as one scalar expanded to x's shape: autograd adds it to
     the other branches in one pass over memory, with no sign tensor (on memory-bound nets like
-    MobileNet this is the difference between ~5 % and ~25 % extra step time)."""
+    MobileNet this is the difference between ~5 % and ~25 % extra step time). The forward sums
+    with `sum` (of |x| unless masked): on CPU `vector_norm(x, 1)` takes ~10x as long."""
 
     @staticmethod
     def forward(ctx, x, masked):
         ctx.masked = masked
         ctx.save_for_backward(x)
-        return torch.linalg.vector_norm(x, 1) / x.numel()
+        return (x.sum() if masked else x.abs().sum()) / x.numel()
 
     @staticmethod
     def backward(ctx, grad):
@@ -66,13 +67,14 @@ def mean_abs_penalty(x: torch.Tensor, alpha: float) -> torch.Tensor:
 class _HoyerSquare(torch.autograd.Function):
     """Batch mean of (sum |x_i|)^2 / sum x_i^2 per sample, with its gradient written in one expression:
     d/dx = 2 l1 / l2sq * sign(x) - 2 l1^2 / l2sq^2 * x, per sample. Behind a ReLU sign(x) can be 1
-    (as in _MeanAbs), so the gradient is one fused pass, a - b * x, instead of four."""
+    (as in _MeanAbs), so the gradient is one fused pass, a - b * x, instead of four. The per-sample
+    sums reduce over the sample's dimensions in place: flatten(1) copies a channels_last map."""
 
     @staticmethod
     def forward(ctx, x, masked):
-        flat = x.flatten(1)
-        l1 = flat.sum(1) if masked else torch.linalg.vector_norm(flat, 1, dim=1)
-        l2sq = torch.linalg.vector_norm(flat, 2, dim=1).square().clamp_min(1e-12)
+        dims = tuple(range(1, x.ndim))
+        l1 = x.sum(dims) if masked else x.abs().sum(dims)
+        l2sq = torch.linalg.vector_norm(x, 2, dim=dims).square().clamp_min(1e-12)
         ctx.masked = masked
         ctx.save_for_backward(x, l1, l2sq)
         return (l1.square() / l2sq).mean()
