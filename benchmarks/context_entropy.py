@@ -5,8 +5,8 @@ stream), re-quantized with the pixel-domain step `choose` finds at relative erro
 are cut into `ctxrans`'s symbols (zero, or bit length with the two bits below the leading one; the
 rest raw). Reported: the conditional entropy of the symbols plus the raw bits under the context
 `ctxrans` codes with (bit-length classes of the left and upper neighbours) and under richer ones,
-as the ratio of sizes. These are lower bounds: tables are not counted, and a richer context needs
-more of them. Conv sites only (the classifier's input has no neighbours).
+and how much smaller each makes the streams. These are lower bounds: tables are not counted, and a
+richer context needs more of them. Conv sites only (the classifier's input has no neighbours).
 
     python benchmarks/context_entropy.py [--photos 8]
 """
@@ -55,7 +55,7 @@ def _shifted(c: np.ndarray, dy: int, dx: int, axis_shift: int = 0) -> np.ndarray
 def context_sizes(a: np.ndarray) -> dict[str, float]:
     """Estimated bits of one stream under each context."""
     step = choose(a, 8, BUDGET, coder="ctxrans", transform=False)["step"]
-    q = np.round(a.astype(np.int64) / step).astype(np.int64)
+    q = np.floor(a / step + 0.5).astype(np.int64)  # the codec's rounding
     u = np.where(q >= 0, 2 * q, -2 * q - 1) if a.min() < 0 else q  # zigzag, as the codec
     length = np.zeros_like(u)
     length[u > 0] = np.floor(np.log2(u[u > 0])).astype(np.int64) + 1
