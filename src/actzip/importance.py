@@ -44,15 +44,16 @@ def channel_weights(model: nn.Module, batches: Iterable[torch.Tensor], sites: li
         probes[site.name] = delta
         return x + delta
 
-    channel_axis = {s.name: s.channel_axis % (len(s.shape) + 1) for s in sites}
+    channel_axis = {s.name: s.batched_channel_axis for s in sites}
     with capture(model, probe), torch.enable_grad():
         for x in batches:
-            for _ in range(DIRECTIONS):
-                probes.clear()
-                out = model(x)
+            probes.clear()
+            out = model(x)
+            names = list(probes)
+            for k in range(DIRECTIONS):  # one forward, a backward pass per direction
                 direction = torch.randn(out.shape, generator=generator, dtype=out.dtype)
-                names = list(probes)
-                grads = torch.autograd.grad((out * direction).sum(), [probes[n] for n in names], allow_unused=True)
+                grads = torch.autograd.grad((out * direction).sum(), [probes[n] for n in names], allow_unused=True,
+                                            retain_graph=k < DIRECTIONS - 1)
                 for name, g in zip(names, grads):
                     if g is not None:
                         axis = channel_axis[name]

@@ -89,10 +89,6 @@ def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
     return quantize(x, q).numpy().astype(code_dtype(q.bits, q.signed))
 
 
-def _axis(site: Site) -> int:
-    return site.channel_axis % (len(site.shape) + 1)
-
-
 def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConfig, sites: list[Site],
                 quantizers: dict[str, QuantParams], progress: Progress | None = None,
                 ) -> tuple[dict[str, codecs.Codec], dict[str, dict], dict]:
@@ -106,7 +102,7 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
     def make(site: Site, chosen: dict | None = None) -> codecs.Codec:
         if config.codec != "dctcm":
             return codecs.get(config.codec, bits=config.bits, **params)
-        return codecs.get("dctcm", bits=config.bits, axis=_axis(site), **{**params, **(chosen or {})})
+        return codecs.get("dctcm", bits=config.bits, axis=site.batched_channel_axis, **{**params, **(chosen or {})})
 
     if budget is None and config.output_budget is None and config.agreement is None:
         return {s.name: make(s) for s in sites}, {}, {}
@@ -117,7 +113,7 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
 
     def keep(site: Site, module: nn.Module, x: torch.Tensor):
         codes = _codes(x, quantizers[site.name])
-        sample = sample_pixels(as_3d(codes.ravel(), codes.shape, _axis(site)), per_batch)
+        sample = sample_pixels(as_3d(codes.ravel(), codes.shape, site.batched_channel_axis), per_batch)
         samples[site.name].append(sample.transpose(1, 0, 2).reshape(sample.shape[1], -1))  # (channels, pixels)
 
     with capture(model, keep), torch.no_grad():

@@ -31,6 +31,11 @@ class Site:
         """Channels are dim 1 of a conv input (N, C, H, W) and the last dim of a Linear input."""
         return 1 if len(self.shape) == 3 else -1
 
+    @property
+    def batched_channel_axis(self) -> int:
+        """channel_axis as a non-negative dim of the batched map (N, *shape)."""
+        return self.channel_axis % (len(self.shape) + 1)
+
 
 # A callback may return a tensor to replace the activation the module receives (None keeps it).
 SiteCallback = Callable[[Site, nn.Module, torch.Tensor], "torch.Tensor | None"]

@@ -73,7 +73,7 @@ def calibrate_thresholds(model: nn.Module, images: Dataset, config: FATReLU) -> 
     def observe(site: Site, module: nn.Module, x: torch.Tensor):
         if site.name not in hists:
             hists[site.name] = _ChannelHistogram(x.shape[site.channel_axis])
-        hists[site.name].update(x, site.channel_axis % x.ndim)
+        hists[site.name].update(x, site.batched_channel_axis)
 
     was_training = model.training
     model.eval()
@@ -99,7 +99,7 @@ class FATReLUHandle:
         if t is None:
             return None
         shape = [1] * x.ndim
-        shape[site.channel_axis % x.ndim] = -1
+        shape[site.batched_channel_axis] = -1
         return x * (x > t.to(x.dtype).reshape(shape))
 
     def detach(self) -> None:
