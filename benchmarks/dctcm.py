@@ -33,6 +33,7 @@ Results are cached per configuration in --runs, so an interrupted run resumes.
 
     python benchmarks/dctcm.py [--models efficientnet-lite0 resnet20 mobilenet-v1] [--fmnist-images 10000]
         [--select "dctcm G16+ctxrans"]  (only the variants whose label starts so)
+    python benchmarks/dctcm.py --speed-only  (the speed again, every model's rows kept)
 """
 
 from __future__ import annotations
@@ -238,6 +239,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                     help="measure encode/decode speed (on a quiet machine)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="measure encode/decode speed again and keep every model's rows as they are")
     ap.add_argument("--runs", type=Path, default=Path("runs/dctcm"))
     ap.add_argument("--out", type=Path, default=HERE / "dctcm.json")
     ap.add_argument("--select", nargs="+", help="only the variants whose label starts with one of these")
@@ -258,7 +261,7 @@ def main():
         kept = {r["run"]: r for r in results["models"].get(key, [])} if args.select else {}
         results["models"][key] = list((kept | {r["run"]: r for r in rows}).values())
 
-    for name in args.models:
+    for name in [] if args.speed_only else args.models:
         if name == "efficientnet-lite0":
             rows = run_model(name, None, "photos", None, args.runs, args.select)
             if args.views:
@@ -283,8 +286,8 @@ def main():
         commands = results.setdefault("commands", {}).get(name, [])
         commands = [commands] if isinstance(commands, str) else commands
         results["commands"][name] = (commands if args.select else []) + [command] * (command not in commands)
-    if args.speed:
-        results["speed"] = speed(args.repeats)
+    if args.speed or args.speed_only:
+        results["speed"] = speed(args.repeats) | {"command": f"python benchmarks/dctcm.py --speed-only --repeats {args.repeats}"}
     atomic_write(args.out, json.dumps(results, indent=1))
     atomic_write(HERE / "dctcm.md", markdown(results))
     print(markdown(results))
