@@ -17,14 +17,14 @@ costs the KLT (see the README). A site the step leaves exact (step 1) has no KLT
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
-from actzip.codecs.dctcm import choose
+from actzip.codecs.dctcm import channel_entropy, choose
 from actzip.fileio import atomic_write
+from lite0_maps import lite0_streams
 
 HERE = Path(__file__).parent
 PHOTOS = 4  # per half: the basis is fitted on the first half and measured on the second
@@ -32,23 +32,15 @@ PHOTOS = 4  # per half: the basis is fitted on the first half and measured on th
 
 def _site_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
     """(fit, test) codes of every conv site, as (channels, values) arrays of their integer type."""
-    spec = importlib.util.spec_from_file_location("codec_bench", HERE / "codecs.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    streams = bench.lite0_streams(2 * PHOTOS, 8, group=PHOTOS)
+    streams = lite0_streams(2 * PHOTOS, 8, group=PHOTOS)
     half = len(streams) // 2
     flat = [np.moveaxis(a, 1, 0).reshape(a.shape[1], -1) for a in streams]
     return [(f, t) for f, t, a in zip(flat[:half], flat[half:], streams) if a.ndim == 4]
 
 
 def channel_bits(q: np.ndarray) -> float:
-    """Sum over rows of n * H(row): order-0 entropy with a table per channel."""
-    q = q.astype(np.int64)
-    q -= q.min()
-    width = int(q.max()) + 1
-    counts = np.bincount((q + width * np.arange(len(q))[:, None]).ravel(), minlength=len(q) * width)
-    counts = counts[counts > 0]
-    return float(-(counts * np.log2(counts / q.shape[1])).sum())
+    """Bits of (channels, values) q under order-0 entropy with a table per channel."""
+    return float(channel_entropy(q[None]).sum()) * q.shape[1]
 
 
 def compare(fit: np.ndarray, codes: np.ndarray, budget: float) -> dict:

@@ -25,27 +25,11 @@ import torch
 import zstandard
 import lz4.block
 
-from actzip import codecs, models
-from actzip.data import open_images
-from actzip.quant import code_dtype, params_for_range, quantize
-from actzip.sites import capture
+from actzip import codecs
+from actzip.quant import code_dtype
+from lite0_maps import lite0_streams
 
 HERE = Path(__file__).parent
-
-
-def lite0_streams(images: int, bits: int, group: int = 4) -> list[np.ndarray]:
-    model = models.load("efficientnet-lite0")
-    photos = open_images("photos", models.preprocessing("efficientnet-lite0"))
-    streams = []
-    for start in range(0, min(images, len(photos)), group):
-        x = torch.stack([photos[i][0] for i in range(start, min(start + group, images, len(photos)))])
-        acts = []
-        with capture(model, lambda site, m, a: acts.append(a.clone())), torch.no_grad():
-            model(x)
-        for a in acts:
-            p = params_for_range(bits, float(a.min()), float(a.max()))
-            streams.append(quantize(a, p).numpy().astype(code_dtype(bits, p.signed)))
-    return streams
 
 
 def synthetic_streams(bits: int, n: int = 4_000_000) -> list[np.ndarray]:

@@ -14,7 +14,6 @@ richer context needs more of them. Conv sites only (the classifier's input has n
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,16 +21,10 @@ import numpy as np
 
 from actzip.codecs.dctcm import choose
 from actzip.fileio import atomic_write
+from lite0_maps import lite0_streams
 
 HERE = Path(__file__).parent
 BUDGET = 1e-3
-
-
-def _streams(photos: int) -> list[np.ndarray]:
-    spec = importlib.util.spec_from_file_location("codec_bench", HERE / "codecs.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return [a for a in bench.lite0_streams(photos, 8) if a.ndim == 4]
 
 
 def _conditional_bits(symbols: np.ndarray, context: np.ndarray) -> float:
@@ -82,7 +75,7 @@ def main():
     ap.add_argument("--out", type=Path, default=HERE / "context_entropy.json")
     args = ap.parse_args()
     totals: dict[str, float] = {}
-    for a in _streams(args.photos):
+    for a in (a for a in lite0_streams(args.photos, 8) if a.ndim == 4):  # conv sites
         for name, bits in context_sizes(a).items():
             totals[name] = totals.get(name, 0.0) + bits
     base = totals["ctxrans (left, up)"]

@@ -55,6 +55,7 @@ from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
 from actzip.inloop import EvaluateConfig, evaluate
+from lite0_maps import lite0_streams
 
 HERE = Path(__file__).parent
 BUDGETS = (1e-4, 1e-3, 1e-2)
@@ -167,12 +168,7 @@ def run_model(model_name: str, weights: Path | None, images: str, limit: int | N
 
 def speed(repeats: int) -> dict:
     """dctcm encode/decode MB/s on Lite0's 8-bit maps (one stream per site and 4 photos) vs zstd -3."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("codec_bench", HERE / "codecs.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    streams = bench.lite0_streams(27, 8)
+    streams = lite0_streams(27, 8)
     raw = sum(a.nbytes for a in streams)
     out = {}
     zstd = zstandard.ZstdCompressor(level=3)

@@ -355,7 +355,7 @@ def pixel_curve(x, bits: int, coder: str = "zvc", axis: int = 1, max_values: int
     return points
 
 
-def _channel_entropy(q3: np.ndarray) -> np.ndarray:
+def channel_entropy(q3: np.ndarray) -> np.ndarray:
     """Order-0 entropy in bits per value of each channel of q3 (A, C, B)."""
     q = q3.transpose(1, 0, 2).reshape(q3.shape[1], -1).astype(np.int64)
     C, n = q.shape
@@ -383,7 +383,7 @@ def channel_curves(x, bits: int, axis: int = 1, max_values: int = 1 << 20) -> di
         q = coefficients(x3, s)[1]
         y = reconstruction(np.zeros(0, np.int32), q, x3.shape, s, x3.dtype, bits)
         error[:, j] = np.square(y - values).sum(axis=(0, 2))
-        rate[:, j] = _channel_entropy(q.reshape(x3.shape))
+        rate[:, j] = channel_entropy(q.reshape(x3.shape))
     return {"steps": steps, "error": error, "energy": np.square(values).sum(axis=(0, 2)), "bits_per_value": rate}
 
 
