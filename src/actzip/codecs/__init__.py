@@ -1,4 +1,4 @@
-"""Codecs for quantized activation maps, numcodecs-style: lossless ones, and the lossy `dctcm`.
+"""Codecs for quantized activation maps, numcodecs-style: lossless ones, and the lossy `dctcm` and `klt`.
 
 >>> import numpy as np
 >>> from actzip import codecs
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import ActzipError
 # Import order is the listing order: the baseline first, the byte compressors last.
-from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, dctcm  # noqa: F401,I001  (each registers its codec)
+from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, dctcm, klt  # noqa: F401,I001  (each registers its codec)
 from .base import Codec, registry
 
 

@@ -167,7 +167,7 @@ def relative_error(x, y) -> float:
     return err / energy if energy else float(err > 0)
 
 
-def _value_range(dtype: np.dtype, bits: int) -> tuple[int, int]:
+def value_range(dtype: np.dtype, bits: int) -> tuple[int, int]:
     if dtype.kind == "i":
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
@@ -258,7 +258,7 @@ def coefficients(x3: np.ndarray, s: Settings) -> tuple[np.ndarray, np.ndarray]:
 def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, dtype: np.dtype,
                    bits: int) -> np.ndarray:
     """The decoded codes (shape3) from the coefficients."""
-    lo, hi = _value_range(dtype, bits)
+    lo, hi = value_range(dtype, bits)
     out = np.empty(shape3, dtype)
     if s.channel_steps:
         _dequantize_channels(ac.reshape(shape3), np.array(s.channel_steps, np.float32), lo, hi, out)
@@ -274,7 +274,7 @@ def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, d
     return out
 
 
-def _narrow(c: np.ndarray) -> tuple[np.ndarray, int]:
+def narrow(c: np.ndarray) -> tuple[np.ndarray, int]:
     """c in the smallest 16-bit dtype and width that hold it; ValueError when 16 bits do not."""
     if c.size == 0:
         return c.astype(np.uint16), 1
@@ -296,7 +296,7 @@ def _estimated_bits(c: np.ndarray, coder: str) -> float:
         return 0.0
     if coder == "zvc":
         nnz = int(np.count_nonzero(c))
-        return c.size + nnz * _narrow(c)[1]
+        return c.size + nnz * narrow(c)[1]
     counts = np.unique(c, return_counts=True)[1]
     p = counts / c.size
     return float(-(counts * np.log2(p)).sum()) + 24.0 * len(counts)
@@ -472,7 +472,7 @@ class DCTCM(Codec):
         """decode(encode(a_in)) without the entropy coding: the same 1-D array, faster."""
         a, bits, x3, s = self._prepare(a_in)
         dc, ac = coefficients(x3, s)
-        _narrow(dc), _narrow(ac)  # the same range errors as encode
+        narrow(dc), narrow(ac)  # the same range errors as encode
         return reconstruction(dc, ac, x3.shape, s, a.dtype, bits).reshape(-1)
 
     def encode(self, a_in) -> bytes:
@@ -480,7 +480,7 @@ class DCTCM(Codec):
         shape = np.shape(a_in)
         dc, ac = coefficients(x3, s)
         inner = CODERS[self.coder]
-        streams = [inner(bits=w).encode(planes(c, shape, self.axis)) for c, w in (_narrow(dc), _narrow(ac))]
+        streams = [inner(bits=w).encode(planes(c, shape, self.axis)) for c, w in (narrow(dc), narrow(ac))]
         axis = self.axis % len(shape)
         mask = sum(k << f for f, k in enumerate(s.keep))
         kind = PIXEL_PER_CHANNEL if s.channel_steps else DCT if s.transform else PIXEL

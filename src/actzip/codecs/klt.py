@@ -1,0 +1,290 @@
+"""`klt`: a channel transform learned for one site (Karhunen-Loeve). Lossy.
+
+The inputs of a depthwise conv are a ReLU6 of a 1x1 conv from a few times fewer channels, so at
+each pixel their channel vector lies close to a low-dimensional subspace. The DCT's fixed basis
+does not find it; the principal axes of the site's channels do (`fit`, on calibration maps). At
+each pixel the codes x (C channels) become coefficients c = floor(B^T (x - mean) / step + 1/2),
+one step per site, which `ctxrans` (or `rans`) codes as int16 planes; the decoder rounds
+B c step + mean - offset to the nearest code and clips it to the code range.
+
+The offsets are what makes this work inside a network. The error of a coefficient lands on every
+channel, also on the ReLU's zeros, and the clip to the code range cuts its negative half there:
+left alone each channel would be biased upwards, and the next conv sums the bias up instead of
+averaging it out. `offsets` calibrates one shift per channel, with the clip in place, that
+brings each channel's mean error back to zero.
+
+The basis, mean and offsets are side information that a decoder holds once per site (C^2 + 2C
+numbers, the basis stored as float16), not part of each stream; a stream carries an 8-byte
+fingerprint of them, and decoding it with other settings is refused. The transform runs as a
+float32 BLAS matrix product, so decode reproduces `reconstruct` exactly with the same numpy and
+BLAS build; another BLAS may sum in another order and move a value that sits on a rounding
+boundary by one code.
+
+>>> import numpy as np
+>>> from actzip.codecs import klt
+>>> rng = np.random.default_rng(0)
+>>> low = rng.normal(size=(2, 3, 8, 8))  # 16 channels driven by 3
+>>> x = np.clip(40 * np.einsum("kc,nkhw->nchw", rng.normal(size=(3, 16)), low), 0, 255).astype(np.uint8)
+>>> settings = klt.fit(x)
+>>> c = klt.KLT(bits=8, step=2.0, **settings)
+>>> y = c.decode(c.encode(x))
+>>> bool(np.abs(y.astype(int) - x.ravel()).mean() < 2), np.array_equal(y, c.reconstruct(x))
+(True, True)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+
+import numpy as np
+from numba import njit
+
+from ..errors import CorruptStreamError
+from .base import Codec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
+from .ctxrans import ContextRANS
+from .dctcm import MAX_DIMS, STEP_RANGE, as_3d, channel_entropy, narrow, planes, relative_error, sample_pixels, value_range
+from .rans import RANS
+
+MAX_CHANNELS = 512  # the basis grows as C^2: 512 channels keep it (as float16, base64) under the container's header limit
+CODERS = {"ctxrans": ContextRANS, "rans": RANS}
+CODER_IDS = {name: i for i, name in enumerate(CODERS)}
+OFFSET_ROUNDS = 4  # fixed-point rounds of `offsets`; the mean error stops moving after two or three
+FINGERPRINT = 8  # bytes
+
+
+def _as_3d(x, axis: int) -> np.ndarray:
+    x = np.asarray(x)
+    return as_3d(check_input(x, None)[0], x.shape, axis)
+
+
+def fit(x, axis: int = 1, max_values: int = 1 << 20) -> dict:
+    """The principal axes of the channels of codes like x: {"basis": (C, C) float32, its columns
+    the axes by falling variance, each as float16 would store it; "mean": (C,) float32}."""
+    x3 = _as_3d(x, axis)
+    channels = x3.shape[1]
+    if not 2 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"a channel transform needs 2..{MAX_CHANNELS} channels, got {channels}")
+    sample = sample_pixels(x3, max_values).transpose(1, 0, 2).reshape(channels, -1).astype(np.float64)
+    if sample.shape[1] < 2:
+        raise ValueError("a channel transform needs at least two pixels to fit on")
+    mean = sample.mean(axis=1)
+    variance, axes = np.linalg.eigh(np.cov(sample - mean[:, None]))
+    axes = axes[:, np.argsort(variance)[::-1]]
+    axes *= np.where(axes[np.abs(axes).argmax(axis=0), range(channels)] < 0, -1.0, 1.0)  # one sign, whatever LAPACK
+    return {"basis": axes.astype(np.float16).astype(np.float32), "mean": mean.astype(np.float32)}
+
+
+@njit(cache=True, nogil=True)
+def _round_coefficients(y, centre, inv_step, out):
+    """out (A, C, B) = floor((y - centre[c]) * inv_step + 1/2); False if a value leaves int16."""
+    A, C, B = y.shape
+    fits = True
+    for a in range(A):
+        for c in range(C):
+            m = centre[c]
+            for b in range(B):
+                v = np.floor((y[a, c, b] - m) * inv_step + np.float32(0.5))
+                fits &= -32768.0 <= v <= 32767.0
+                out[a, c, b] = np.int32(v)
+    return fits
+
+
+@njit(cache=True, nogil=True)
+def _round_codes(y, shift, lo, hi, out):
+    """out (A, C, B) = floor(y + shift[c] + 1/2), clipped to [lo, hi]."""
+    A, C, B = y.shape
+    for a in range(A):
+        for c in range(C):
+            s = shift[c] + np.float32(0.5)
+            for b in range(B):
+                v = np.floor(y[a, c, b] + s)
+                out[a, c, b] = lo if v < lo else (hi if v > hi else v)
+
+
+def coefficients(x3: np.ndarray, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
+    """(A, C, B) int32: x3's coefficients on the basis, re-quantized with step; ValueError when
+    they do not fit 16 bits. The mean is taken off after the product (B^T x - B^T mean): one pass
+    less over the map."""
+    y = np.matmul(basis.T, x3.astype(np.float32))
+    out = np.empty(y.shape, np.int32)
+    if not _round_coefficients(y, basis.T @ mean, np.float32(1.0 / step), out):
+        raise ValueError("coefficients past 16 bits: use a larger step")
+    return out
+
+
+def reconstruction(c: np.ndarray, basis: np.ndarray, shift: np.ndarray, step: float, dtype: np.dtype,
+                   bits: int) -> np.ndarray:
+    """(A, C, B) codes of dtype from coefficients c: round(basis c step + shift), clipped to the code range."""
+    lo, hi = value_range(np.dtype(dtype), bits)
+    y = np.matmul(basis * np.float32(step), c.astype(np.float32))
+    out = np.empty(y.shape, dtype)
+    _round_codes(y, shift.astype(np.float32), lo, hi, out)
+    return out
+
+
+def offsets(x, bits: int, basis: np.ndarray, mean: np.ndarray, step: float, axis: int = 1,
+            max_values: int = 1 << 20) -> np.ndarray:
+    """(C,) float32: per channel, what to subtract after the inverse transform so that the
+    channel's mean error over codes like x (of `bits` bits) is zero with the clip to the code
+    range in place."""
+    x3 = sample_pixels(_as_3d(x, axis), max_values)
+    c = coefficients(x3, basis, mean, step)
+    target = x3.mean(axis=(0, 2), dtype=np.float64)
+    off = np.zeros(len(mean), np.float32)
+    for _ in range(OFFSET_ROUNDS):
+        decoded = reconstruction(c, basis, mean - off, step, x3.dtype, bits)
+        off += (decoded.mean(axis=(0, 2), dtype=np.float64) - target).astype(np.float32)
+    return off
+
+
+def curve(x, bits: int, basis: np.ndarray, mean: np.ndarray, steps, axis: int = 1,
+          max_values: int = 1 << 20) -> list[dict]:
+    """Per step: the step, its offsets, the relative squared error of coding codes like x with
+    them and the coefficients' order-0 entropy per channel, in bits per value (the rate measure
+    of `dctcm.channel_curves`)."""
+    x3 = sample_pixels(_as_3d(x, axis), max_values)
+    points = []
+    for step in steps:
+        try:
+            off = offsets(x3, bits, basis, mean, float(step))
+            c = coefficients(x3, basis, mean, float(step))
+        except ValueError:  # past 16 bits
+            points.append({"step": float(step), "offsets": None, "error": math.inf, "bits_per_value": math.inf})
+            continue
+        error = relative_error(x3, reconstruction(c, basis, mean - off, float(step), x3.dtype, bits))
+        rate = float(channel_entropy(c).mean())
+        points.append({"step": float(step), "offsets": off, "error": error, "bits_per_value": rate})
+    return points
+
+
+def _array(value, dtype, what: str, channels: int | None = None, square: bool = False) -> np.ndarray:
+    """value (an array, a nested list, or base64 of its little-endian `dtype` bytes) as float32,
+    rounded to dtype: a vector (of `channels` entries if given) or a channels x channels matrix."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise ValueError(f"{what} is not valid base64") from None
+        if len(raw) % dtype.itemsize:
+            raise ValueError(f"{what} holds {len(raw)} bytes, not a whole number of {dtype.name} values")
+        out = np.frombuffer(raw, dtype)
+        if square and out.size != (channels or 0) ** 2 or not square and channels is not None and out.size != channels:
+            raise ValueError(f"{what} holds {out.size} values, expected {channels ** 2 if square else channels}")
+        out = out.reshape((channels, channels) if square else (-1,))
+    else:
+        out = np.asarray(value, np.float64)
+        want = (channels, channels) if square else (channels if channels is not None else len(np.ravel(out)),)
+        if out.shape != want:
+            raise ValueError(f"{what} has shape {out.shape}, expected {want}")
+        out = out.astype(dtype)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} holds NaN or infinity")
+    return np.ascontiguousarray(out, np.float32)
+
+
+@register
+class KLT(Codec):
+    """KLT: a per-site learned channel transform with mean-error offsets, coded by ctxrans (lossy)."""
+
+    codec_id = "klt"
+    lossless = False
+
+    def __init__(self, bits: int | None = None, basis=None, mean=None, offsets=None, step: float = 1.0,
+                 axis: int = 1, coder: str = "ctxrans"):
+        super().__init__(bits)
+        if basis is None or mean is None:
+            raise ValueError("the klt codec needs a basis and a mean: fit them with actzip.codecs.klt.fit")
+        self.mean = _array(mean, np.float32, "mean")
+        channels = len(self.mean)
+        if not 2 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"a channel transform needs 2..{MAX_CHANNELS} channels, got {channels}")
+        self.basis = _array(basis, np.float16, "basis", channels, square=True)
+        self.offsets = _array(np.zeros(channels) if offsets is None else offsets, np.float32, "offsets", channels)
+        if isinstance(step, bool) or not (isinstance(step, (int, float)) and STEP_RANGE[0] <= step <= STEP_RANGE[1]):
+            raise ValueError(f"step must be a number in [{STEP_RANGE[0]}, {STEP_RANGE[1]}], got {step!r}")
+        self.step = float(np.float32(step))
+        if coder not in CODERS:
+            raise ValueError(f"coder must be one of {', '.join(CODERS)}, got {coder!r}")
+        self.coder = coder
+        self.axis = int(axis)
+        self._shift = self.mean - self.offsets
+        self.fingerprint = hashlib.blake2b(
+            self.basis.astype("<f2").tobytes() + self.mean.astype("<f4").tobytes() + self.offsets.astype("<f4").tobytes()
+            + struct.pack("<fB", self.step, self.bits or 0), digest_size=FINGERPRINT).digest()
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @property
+    def side_bytes(self) -> int:
+        """What a decoder holds besides the streams: the float16 basis, the float32 mean and offsets."""
+        return self.basis.size * 2 + (self.mean.size + self.offsets.size) * 4
+
+    def _params(self) -> dict:
+        def b64(a, dtype):
+            return base64.b64encode(a.astype(dtype).tobytes()).decode()
+
+        return {"bits": self.bits, "basis": b64(self.basis, "<f2"), "mean": b64(self.mean, "<f4"),
+                "offsets": b64(self.offsets, "<f4"), "step": self.step, "axis": self.axis, "coder": self.coder}
+
+    def describe(self) -> dict:
+        """The settings without the arrays, for reports."""
+        return {"id": self.codec_id, "bits": self.bits, "channels": self.channels, "step": self.step,
+                "coder": self.coder, "side_bytes": self.side_bytes, "fingerprint": self.fingerprint.hex()}
+
+    def __repr__(self) -> str:
+        return f"KLT(channels={self.channels}, step={self.step}, coder={self.coder!r}, fingerprint={self.fingerprint.hex()})"
+
+    def _prepare(self, a_in) -> tuple[np.ndarray, int, np.ndarray]:
+        a, bits = check_input(a_in, self.bits)
+        x3 = as_3d(a, np.shape(a_in), self.axis)
+        if x3.shape[1] != self.channels:
+            raise ValueError(f"the klt basis is for {self.channels} channels, the input has {x3.shape[1]}")
+        return a, bits, x3
+
+    def reconstruct(self, a_in) -> np.ndarray:
+        """decode(encode(a_in)) without the entropy coding: the same 1-D array, faster."""
+        a, bits, x3 = self._prepare(a_in)
+        c = coefficients(x3, self.basis, self.mean, self.step)
+        return reconstruction(c, self.basis, self._shift, self.step, a.dtype, bits).reshape(-1)
+
+    def encode(self, a_in) -> bytes:
+        a, bits, x3 = self._prepare(a_in)
+        shape = np.shape(a_in)
+        c, width = narrow(coefficients(x3, self.basis, self.mean, self.step))
+        inner = CODERS[self.coder](bits=width).encode(planes(c.reshape(-1), shape, self.axis))
+        return (pack_header(a, bits) + write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
+                + bytes([self.axis % len(shape), CODER_IDS[self.coder]]) + self.fingerprint + inner)
+
+    def decode(self, buf) -> np.ndarray:
+        buf = stream_bytes(buf)
+        h = parse_header(buf)
+        ndim, pos = read_varint(buf, h.size, "dimension count")
+        if not 2 <= ndim <= MAX_DIMS:
+            raise CorruptStreamError(f"klt: {ndim} dimensions")
+        shape = []
+        for _ in range(ndim):
+            d, pos = read_varint(buf, pos, "shape")
+            shape.append(d)
+        if math.prod(shape) != h.n:
+            raise CorruptStreamError(f"klt: shape {shape} does not hold the {h.n} values the header claims")
+        if pos + 2 + FINGERPRINT > len(buf):
+            raise CorruptStreamError("klt: stream truncated inside its settings")
+        axis, coder_id = buf[pos:pos + 2]
+        if axis >= ndim or coder_id >= len(CODERS):
+            raise CorruptStreamError("klt: settings out of range")
+        if buf[pos + 2:pos + 2 + FINGERPRINT] != self.fingerprint:
+            raise CorruptStreamError("klt: the stream was coded with another basis, mean, offsets or step "
+                                     "than this codec's")
+        shape3 = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+        if shape3[1] != self.channels:
+            raise CorruptStreamError(f"klt: the stream has {shape3[1]} channels, the basis {self.channels}")
+        c = CODERS[list(CODERS)[coder_id]]().decode(buf[pos + 2 + FINGERPRINT:])
+        if c.size != h.n or c.dtype.itemsize != 2:
+            raise CorruptStreamError(f"klt: the coefficient stream holds {c.size} {c.dtype} values, expected {h.n}")
+        return reconstruction(c.reshape(shape3), self.basis, self._shift, self.step, h.dtype, h.bits).reshape(-1)
