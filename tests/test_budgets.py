@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from actzip.budgets import OUTPUT_BUDGET_RANGE, allocate, budget_for_agreement, probe_point, sensitivities
+from actzip.budgets import (OUTPUT_BUDGET_RANGE, allocate, budget_for_agreement, choose_options, probe_point,
+                            sensitivities)
 
 
 def _curve(scale: float = 1.0):
@@ -41,6 +42,29 @@ def test_allocation_matches_brute_force_on_small_curves():
         assert _spent(points, sens) <= budget
         # a Lagrange multiplier reaches the lower convex hull: within one point's step of the optimum
         assert got <= best + max(values)
+
+
+def test_each_site_takes_one_of_its_options_and_the_choice_matches_brute_force():
+    # site 0: two channels (option 0) or one transform unit (option 1); site 1: one unit (option 2)
+    option_of_unit, site_of_option = np.array([0, 0, 1, 2]), np.array([0, 0, 1])
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        curves = [_curve(float(rng.uniform(0.2, 3))) for _ in range(4)]
+        rate = np.array([[p["bits_per_value"] for p in c] for c in curves])
+        error = np.array([[p["error"] for p in c] for c in curves])
+        values = np.array([500.0, 500.0, 1000.0, float(rng.integers(100, 3000))])
+        sens = rng.uniform(0.01, 50, 4)
+        budget = float(rng.uniform(1e-4, 0.3))
+        chosen, taken = choose_options(rate, error, values, sens, budget, option_of_unit, site_of_option)
+        assert taken[3] and taken[0] == taken[1] != taken[2]  # one option of site 0, whole
+        spent = float((sens * error[range(4), chosen])[taken].sum())
+        got = float((values * rate[range(4), chosen])[taken].sum())
+        assert spent <= budget
+        ways = [((0, 1, 3), (a, b, d)) for a in range(8) for b in range(8) for d in range(8)]
+        ways += [((2, 3), (c, d)) for c in range(8) for d in range(8)]
+        best = min(sum(values[u] * rate[u, k] for u, k in zip(units, points)) for units, points in ways
+                   if sum(sens[u] * error[u, k] for u, k in zip(units, points)) <= budget)
+        assert got <= best + values.max()  # the lower convex hull, as above
 
 
 def test_insensitive_sites_take_the_cheapest_point_and_bad_budgets_fail():

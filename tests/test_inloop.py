@@ -214,3 +214,23 @@ def test_channel_weights_spend_the_error_on_the_channels_the_output_does_not_rea
                 dict(output_budget=0.1, codec_params={"coder": "rans", "transform": True})):
         with pytest.raises(ValueError, match="channel weights"):
             EvaluateConfig(codec="dctcm", channel_weights=True, **bad)
+
+
+def test_a_site_of_few_underlying_channels_takes_its_fitted_transform():
+    torch.manual_seed(0)
+    # the depthwise conv reads a ReLU of a 1x1 conv from 4 channels: 32 channels on a 4-dimensional subspace
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 32, 1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32 * 144, 10)).eval()
+    data = _images(model, quantized_labels=False)
+    pixel, learned = (evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, output_budget=1e-3,
+                                                           codec_params={"coder": "ctxrans"}, channel_weights=True,
+                                                           transform=t))
+                      for t in (False, True))
+    kinds = [s["codec"]["id"] for s in learned["sites"]]
+    assert kinds[1] == "klt" and kinds[2] == "dctcm"  # a Linear input has no channels to transform
+    assert learned["sites"][1]["codec"]["channels"] == 32 and learned["side_bytes"] == 32 * 32 * 2 + 2 * 32 * 4
+    assert learned["compression"] > 1.1 * pixel["compression"]
+    assert learned["output_error"]["compressed"] <= 1e-3 and pixel["side_bytes"] == 0
+    with pytest.raises(ValueError, match="channel weights"):
+        EvaluateConfig(codec="dctcm", output_budget=0.1, codec_params={"coder": "rans"}, transform=True)

@@ -48,32 +48,52 @@ def choose_points(bits: np.ndarray, errors: np.ndarray, values: np.ndarray, sens
     value and error, (U, S) arrays), the index of the point each takes such that
     sum(sensitivity * error) <= output_budget at the fewest total bits (values: (U,), how many
     activation values a unit's bits_per_value counts for)."""
+    units = np.arange(np.shape(values)[0])
+    return choose_options(bits, errors, values, sensitivities, output_budget, units, units)[0]
+
+
+def choose_options(bits: np.ndarray, errors: np.ndarray, values: np.ndarray, sensitivities: np.ndarray,
+                   output_budget: float, option_of_unit: np.ndarray,
+                   site_of_option: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`choose_points` for sites that can be coded in more than one way (pixel re-quantization
+    with a step per channel, or a channel transform with one step): every unit belongs to an
+    option (option_of_unit, (U,)) and every option to a site (site_of_option, (O,)); at each
+    multiplier a site takes the option of the smallest rate + multiplier x damage, summed over
+    its units. Returns the point of every unit and whether its option was taken (both (U,))."""
     if not 0 < output_budget < 1:
         raise ValueError(f"output error budget must be in (0, 1), got {output_budget}")
     bits, errors = (np.where(np.isfinite(a), a, UNREACHABLE) for a in (np.asarray(bits, float), np.asarray(errors, float)))
     values, sensitivities = np.asarray(values, float), np.asarray(sensitivities, float)
-    if not bits.shape == errors.shape == values.shape + bits.shape[1:] or sensitivities.shape != values.shape:
-        raise ValueError("one curve, value count and sensitivity per unit")
+    option_of_unit, site_of_option = np.asarray(option_of_unit), np.asarray(site_of_option)
+    if not bits.shape == errors.shape == values.shape + bits.shape[1:] or sensitivities.shape != values.shape \
+            or option_of_unit.shape != values.shape:
+        raise ValueError("one curve, value count, sensitivity and option per unit")
     rate = bits * (values / max(values.sum(), 1.0))[:, None]
     damage = sensitivities[:, None] * errors
     rows = np.arange(len(values))
 
-    def pick(log_lam: float) -> tuple[np.ndarray, float]:
-        chosen = np.argmin(rate + 10.0**log_lam * damage, axis=1)
-        return chosen, float(damage[rows, chosen].sum())
+    def pick(log_lam: float) -> tuple[np.ndarray, np.ndarray, float]:
+        cost = rate + 10.0**log_lam * damage
+        chosen = np.argmin(cost, axis=1)
+        option_cost = np.bincount(option_of_unit, cost[rows, chosen], minlength=len(site_of_option))
+        order = np.lexsort((option_cost, site_of_option))  # by site, then cost: the first of each site wins
+        taken = np.zeros(len(site_of_option), bool)
+        taken[order[np.r_[True, np.diff(site_of_option[order]) != 0]]] = True
+        taken = taken[option_of_unit]
+        return chosen, taken, float(damage[rows, chosen][taken].sum())
 
     lo, hi = -12.0, 12.0  # log10 of the multiplier: 1e-12 spends no bits, 1e12 buys every error away
-    best, spent = pick(hi)
+    *best, spent = pick(hi)
     if spent > output_budget:  # even the most precise points exceed it (the curves have no error-free point)
-        return best
+        return tuple(best)
     for _ in range(60):
         mid = (lo + hi) / 2
-        chosen, spent = pick(mid)
+        *chosen, spent = pick(mid)
         if spent <= output_budget:
             hi, best = mid, chosen
         else:
             lo = mid
-    return best
+    return tuple(best)
 
 
 def allocate(curves: Sequence[Sequence[dict]], values: Sequence[float], sensitivities: Sequence[float],

@@ -337,6 +337,9 @@ def evaluate(
         False, "--channel-weights", help="dctcm with an output budget, an agreement or --by-sensitivity: one step "
                                          "per channel, by how strongly it reaches the output (needs -p coder=rans "
                                          "or ctxrans)"),
+    transform: bool = typer.Option(
+        False, "--transform", help="with --channel-weights: a conv site may take a channel transform fitted to "
+                                   "it (the klt codec) where that costs less"),
     calibrate_on: Optional[str] = typer.Option(
         None, help="calibrate on these images instead of the evaluated ones (same forms as --images, "
                    "e.g. fashion-mnist-train)"),
@@ -357,7 +360,7 @@ def evaluate(
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
                             limit=limit, calibration_images=calibration_images, output_budget=output_budget,
                             budget_by_sensitivity=by_sensitivity, agreement=agreement,
-                            channel_weights=channel_weights)
+                            channel_weights=channel_weights, transform=transform)
     writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))

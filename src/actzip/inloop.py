@@ -37,7 +37,8 @@ from torch.utils.data import Dataset
 
 from . import budgets, codecs, importance
 from .analysis import AnalyzeConfig, Progress, _batches, calibrate
-from .codecs.dctcm import as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error
+from .codecs import klt
+from .codecs.dctcm import _steps, as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error
 from .errors import ActzipError
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
@@ -57,6 +58,7 @@ class EvaluateConfig:
     budget_by_sensitivity: bool = False  # spend the output error of codec_params["budget"] by sensitivity
     agreement: float | None = None  # top-1 agreement to keep on the calibration images; finds the output budget
     channel_weights: bool = False  # one step per channel, by its measured influence on the output
+    transform: bool = False  # with channel weights: a conv site may take its fitted channel transform (klt)
 
     def __post_init__(self):
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
@@ -83,6 +85,8 @@ class EvaluateConfig:
             if self.codec_params.get("coder", "zvc") == "zvc":
                 raise ValueError("channel weights need an entropy coder (coder=rans or ctxrans): zvc packs every "
                                  "non-zero at the width of the largest, whatever its channel's step")
+        if self.transform and not self.channel_weights:
+            raise ValueError("a learned channel transform is a choice of the channel planner: it needs channel weights")
 
 
 def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
@@ -125,7 +129,10 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
     if budget is None or config.budget_by_sensitivity:
         allocated, search_result = _allocate(model, calibration, config, sites, quantizers, sample, progress)
     if config.channel_weights:
-        chosen = {s.name: {"transform": False, **allocated[s.name].pop("settings")} for s in sites}
+        search_result.pop("reference", None)
+        coder = params.get("coder", "zvc")
+        return ({s.name: allocated[s.name].pop("plan").codec(config.bits, s.batched_channel_axis, coder) for s in sites},
+                allocated, search_result)
     else:
         chosen = {s.name: choose(sample[s.name], config.bits, allocated[s.name]["budget"] if allocated else budget,
                                  **search) for s in sites}
@@ -178,47 +185,121 @@ class SitePlan:
     error: float  # the relative squared error it is expected to cause at the site
 
     @property
+    def lossy(self) -> bool:
+        return bool((self.steps != 1.0).any())
+
+    @property
     def settings(self) -> dict:
         """dctcm settings (with transform=False)."""
         if (self.steps == self.steps[0]).all():
             return {"step": float(self.steps[0])}
         return {"channel_steps": self.steps.tolist()}
 
+    def codec(self, bits: int, axis: int = 1, coder: str = "zvc") -> codecs.Codec:
+        return codecs.get("dctcm", bits=bits, transform=False, axis=axis, coder=coder, **self.settings)
 
-def _requantizers(bits: int, plans: dict[str, SitePlan]) -> dict[str, codecs.Codec]:
-    return {name: codecs.get("dctcm", bits=bits, transform=False, **plan.settings)
-            for name, plan in plans.items() if (plan.steps != 1.0).any()}
+
+@dataclass(frozen=True)
+class TransformPlan:
+    """A site coded by its fitted channel transform (`actzip.codecs.klt`) at one step."""
+
+    fitted: dict  # basis and mean
+    point: dict  # the klt.curve point taken: step, offsets, error
+    lossy = True
+
+    @property
+    def error(self) -> float:
+        return self.point["error"]
+
+    def codec(self, bits: int, axis: int = 1, coder: str = "ctxrans") -> codecs.Codec:
+        return codecs.get("klt", bits=bits, axis=axis, coder=coder if coder in klt.CODERS else "ctxrans",
+                          step=self.point["step"], offsets=self.point["offsets"], **self.fitted)
+
+
+def _requantizers(bits: int, plans: dict[str, SitePlan | TransformPlan]) -> dict[str, codecs.Codec]:
+    return {name: plan.codec(bits) for name, plan in plans.items() if plan.lossy}
+
+
+def _transform_options(model: nn.Module, calibration: list[torch.Tensor], sites: list[Site],
+                       quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray], bits: int,
+                       progress: Progress | None) -> dict[str, dict]:
+    """Per conv site of 2..klt.MAX_CHANNELS channels: its fitted channel transform ("fitted"),
+    the transform's rate-distortion points at every step ("curve", `klt.curve`) and its own
+    sensitivity, measured like the pixel probe's: the transform's error lands on every channel
+    and on the ReLU's zeros, so it reaches the output differently."""
+    options = {}
+    for i, site in enumerate(sites):
+        if len(site.shape) == 3 and 2 <= site.shape[0] <= klt.MAX_CHANNELS:
+            fitted = klt.fit(sample[site.name])
+            options[site.name] = {"fitted": fitted, "curve": klt.curve(sample[site.name], bits, **fitted,
+                                                                        steps=_steps(bits))}
+        if progress:
+            progress("fit channel transforms", i + 1, len(sites))
+    names = list(options)
+    probes = [budgets.probe_point(options[n]["curve"]) for n in names]
+
+    def run(target: str | None, step: float | None) -> tuple[np.ndarray, float]:
+        plans = {}
+        if target is not None:
+            point = next(p for p in options[target]["curve"] if p["step"] == step)
+            plans[target] = TransformPlan(options[target]["fitted"], point)
+        return _outputs(model, calibration, quantizers, _requantizers(bits, plans))
+
+    for name, sensitivity in zip(names, budgets.sensitivities(names, probes, run, progress)):
+        options[name]["sensitivity"] = sensitivity
+    return options
 
 
 def _channel_planner(model: nn.Module, calibration: list[torch.Tensor], sites: list[Site],
                      sample: dict[str, np.ndarray], site_curves: list[list[dict]], sensitivity: list[float],
-                     bits: int):
-    """plan_for(output budget) -> a SitePlan per site with one step per channel: the channels of
-    all conv inputs are the units of one allocation (see actzip.budgets). A Linear input stays one
+                     bits: int, transforms: dict[str, dict]):
+    """plan_for(output budget) -> a plan per site with one step per channel: the channels of all
+    conv inputs are the units of one allocation (see actzip.budgets). A Linear input stays one
     unit with one step: its "channels" are features seen once per image, too few values each to
-    measure a rate from, and a step byte per feature would cost more than it saves."""
+    measure a rate from, and a step byte per feature would cost more than it saves. A site in
+    `transforms` (see _transform_options) may instead take its channel transform, one unit with
+    one step; the allocation picks whichever of the two costs the site less."""
     weights = importance.channel_weights(model, calibration, sites)
-    units = []
-    for site, site_curve, sens in zip(sites, site_curves, sensitivity):
+    units, site_of_option, is_transform = [], [], []  # per option: (rate, error, values, sensitivity) over its units
+    for i, (site, site_curve, sens) in enumerate(zip(sites, site_curves, sensitivity)):
+        values = math.prod(site.shape)
+        site_of_option.append(i)
+        is_transform.append(False)
         if len(site.shape) != 3:
             units.append((np.array([[p["bits_per_value"] for p in site_curve]]),
-                          np.array([[p["error"] for p in site_curve]]), np.array([math.prod(site.shape)]),
-                          np.array([sens])))
+                          np.array([[p["error"] for p in site_curve]]), np.array([values]), np.array([sens])))
             continue
         curve = channel_curves(sample[site.name], bits)
         channels = len(curve["energy"])
         energy = curve["energy"].sum()
         units.append((curve["bits_per_value"], curve["error"] / energy if energy else np.zeros_like(curve["error"]),
-                      np.full(channels, math.prod(site.shape) / channels), sens * weights[site.name]))
+                      np.full(channels, values / channels), sens * weights[site.name]))
+        if site.name in transforms:
+            option = transforms[site.name]
+            site_of_option.append(i)
+            is_transform.append(True)
+            units.append((np.array([[p["bits_per_value"] for p in option["curve"]]]),
+                          np.array([[p["error"] for p in option["curve"]]]), np.array([values]),
+                          np.array([option["sensitivity"]])))
     rate, error, values, unit_sensitivity = (np.concatenate(part) for part in zip(*units))
+    option_of_unit = np.repeat(np.arange(len(units)), [len(u[2]) for u in units])
     bounds = np.cumsum([0] + [len(u[2]) for u in units])
+    site_of_option = np.array(site_of_option)
     steps = np.array([p["step"] for p in site_curves[0]])
 
-    def plan_for(output_budget: float) -> dict[str, SitePlan]:
-        chosen = budgets.choose_points(rate, error, values, unit_sensitivity, output_budget)
-        picked = error[np.arange(len(chosen)), chosen]
-        return {s.name: SitePlan(steps[chosen[a:b]], float(picked[a:b].sum()))
-                for s, a, b in zip(sites, bounds[:-1], bounds[1:])}
+    def plan_for(output_budget: float) -> dict[str, SitePlan | TransformPlan]:
+        chosen, taken = budgets.choose_options(rate, error, values, unit_sensitivity, output_budget,
+                                               option_of_unit, site_of_option)
+        plans = {}
+        for option, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if not taken[a]:
+                continue
+            name = sites[site_of_option[option]].name
+            if is_transform[option]:
+                plans[name] = TransformPlan(transforms[name]["fitted"], transforms[name]["curve"][chosen[a]])
+            else:
+                plans[name] = SitePlan(steps[chosen[a:b]], float(error[np.arange(a, b), chosen[a:b]].sum()))
+        return plans
 
     return plan_for
 
@@ -243,7 +324,10 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     sensitivity = budgets.sensitivities(names, probes, run, progress)
     values = [math.prod(s.shape) for s in sites]
     if config.channel_weights:
-        plan_for = _channel_planner(model, calibration, sites, sample, curves, sensitivity, config.bits)
+        transforms = {}
+        if config.transform:
+            transforms = _transform_options(model, calibration, sites, quantizers, sample, config.bits, progress)
+        plan_for = _channel_planner(model, calibration, sites, sample, curves, sensitivity, config.bits, transforms)
     else:
         def plan_for(output_budget: float) -> dict[str, SitePlan]:
             points = budgets.allocate(curves, values, sensitivity, output_budget)
@@ -253,7 +337,7 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
         with torch.no_grad():
             reference = np.concatenate([model(x).reshape(len(x), -1).argmax(1).numpy() for x in calibration])
 
-        def agreement(plans: dict[str, SitePlan]) -> float:
+        def agreement(plans: dict[str, SitePlan | TransformPlan]) -> float:
             return _agreement(model, calibration, quantizers, _requantizers(config.bits, plans), reference)
 
         output_budget, plans, reached = budgets.budget_for_agreement(plan_for, config.agreement, agreement, progress)
@@ -270,7 +354,9 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
         plan = plans[s.name]
         allocated[s.name] = {"budget": min(max(plan.error, 1e-12), 1 - 1e-9), "sensitivity": sens}
         if config.channel_weights:
-            allocated[s.name]["settings"] = plan.settings
+            allocated[s.name]["plan"] = plan  # site_codecs makes the codec of it
+            if config.transform:
+                allocated[s.name]["transform_sensitivity"] = transforms.get(s.name, {}).get("sensitivity")
         else:
             allocated[s.name]["allocated_step"] = float(plan.steps[0])
     return allocated, search_result
@@ -339,7 +425,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
             total += len(y)
             if progress:
                 progress("evaluate", total, count)
-    per_site = [{"name": s.name, "shape": list(s.shape), "codec": coders[s.name].get_config(),
+    per_site = [{"name": s.name, "shape": list(s.shape), "codec": coders[s.name].describe(),
                  "numel": numel[s.name], "bytes": stream_bytes[s.name],
                  "compression": numel[s.name] * config.bits / (8 * stream_bytes[s.name]),
                  "relative_error": errors[s.name][0] / errors[s.name][1] if errors[s.name][1] else 0.0}
@@ -353,6 +439,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     return {
         "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
         "budget_by_sensitivity": config.budget_by_sensitivity, "channel_weights": config.channel_weights,
+        "transform": config.transform,
         "agreement_target": config.agreement, "agreement_search": search_result,
         "bits": config.bits,
         "images": total, "labelled": labelled,
@@ -360,5 +447,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         "agreement": {"quantized": agree_quant / total, "compressed": agree / total} if total else None,
         "output_error": {k: v / output_energy if output_energy else 0.0 for k, v in output_error.items()},
         "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
+        # held by the decoder once, not sent with the maps: not in the compression above
+        "side_bytes": sum(c.side_bytes for c in coders.values()),
         "sites": per_site,
     }

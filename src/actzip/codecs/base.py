@@ -174,6 +174,15 @@ class Codec(ABC):
     def _params(self) -> dict:
         return {"bits": self.bits}
 
+    def describe(self) -> dict:
+        """The settings as a report shows them (get_config without bulky arrays)."""
+        return self.get_config()
+
+    @property
+    def side_bytes(self) -> int:
+        """What a decoder must hold besides the streams (a learned transform's basis), in bytes."""
+        return 0
+
     @classmethod
     def from_config(cls, config: dict) -> "Codec":
         config = dict(config)

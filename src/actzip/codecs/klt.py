@@ -131,7 +131,10 @@ def offsets(x, bits: int, basis: np.ndarray, mean: np.ndarray, step: float, axis
     channel's mean error over codes like x (of `bits` bits) is zero with the clip to the code
     range in place."""
     x3 = sample_pixels(_as_3d(x, axis), max_values)
-    c = coefficients(x3, basis, mean, step)
+    return _offsets(x3, coefficients(x3, basis, mean, step), bits, basis, mean, step)
+
+
+def _offsets(x3: np.ndarray, c: np.ndarray, bits: int, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
     target = x3.mean(axis=(0, 2), dtype=np.float64)
     off = np.zeros(len(mean), np.float32)
     for _ in range(OFFSET_ROUNDS):
@@ -148,15 +151,16 @@ def curve(x, bits: int, basis: np.ndarray, mean: np.ndarray, steps, axis: int = 
     x3 = sample_pixels(_as_3d(x, axis), max_values)
     points = []
     for step in steps:
+        step = float(np.float32(step))  # as the codec stores it
         try:
-            off = offsets(x3, bits, basis, mean, float(step))
-            c = coefficients(x3, basis, mean, float(step))
+            c = coefficients(x3, basis, mean, step)
         except ValueError:  # past 16 bits
-            points.append({"step": float(step), "offsets": None, "error": math.inf, "bits_per_value": math.inf})
+            points.append({"step": step, "offsets": None, "error": math.inf, "bits_per_value": math.inf})
             continue
-        error = relative_error(x3, reconstruction(c, basis, mean - off, float(step), x3.dtype, bits))
+        off = _offsets(x3, c, bits, basis, mean, step)
+        error = relative_error(x3, reconstruction(c, basis, mean - off, step, x3.dtype, bits))
         rate = float(channel_entropy(c).mean())
-        points.append({"step": float(step), "offsets": off, "error": error, "bits_per_value": rate})
+        points.append({"step": step, "offsets": off, "error": error, "bits_per_value": rate})
     return points
 
 
@@ -221,8 +225,7 @@ class KLT(Codec):
         return len(self.mean)
 
     @property
-    def side_bytes(self) -> int:
-        """What a decoder holds besides the streams: the float16 basis, the float32 mean and offsets."""
+    def side_bytes(self) -> int:  # the float16 basis, the float32 mean and offsets
         return self.basis.size * 2 + (self.mean.size + self.offsets.size) * 4
 
     def _params(self) -> dict:
@@ -233,7 +236,6 @@ class KLT(Codec):
                 "offsets": b64(self.offsets, "<f4"), "step": self.step, "axis": self.axis, "coder": self.coder}
 
     def describe(self) -> dict:
-        """The settings without the arrays, for reports."""
         return {"id": self.codec_id, "bits": self.bits, "channels": self.channels, "step": self.step,
                 "coder": self.coder, "side_bytes": self.side_bytes, "fingerprint": self.fingerprint.hex()}
 
