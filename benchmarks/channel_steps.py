@@ -3,9 +3,10 @@
 The Fashion-MNIST networks of benchmarks/sparsify_table.py, 8-bit activations compressed in the
 loop (the variants of benchmarks/dctcm.py): per agreement target, dctcm G16 + ctxrans with its
 per-site steps (no site takes the DCT at these targets) against one pixel-domain step per channel
-(`channel_weights`), both calibrated on the first 2000 test images and evaluated on the other
-8000. Lite0's rows of the same comparison are in benchmarks/dctcm.json, whose Fashion-MNIST rows
-come from earlier weights: this script runs both variants on whatever weights are there now.
+(`channel_weights`), and the same with a fitted channel transform (klt) as a per-site choice
+(`transform`), all calibrated on the first 2000 test images and evaluated on the other 8000.
+Lite0's rows of the same comparison are in benchmarks/dctcm.json, whose Fashion-MNIST rows come
+from earlier weights: this script runs the variants on whatever weights are there now.
 
     python benchmarks/channel_steps.py [--models resnet20 mobilenet-v1] [--targets 0.98 0.99]
 """
@@ -41,7 +42,7 @@ def main():
             print(f"skipping {name}: no {weights} (train it with benchmarks/sparsify_table.py)")
             continue
         labels = [f"{kind} @agreement {t:g}" for t in args.targets
-                  for kind in ("dctcm G16+ctxrans", "channel steps+ctxrans")]
+                  for kind in ("dctcm G16+ctxrans", "channel steps+ctxrans", "KLT or channel steps+ctxrans")]
         rows = table.run_model(name, weights, "fashion-mnist", 10000, args.runs / name, labels,
                                split=(range(calibration), range(calibration, 10000)))
         results["models"][name] = {"weights": str(weights), "rows": rows}

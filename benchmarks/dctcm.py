@@ -50,6 +50,7 @@ import zstandard
 from torch.utils.data import Subset
 
 from actzip import codecs, models
+from actzip.codecs import klt
 from actzip.codecs.dctcm import STEPS_PER_OCTAVE, choose, step_index
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
@@ -67,6 +68,7 @@ VIEW_VARIANTS = ["ctxrans", "dctcm G16+ctxrans @0.001", "dctcm G16+ctxrans @outp
                  "channel steps+ctxrans"]
 LOSSLESS = ("zvc", "seg", "ctx", "ctxrans")
 CODERS = ("zvc", "rans", "ctxrans")  # dctcm's inner coders, in the order the gains build up
+PHOTOS, SPEED_GROUP = 27, 4  # the speed test's photos, and how many go into one stream
 
 
 def variants() -> list[tuple[str, dict]]:
@@ -99,6 +101,11 @@ def variants() -> list[tuple[str, dict]]:
     for a in AGREEMENTS:
         out.append((f"channel steps+ctxrans @agreement {a:g}",
                     {"codec": "dctcm", "agreement": a, "channel_weights": True,
+                     "codec_params": {"coder": "ctxrans", "transform": False}}))
+    # or, per conv site, a channel transform fitted to it (the klt codec) where that costs less
+    for a in AGREEMENTS:
+        out.append((f"KLT or channel steps+ctxrans @agreement {a:g}",
+                    {"codec": "dctcm", "agreement": a, "channel_weights": True, "transform": True,
                      "codec_params": {"coder": "ctxrans", "transform": False}}))
     return out
 
@@ -168,7 +175,7 @@ def run_model(model_name: str, weights: Path | None, images: str, limit: int | N
 
 def speed(repeats: int) -> dict:
     """dctcm encode/decode MB/s on Lite0's 8-bit maps (one stream per site and 4 photos) vs zstd -3."""
-    streams = lite0_streams(27, 8)
+    streams = lite0_streams(PHOTOS, 8, SPEED_GROUP)
     raw = sum(a.nbytes for a in streams)
     out = {}
     zstd = zstandard.ZstdCompressor(level=3)
@@ -185,6 +192,19 @@ def speed(repeats: int) -> dict:
         indices = np.clip(k + rng.integers(-octave, octave + 1, a.shape[1]), 0, octave * 7)  # steps 1..128
         variants["ctxrans, channel steps"].append(codecs.get("dctcm", bits=8, coder="ctxrans", transform=False,
                                                              channel_steps=(2.0 ** (indices / octave)).tolist()))
+    # a channel transform (klt) at every conv site it takes (2..512 channels), fitted on the site's
+    # maps of the first 4 photos, at the site's pixel-domain step; the other sites in the pixel domain
+    sites = len(streams) // -(-PHOTOS // SPEED_GROUP)
+    variants["ctxrans, KLT where it fits"] = []
+    for j, a in enumerate(streams):
+        pixel = choose(a, 8, BUDGETS[1], coder="ctxrans", transform=False)
+        if a.ndim == 4 and 2 <= a.shape[1] <= klt.MAX_CHANNELS:
+            fitted = klt.fit(streams[j % sites])
+            off = klt.offsets(streams[j % sites], 8, step=pixel["step"], **fitted)
+            variants["ctxrans, KLT where it fits"].append(codecs.get("klt", bits=8, step=pixel["step"], offsets=off,
+                                                                     **fitted))
+        else:
+            variants["ctxrans, KLT where it fits"].append(codecs.get("dctcm", bits=8, coder="ctxrans", **pixel))
     for label, coders in variants.items():
         enc_t, dec_t, z_enc, z_dec = [], [], [], []
         for _ in range(repeats):
@@ -268,7 +288,8 @@ def main():
                 merge(f"{name} (views of unseen photos)", run_model(
                     name, None, "photo-views", None, args.runs / "unseen", args.select,
                     split=photo_split(photos, 2 * len(VIEW_SCALES)),
-                    only=["dctcm G16+ctxrans @agreement", "channel steps+ctxrans @agreement"]))
+                    only=["dctcm G16+ctxrans @agreement", "channel steps+ctxrans @agreement",
+                          "KLT or channel steps+ctxrans @agreement"]))
         else:
             weights = args.weights_dir / f"{name}-baseline" / "weights.pt"
             if not weights.is_file():

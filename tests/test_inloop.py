@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from actzip.analysis import AnalyzeConfig, calibrate
-from actzip.inloop import EvaluateConfig, evaluate
+from actzip.errors import ActzipError
+from actzip.inloop import EvaluateConfig, evaluate, planner
 from actzip.quant import fake_quantize
 from actzip.sites import capture
 
@@ -74,6 +76,8 @@ def test_cli_evaluate_reports_and_refuses_bad_settings(tmp_path):
     assert bad.exit_code == 2 and "needs the dctcm codec" in bad.output
     bad = CliRunner().invoke(app, ["evaluate", "--channel-weights", "-p", "coder=rans"])
     assert bad.exit_code == 2 and "channel weights need an output budget" in bad.output
+    bad = CliRunner().invoke(app, ["evaluate", "--transform", "--output-budget", "0.1", "-p", "coder=rans"])
+    assert bad.exit_code == 2 and "needs channel weights" in bad.output
 
 
 def test_cli_evaluate_with_an_output_budget_writes_its_report(tmp_path):
@@ -216,12 +220,16 @@ def test_channel_weights_spend_the_error_on_the_channels_the_output_does_not_rea
             EvaluateConfig(codec="dctcm", channel_weights=True, **bad)
 
 
-def test_a_site_of_few_underlying_channels_takes_its_fitted_transform():
+def _expanding_net():
+    """A depthwise conv that reads a ReLU of a 1x1 conv from 4 channels: 32 channels on a 4-dimensional subspace."""
     torch.manual_seed(0)
-    # the depthwise conv reads a ReLU of a 1x1 conv from 4 channels: 32 channels on a 4-dimensional subspace
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 32, 1), nn.ReLU(),
-                          nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(32 * 144, 10)).eval()
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 32, 1), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(32 * 144, 10)).eval()
+
+
+def test_a_site_of_few_underlying_channels_takes_its_fitted_transform():
+    model = _expanding_net()
     data = _images(model, quantized_labels=False)
     pixel, learned = (evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, output_budget=1e-3,
                                                            codec_params={"coder": "ctxrans"}, channel_weights=True,
@@ -234,3 +242,23 @@ def test_a_site_of_few_underlying_channels_takes_its_fitted_transform():
     assert learned["output_error"]["compressed"] <= 1e-3 and pixel["side_bytes"] == 0
     with pytest.raises(ValueError, match="channel weights"):
         EvaluateConfig(codec="dctcm", output_budget=0.1, codec_params={"coder": "rans"}, transform=True)
+
+
+def test_a_planner_hands_out_the_codecs_evaluate_chooses_for_each_budget():
+    model = _expanding_net()
+    data = _images(model, quantized_labels=False)
+    config = EvaluateConfig(codec="dctcm", bits=8, output_budget=1e-3, codec_params={"coder": "ctxrans"},
+                            channel_weights=True, transform=True)
+    codecs_for = planner(model, data, config)
+    ratios = []
+    for budget in (1e-3, 1e-2):
+        direct = evaluate(model, data, replace(config, output_budget=budget), calibration=data)
+        swept = evaluate(model, data, config, calibration=data, coders=codecs_for(budget))
+        assert swept["compression"] == direct["compression"] and swept["output_error"] == direct["output_error"]
+        assert [s["codec"] for s in swept["sites"]] == [s["codec"] for s in direct["sites"]]
+        ratios.append(swept["compression"])
+    assert ratios[1] > ratios[0]
+    with pytest.raises(ValueError, match="channel weights"):
+        planner(model, data, EvaluateConfig(codec="dctcm", output_budget=0.1))
+    with pytest.raises(ActzipError, match="one per site"):
+        evaluate(model, data, config, coders={})

@@ -18,7 +18,10 @@ the same estimated damage to the output, spent where it saves the most bits; or 
 with the float model to keep on the calibration images (`agreement`), for which the output budget
 is searched. The report gives the output's relative squared error in every case. With any of
 the last three, `channel_weights` gives every channel of a site its own pixel-domain step, the
-error spread over the channels by how strongly each reaches the output (`actzip.importance`).
+error spread over the channels by how strongly each reaches the output (`actzip.importance`);
+and with `transform` as well, a conv site may instead take a channel transform fitted to its
+calibration maps (`actzip.codecs.klt`, one step), where that costs it fewer bits at the same
+multiplier.
 
 Calibration uses the first `calibration_images` of the evaluated images, or of a separate set
 (`evaluate(..., calibration=...)`, e.g. training images) so that what is reported was not
@@ -28,6 +31,7 @@ calibrated on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +42,7 @@ from torch.utils.data import Dataset
 from . import budgets, codecs, importance
 from .analysis import AnalyzeConfig, Progress, _batches, calibrate
 from .codecs import klt
-from .codecs.dctcm import _steps, as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error
+from .codecs.dctcm import as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error, step_grid
 from .errors import ActzipError
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
@@ -110,20 +114,7 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
 
     if budget is None and config.output_budget is None and config.agreement is None:
         return {s.name: make(s) for s in sites}, {}, {}
-    count = min(len(calibration_set), config.calibration_images)
-    calibration = [x for x in _batches(calibration_set, count, config.batch_size, progress, "load calibration images")]
-    samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
-    per_batch = max(1, SAMPLE_VALUES // len(calibration))
-
-    def keep(site: Site, module: nn.Module, x: torch.Tensor):
-        codes = _codes(x, quantizers[site.name])
-        sample = sample_pixels(as_3d(codes.ravel(), codes.shape, site.batched_channel_axis), per_batch)
-        samples[site.name].append(sample.transpose(1, 0, 2).reshape(sample.shape[1], -1))  # (channels, pixels)
-
-    with capture(model, keep), torch.no_grad():
-        for x in calibration:
-            model(x)
-    sample = {s.name: np.concatenate(samples.pop(s.name), axis=1)[None] for s in sites}
+    calibration, sample = _calibration_sample(model, calibration_set, config, sites, quantizers, progress)
     search = {k: params[k] for k in ("group", "coder", "transform") if k in params}
     allocated, search_result = {}, {}
     if budget is None or config.budget_by_sensitivity:
@@ -147,6 +138,26 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
         search_result["dct_kept"] = reached >= config.agreement
     search_result.pop("reference", None)
     return {s.name: make(s, chosen[s.name]) for s in sites}, allocated, search_result
+
+
+def _calibration_sample(model: nn.Module, calibration_set: Dataset, config: EvaluateConfig, sites: list[Site],
+                        quantizers: dict[str, QuantParams], progress: Progress | None,
+                        ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
+    """The calibration batches, and per site a sample of its codes over them, (1, channels, pixels)."""
+    count = min(len(calibration_set), config.calibration_images)
+    calibration = [x for x in _batches(calibration_set, count, config.batch_size, progress, "load calibration images")]
+    samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
+    per_batch = max(1, SAMPLE_VALUES // len(calibration))
+
+    def keep(site: Site, module: nn.Module, x: torch.Tensor):
+        codes = _codes(x, quantizers[site.name])
+        sample = sample_pixels(as_3d(codes.ravel(), codes.shape, site.batched_channel_axis), per_batch)
+        samples[site.name].append(sample.transpose(1, 0, 2).reshape(sample.shape[1], -1))  # (channels, pixels)
+
+    with capture(model, keep), torch.no_grad():
+        for x in calibration:
+            model(x)
+    return calibration, {s.name: np.concatenate(samples.pop(s.name), axis=1)[None] for s in sites}
 
 
 def _outputs(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams],
@@ -212,7 +223,7 @@ class TransformPlan:
         return self.point["error"]
 
     def codec(self, bits: int, axis: int = 1, coder: str = "ctxrans") -> codecs.Codec:
-        return codecs.get("klt", bits=bits, axis=axis, coder=coder if coder in klt.CODERS else "ctxrans",
+        return codecs.get("klt", bits=bits, axis=axis, coder=coder,
                           step=self.point["step"], offsets=self.point["offsets"], **self.fitted)
 
 
@@ -232,7 +243,7 @@ def _transform_options(model: nn.Module, calibration: list[torch.Tensor], sites:
         if len(site.shape) == 3 and 2 <= site.shape[0] <= klt.MAX_CHANNELS:
             fitted = klt.fit(sample[site.name])
             options[site.name] = {"fitted": fitted, "curve": klt.curve(sample[site.name], bits, **fitted,
-                                                                        steps=_steps(bits))}
+                                                                        steps=step_grid(bits))}
         if progress:
             progress("fit channel transforms", i + 1, len(sites))
     names = list(options)
@@ -304,14 +315,10 @@ def _channel_planner(model: nn.Module, calibration: list[torch.Tensor], sites: l
     return plan_for
 
 
-def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
-              quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
-              progress: Progress | None) -> tuple[dict[str, dict], dict]:
-    """Per site: its error budget from config.output_budget (from the per-site budget's output
-    error with budget_by_sensitivity, or searched for config.agreement), its sensitivity and the
-    step of the curve point taken, or with channel weights the dctcm settings of its channel steps
-    (see actzip.budgets); and for an agreement target, the output budget found, the calibration
-    agreement it gave and the float model's predictions."""
+def _planner(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
+             quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray], progress: Progress | None):
+    """(plan_for(output budget) -> a plan per site, the sites' sensitivities, the transform options):
+    what an allocation measures on the calibration images, once for any number of budgets."""
     coder = config.codec_params.get("coder", "zvc")
     curves = [pixel_curve(sample[s.name], config.bits, coder) for s in sites]
     probes = [budgets.probe_point(c) for c in curves]
@@ -323,8 +330,8 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
 
     sensitivity = budgets.sensitivities(names, probes, run, progress)
     values = [math.prod(s.shape) for s in sites]
+    transforms = {}
     if config.channel_weights:
-        transforms = {}
         if config.transform:
             transforms = _transform_options(model, calibration, sites, quantizers, sample, config.bits, progress)
         plan_for = _channel_planner(model, calibration, sites, sample, curves, sensitivity, config.bits, transforms)
@@ -332,6 +339,18 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
         def plan_for(output_budget: float) -> dict[str, SitePlan]:
             points = budgets.allocate(curves, values, sensitivity, output_budget)
             return {s.name: SitePlan(np.array([p["step"]]), p["error"]) for s, p in zip(sites, points)}
+    return plan_for, sensitivity, transforms
+
+
+def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
+              quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
+              progress: Progress | None) -> tuple[dict[str, dict], dict]:
+    """Per site: its error budget from config.output_budget (from the per-site budget's output
+    error with budget_by_sensitivity, or searched for config.agreement), its sensitivity and the
+    step of the curve point taken, or with channel weights the dctcm settings of its channel steps
+    (see actzip.budgets); and for an agreement target, the output budget found, the calibration
+    agreement it gave and the float model's predictions."""
+    plan_for, sensitivity, transforms = _planner(model, calibration, config, sites, quantizers, sample, progress)
     search_result = {}
     if config.agreement is not None:
         with torch.no_grad():
@@ -362,10 +381,43 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     return allocated, search_result
 
 
+def planner(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
+            progress: Progress | None = None) -> Callable[[float], dict[str, codecs.Codec]]:
+    """codecs_for(output budget) -> the codec per site that `evaluate` with that output budget
+    (and otherwise `config`, which needs channel weights) would use: the sensitivities, channel
+    weights and transforms are measured once, for a sweep over budgets. Pass the codecs to
+    `evaluate(..., calibration=calibration, coders=...)` with the same config."""
+    if not config.channel_weights:
+        raise ValueError("a planner hands out channel-weighted plans: the config needs channel weights")
+    if len(calibration) == 0:
+        raise ActzipError("no calibration images")
+    model.eval()
+    sites, quantizers = _quantizers(model, calibration, config, progress)
+    batches, sample = _calibration_sample(model, calibration, config, sites, quantizers, progress)
+    plan_for = _planner(model, batches, config, sites, quantizers, sample, progress)[0]
+    coder = config.codec_params.get("coder", "zvc")
+
+    def codecs_for(output_budget: float) -> dict[str, codecs.Codec]:
+        plans = plan_for(output_budget)
+        return {s.name: plans[s.name].codec(config.bits, s.batched_channel_axis, coder) for s in sites}
+
+    return codecs_for
+
+
+def _quantizers(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
+                progress: Progress | None) -> tuple[list[Site], dict[str, QuantParams]]:
+    analyze_config = AnalyzeConfig(bits=(config.bits,), batch_size=config.batch_size,
+                                   calibration_images=config.calibration_images, codecs=())
+    sites, quantizers = calibrate(model, calibration, analyze_config, progress)
+    return sites, {name: q[config.bits] for name, q in quantizers.items()}
+
+
 def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = EvaluateConfig(),
-             progress: Progress | None = None, calibration: Dataset | None = None) -> dict:
+             progress: Progress | None = None, calibration: Dataset | None = None,
+             coders: dict[str, codecs.Codec] | None = None) -> dict:
     """Top-1 (float, quantized, compressed), agreement, and compression per site and in total;
-    quantizers and codec settings calibrated on `calibration` (default: the evaluated images)."""
+    quantizers and codec settings calibrated on `calibration` (default: the evaluated images), or
+    the codecs given (e.g. by `planner`, on the same calibration images)."""
     if len(images) == 0:
         raise ActzipError("no images to evaluate")
     count = min(len(images), config.limit or len(images))
@@ -374,11 +426,12 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     elif len(calibration) == 0:
         raise ActzipError("no calibration images")
     model.eval()
-    analyze_config = AnalyzeConfig(bits=(config.bits,), batch_size=config.batch_size,
-                                   calibration_images=config.calibration_images, codecs=())
-    sites, quantizers = calibrate(model, calibration, analyze_config, progress)
-    quantizers = {name: q[config.bits] for name, q in quantizers.items()}
-    coders, allocated, search_result = site_codecs(model, calibration, config, sites, quantizers, progress)
+    sites, quantizers = _quantizers(model, calibration, config, progress)
+    allocated, search_result = {}, {}
+    if coders is None:
+        coders, allocated, search_result = site_codecs(model, calibration, config, sites, quantizers, progress)
+    elif set(coders) != {s.name for s in sites}:
+        raise ActzipError("the codecs given are not one per site of this model")
     stream_bytes = {s.name: 0 for s in sites}
     numel = {s.name: 0 for s in sites}
     errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)

@@ -302,7 +302,7 @@ def _estimated_bits(c: np.ndarray, coder: str) -> float:
     return float(-(counts * np.log2(p)).sum()) + 24.0 * len(counts)
 
 
-def _steps(bits: int) -> np.ndarray:
+def step_grid(bits: int) -> np.ndarray:
     """The step grid the search walks: quarter octaves from 1 to half the code range."""
     return 2.0 ** (np.arange(STEPS_PER_OCTAVE * (bits - 1) + 1) / STEPS_PER_OCTAVE)
 
@@ -349,7 +349,7 @@ def pixel_curve(x, bits: int, coder: str = "zvc", axis: int = 1, max_values: int
     the grid `choose` walks: step, relative squared error, estimated bits per value."""
     x3, bits = _sample(x, bits, axis, max_values)
     points = []
-    for step in _steps(bits):
+    for step in step_grid(bits):
         err, total = settings_cost(x3, Settings(False, 1, (1,), float(step)), bits, coder)
         points.append({"step": float(step), "error": err, "bits_per_value": total / max(x3.size, 1)})
     return points
@@ -374,7 +374,7 @@ def channel_curves(x, bits: int, axis: int = 1, max_values: int = 1 << 20) -> di
     values, "energy" (C,) their sum of squares, "bits_per_value" (C, S) the channel's order-0
     entropy (what a per-channel step plan is chosen by, in `actzip.budgets`)."""
     x3, bits = _sample(x, bits, axis, max_values)
-    steps = _steps(bits)
+    steps = step_grid(bits)
     values = x3.astype(np.float64)
     error = np.empty((x3.shape[1], len(steps)))
     rate = np.empty_like(error)
@@ -396,7 +396,7 @@ def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis
     if not 0 < budget < 1:
         raise ValueError(f"error budget must be in (0, 1), got {budget}")
     x3, bits = _sample(x, bits, axis, max_values)
-    steps = _steps(bits)
+    steps = step_grid(bits)
     candidates = [Settings(False, group, (1,) * group, 1.0)]
     if transform and x3.shape[1] >= group:
         candidates += [Settings(True, group, _keep_mask(k, group), 1.0) for k in range(1, group + 1)]
