@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 on photos its calibration did not see, over a sweep of output budgets.
+"""EfficientNet-Lite0 on photos its calibration did not see, over a sweep of output budgets; and
+the Fashion-MNIST networks at the same settings, on test images their calibration did not see.
 
 The 27 bundled photos in 8 views each (reframed, mirrored) are cut in two folds by photo (even
 and odd numbered, `dctcm.photo_split`). Each fold is calibrated on once (quantizers,
@@ -14,7 +15,11 @@ agrees with the float model on 98.2 %, so a target of 0.98 there allows no singl
 search (`actzip.budgets.budget_for_agreement`) settles on whichever budget's noise happens to
 miss the calibration views' near-ties (see benchmarks/dctcm.json).
 
-    python benchmarks/unseen_photos.py [--budgets 0.005 0.01 0.02 0.03] [--folds A B] [--variants ...]
+The Fashion-MNIST networks (benchmarks/sparsify_table.py baselines) are calibrated on the first
+2000 test images and evaluated on the other 8000, as in benchmarks/dctcm.py (`--fmnist`).
+
+    python benchmarks/unseen_photos.py [--budgets 0.01 0.02 0.03] [--folds A B] [--variants ...]
+    python benchmarks/unseen_photos.py --fmnist resnet20 mobilenet-v1 [--budgets ...]
 
 Writes benchmarks/unseen_photos.json; each (fold, variant, budget) is cached in runs/unseen_photos.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +40,7 @@ from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
 from actzip.inloop import EvaluateConfig, evaluate, planner
-from dctcm import photo_split, summary
+from dctcm import FMNIST_CALIBRATION, photo_split, summary
 
 HERE = Path(__file__).parent
 MODEL = "efficientnet-lite0"
@@ -56,52 +63,70 @@ def pooled(rows: list[dict]) -> dict:
     return {"images": images, "agreement": agree / images, "compression": values / coded}
 
 
+def sweep(model, calibration, evaluated, name: str, variants: list[str], budgets: list[float], runs: Path,
+          batch_size: int, results: dict) -> None:
+    """Per variant: one planner on `calibration`, then every budget evaluated on `evaluated`,
+    each row cached in `runs` and kept in results["rows"] under "<name> <variant> @output <budget>"."""
+    for variant in variants:
+        config = EvaluateConfig(codec="dctcm", bits=8, output_budget=budgets[0], channel_weights=True,
+                                codec_params={"coder": "ctxrans", "transform": False},
+                                calibration_images=len(calibration), batch_size=batch_size, **VARIANTS[variant])
+        codecs_for = None
+        for budget in budgets:
+            key = f"{name} {variant} @output {budget:g}"
+            path = runs / (key.replace(" ", "_").replace("@", "").replace("+", "-") + ".json")
+            if path.is_file():
+                results["rows"][key] = json.loads(path.read_text())
+                continue
+            t = time.perf_counter()
+            if codecs_for is None:
+                codecs_for = planner(model, calibration, config)
+                print(f"{name} {variant}: calibrated in {time.perf_counter() - t:.0f} s", flush=True)
+            report = evaluate(model, evaluated, config, calibration=calibration, coders=codecs_for(budget))
+            row = summary(key, report) | {"variant": variant, "output_budget": budget,
+                                          "side_bytes": report["side_bytes"], "seconds": time.perf_counter() - t}
+            for s, full in zip(row["sites"], report["sites"]):
+                s["numel"] = full["numel"]
+            atomic_write(path, json.dumps(row, indent=1))
+            results["rows"][key] = row
+            top1 = report["top1"]
+            print(f"{key:50} {row['compression']:.3f}x agreement {100 * row['agreement']['compressed']:.1f} % "
+                  f"output error {row['output_error']['compressed']:.4f}"
+                  + (f" top-1 {100 * top1['compressed']:.2f} % (float {100 * top1['float']:.2f} %)"
+                     if top1["compressed"] is not None else ""), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budgets", nargs="+", type=float, default=[0.005, 0.01, 0.02, 0.03])
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.03])
     ap.add_argument("--folds", nargs="+", default=["A", "B"], choices=["A", "B"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--fmnist", nargs="+", default=[], choices=["resnet20", "mobilenet-v1"],
+                    help="sweep these Fashion-MNIST networks instead of Lite0")
+    ap.add_argument("--weights-dir", type=Path, default=Path("runs/sparsify_table"))
     ap.add_argument("--runs", type=Path, default=Path("runs/unseen_photos"))
     ap.add_argument("--out", type=Path, default=HERE / "unseen_photos.json")
     args = ap.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
-    model = models.load(MODEL)
-    data = open_images("photo-views", models.preprocessing(MODEL))
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": {}}
-    for fold in args.folds:
-        calibration, evaluated = (Subset(data, indices) for indices in folds()[fold])
-        for variant in args.variants:
-            config = EvaluateConfig(codec="dctcm", bits=8, output_budget=args.budgets[0], channel_weights=True,
-                                    codec_params={"coder": "ctxrans", "transform": False},
-                                    calibration_images=len(calibration), batch_size=16, **VARIANTS[variant])
-            codecs_for = None
-            for budget in args.budgets:
-                key = f"{fold} {variant} @output {budget:g}"
-                path = args.runs / (key.replace(" ", "_").replace("@", "").replace("+", "-") + ".json")
-                if path.is_file():
-                    results["rows"][key] = json.loads(path.read_text())
-                    continue
-                t = time.perf_counter()
-                if codecs_for is None:
-                    codecs_for = planner(model, calibration, config)
-                    print(f"fold {fold} {variant}: calibrated in {time.perf_counter() - t:.0f} s", flush=True)
-                report = evaluate(model, evaluated, config, calibration=calibration, coders=codecs_for(budget))
-                row = summary(key, report) | {"fold": fold, "variant": variant, "output_budget": budget,
-                                              "side_bytes": report["side_bytes"],
-                                              "seconds": time.perf_counter() - t}
-                for s, full in zip(row["sites"], report["sites"]):
-                    s["numel"] = full["numel"]
-                atomic_write(path, json.dumps(row, indent=1))
-                results["rows"][key] = row
-                print(f"{key:50} {row['compression']:.3f}x agreement {100 * row['agreement']['compressed']:.1f} % "
-                      f"output error {row['output_error']['compressed']:.4f}", flush=True)
-    results["pooled"] = {}
-    for variant in VARIANTS:
-        for budget in args.budgets:
-            rows = [results["rows"].get(f"{fold} {variant} @output {budget:g}") for fold in ("A", "B")]
-            if all(rows):
-                results["pooled"][f"{variant} @output {budget:g}"] = pooled(rows)
-    results["command"] = "python benchmarks/unseen_photos.py --budgets " + " ".join(f"{b:g}" for b in args.budgets)
+    for name in args.fmnist:
+        weights = args.weights_dir / f"{name}-baseline" / "weights.pt"
+        if not weights.is_file():
+            print(f"skipping {name}: no {weights} (train it with benchmarks/sparsify_table.py)")
+            continue
+        data = open_images("fashion-mnist", models.preprocessing(name))
+        sweep(models.load(name, weights=weights), Subset(data, range(FMNIST_CALIBRATION)),
+              Subset(data, range(FMNIST_CALIBRATION, 10000)), name, args.variants, args.budgets, args.runs, 200, results)
+    if not args.fmnist:
+        model = models.load(MODEL)
+        data = open_images("photo-views", models.preprocessing(MODEL))
+        for fold in args.folds:
+            calibration, evaluated = (Subset(data, indices) for indices in folds()[fold])
+            sweep(model, calibration, evaluated, fold, args.variants, args.budgets, args.runs, 16, results)
+    results["pooled"] = {key[2:]: pooled([row, results["rows"]["B " + key[2:]]])
+                         for key, row in results["rows"].items() if key.startswith("A ") and "B " + key[2:] in results["rows"]}
+    command = " ".join(["python", "benchmarks/unseen_photos.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    results["commands"] = sorted(set(results.get("commands", [])) | {command})
     atomic_write(args.out, json.dumps(results, indent=1))
     print(json.dumps(results["pooled"], indent=1))
 
