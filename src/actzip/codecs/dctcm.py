@@ -189,7 +189,7 @@ def _keep_mask(keep, group: int) -> tuple[int, ...]:
     return mask
 
 
-def _shape3(shape, axis: int) -> tuple[int, int, int]:
+def shape_3d(shape, axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
@@ -203,6 +203,26 @@ def planes(c: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     return c.reshape(-1, math.prod(after[:-1]), after[-1])
 
 
+def write_shape(shape: tuple) -> bytes:
+    """The map's shape as a stream records it: the dimension count, then each dimension."""
+    return write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
+
+
+def read_shape(buf: bytes, h, codec: str) -> tuple[list[int], int]:
+    """(shape, next position) of a `write_shape` field right after the header h; CorruptStreamError
+    unless it has 2..MAX_DIMS dimensions holding the header's value count."""
+    ndim, pos = read_varint(buf, h.size, "dimension count")
+    if not 2 <= ndim <= MAX_DIMS:
+        raise CorruptStreamError(f"{codec}: {ndim} dimensions")
+    shape = []
+    for _ in range(ndim):
+        d, pos = read_varint(buf, pos, "shape")
+        shape.append(d)
+    if math.prod(shape) != h.n:
+        raise CorruptStreamError(f"{codec}: shape {shape} does not hold the {h.n} values the header claims")
+    return shape, pos
+
+
 def as_3d(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     """a viewed as (outer, channels, inner) around the channel axis."""
     if not 2 <= len(shape) <= MAX_DIMS:
@@ -210,7 +230,7 @@ def as_3d(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
                          f"got shape {tuple(shape)}")
     if not -len(shape) <= axis < len(shape):
         raise ValueError(f"channel axis {axis} does not exist in shape {tuple(shape)}")
-    return a.reshape(_shape3(shape, axis % len(shape)))
+    return a.reshape(shape_3d(shape, axis % len(shape)))
 
 
 @dataclass(frozen=True)
@@ -484,7 +504,7 @@ class DCTCM(Codec):
         axis = self.axis % len(shape)
         mask = sum(k << f for f, k in enumerate(s.keep))
         kind = PIXEL_PER_CHANNEL if s.channel_steps else DCT if s.transform else PIXEL
-        return (pack_header(a, bits) + write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
+        return (pack_header(a, bits) + write_shape(shape)
                 + bytes([axis, kind, s.group, CODER_IDS[self.coder]]) + write_varint(mask)
                 + struct.pack("<f", s.step) + self._step_indices
                 + write_varint(len(streams[0])) + streams[0] + streams[1])
@@ -492,15 +512,8 @@ class DCTCM(Codec):
     def decode(self, buf) -> np.ndarray:
         buf = stream_bytes(buf)
         h = parse_header(buf)
-        ndim, pos = read_varint(buf, h.size, "dimension count")
-        if not 2 <= ndim <= MAX_DIMS:
-            raise CorruptStreamError(f"dctcm: {ndim} dimensions")
-        shape = []
-        for _ in range(ndim):
-            d, pos = read_varint(buf, pos, "shape")
-            shape.append(d)
-        if math.prod(shape) != h.n:
-            raise CorruptStreamError(f"dctcm: shape {shape} does not hold the {h.n} values the header claims")
+        shape, pos = read_shape(buf, h, "dctcm")
+        ndim = len(shape)
         if pos + 4 > len(buf):
             raise CorruptStreamError("dctcm: stream truncated inside its settings")
         axis, kind, group, coder_id = buf[pos:pos + 4]
@@ -514,7 +527,7 @@ class DCTCM(Codec):
         if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
             raise CorruptStreamError(f"dctcm: step {step} out of range")
         pos += 4
-        A, C, B = shape3 = _shape3(shape, axis)
+        A, C, B = shape3 = shape_3d(shape, axis)
         channel_steps = ()
         if kind == PIXEL_PER_CHANNEL:
             if pos + C > len(buf):

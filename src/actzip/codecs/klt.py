@@ -49,9 +49,10 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
+from .base import Codec, check_input, pack_header, parse_header, register, stream_bytes
 from .ctxrans import ContextRANS
-from .dctcm import MAX_DIMS, STEP_RANGE, as_3d, channel_entropy, narrow, planes, relative_error, sample_pixels, value_range
+from .dctcm import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
+                    shape_3d, value_range, write_shape)
 from .rans import RANS
 
 MAX_CHANNELS = 512  # the basis grows as C^2: 512 channels keep it (as float16, base64) under the container's header limit
@@ -266,21 +267,14 @@ class KLT(Codec):
         shape = np.shape(a_in)
         c, width = narrow(coefficients(x3, self.basis, self.mean, self.step))
         inner = CODERS[self.coder](bits=width).encode(planes(c.reshape(-1), shape, self.axis))
-        return (pack_header(a, bits) + write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
+        return (pack_header(a, bits) + write_shape(shape)
                 + bytes([self.axis % len(shape), CODER_IDS[self.coder]]) + self.fingerprint + inner)
 
     def decode(self, buf) -> np.ndarray:
         buf = stream_bytes(buf)
         h = parse_header(buf)
-        ndim, pos = read_varint(buf, h.size, "dimension count")
-        if not 2 <= ndim <= MAX_DIMS:
-            raise CorruptStreamError(f"klt: {ndim} dimensions")
-        shape = []
-        for _ in range(ndim):
-            d, pos = read_varint(buf, pos, "shape")
-            shape.append(d)
-        if math.prod(shape) != h.n:
-            raise CorruptStreamError(f"klt: shape {shape} does not hold the {h.n} values the header claims")
+        shape, pos = read_shape(buf, h, "klt")
+        ndim = len(shape)
         if pos + 2 + FINGERPRINT > len(buf):
             raise CorruptStreamError("klt: stream truncated inside its settings")
         axis, coder_id = buf[pos:pos + 2]
@@ -289,7 +283,7 @@ class KLT(Codec):
         if buf[pos + 2:pos + 2 + FINGERPRINT] != self.fingerprint:
             raise CorruptStreamError("klt: the stream was coded with another basis, mean, offsets or step "
                                      "than this codec's")
-        shape3 = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+        shape3 = shape_3d(shape, axis)
         if shape3[1] != self.channels:
             raise CorruptStreamError(f"klt: the stream has {shape3[1]} channels, the basis {self.channels}")
         c = CODERS[list(CODERS)[coder_id]]().decode(buf[pos + 2 + FINGERPRINT:])
