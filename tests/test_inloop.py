@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from actzip.analysis import AnalyzeConfig, calibrate
 from actzip.errors import ActzipError
-from actzip.inloop import EvaluateConfig, evaluate, planner
+from actzip.inloop import EvaluateConfig, agreement_chance, evaluate, planner
 from actzip.quant import fake_quantize
 from actzip.sites import capture
 
@@ -113,13 +113,16 @@ def test_cli_evaluate_with_an_agreement_target_calibrates_on_other_images(tmp_pa
             Image.new("RGB", (48, 40), (shade + 20 * i, 100, 30 * i)).save(tmp_path / folder / f"{i}.png")
     r = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path / "eval"),
                                  "--calibrate-on", str(tmp_path / "calib"), "--calibration-images", "3",
-                                 "--agreement", "0.9", "--out", str(tmp_path / "e.json")])
+                                 "--agreement", "0.9", "--agreement-estimate", "margin", "--out", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["images"] == 4 and report["agreement_search"]["calibration_images"] == 3
-    assert "calibration images" in r.output
+    assert report["agreement_search"]["estimate"] == "margin"
+    assert "calibration images" in r.output and "expected from the margins" in r.output
     bad = CliRunner().invoke(app, ["evaluate", "--agreement", "0.9", "--output-budget", "0.1"])
     assert bad.exit_code == 2 and "agreement target needs" in bad.output
+    bad = CliRunner().invoke(app, ["evaluate", "--agreement", "0.9", "--agreement-estimate", "vote"])
+    assert bad.exit_code == 2 and "agreement estimate must be one of count, margin" in bad.output
 
 
 def test_an_output_budget_is_split_by_sensitivity_and_bounds_the_output_error():
@@ -262,3 +265,42 @@ def test_a_planner_hands_out_the_codecs_evaluate_chooses_for_each_budget():
         planner(model, data, EvaluateConfig(codec="dctcm", output_budget=0.1))
     with pytest.raises(ActzipError, match="one per site"):
         evaluate(model, data, config, coders={})
+
+
+def test_agreement_chance_matches_the_flip_rate_of_gaussian_noise_of_that_power():
+    rng = np.random.default_rng(0)
+    reference = np.full((3, 50), -20.0)
+    reference[:, 0], reference[:, 1] = 5.0, 5.0 - np.array([0.1, 1.0, 3.0])  # margins 0.1, 1, 3
+    sigma = 1.0
+    draws = reference[None] + rng.normal(0, sigma, (20000, 3, 50))
+    flipped_rate = (draws.argmax(2) == 0).mean(0)
+    measured = np.mean([agreement_chance(reference, d) for d in draws[:2000]], axis=0)
+    # the chance uses each draw's own power (about sigma^2): it matches what the draws do
+    np.testing.assert_allclose(measured, flipped_rate, atol=0.02)
+    assert 0.5 < measured[0] < measured[1] < measured[2] < 1
+    exact = agreement_chance(reference, reference)
+    assert (exact == 1.0).all()
+    tie = np.array([[1.0, 1.0, 0.0]])
+    assert agreement_chance(tie, tie + [[0.0, 0.1, 0.0]])[0] == 0.5  # no margin: a coin toss
+
+
+def test_the_report_expects_agreement_from_margins_and_the_search_can_use_it():
+    model = _net()
+    data = _images(model, quantized_labels=False)
+    lossless = evaluate(model, data, EvaluateConfig(codec="zvc", bits=8))
+    assert lossless["expected_agreement"]["compressed"] == lossless["expected_agreement"]["quantized"] < 1.0
+    config = EvaluateConfig(codec="dctcm", bits=8, agreement=0.9, agreement_estimate="margin",
+                            codec_params={"coder": "ctxrans"}, channel_weights=True)
+    found = evaluate(model, data, config)
+    search = found["agreement_search"]
+    assert search["estimate"] == "margin" and 0.9 <= search["calibration_agreement"] < 0.95
+    # calibrated on the evaluated images: what the search expected is what the report expects
+    assert found["expected_agreement"]["compressed"] == pytest.approx(search["calibration_agreement"], abs=1e-6)
+    assert found["expected_agreement"]["compressed"] < found["expected_agreement"]["quantized"]
+    # a planner finds the same budget and codecs
+    budget, codecs_found, reached = planner(model, data, replace(config, agreement=None, output_budget=0.1)
+                                            ).for_agreement(0.9, "margin")
+    assert (budget, reached) == (search["output_budget"], search["calibration_agreement"])
+    assert [c.describe() for c in codecs_found.values()] == [s["codec"] for s in found["sites"]]
+    with pytest.raises(ValueError, match="agreement estimate"):
+        replace(config, agreement_estimate="vote")

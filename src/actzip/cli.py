@@ -333,6 +333,9 @@ def evaluate(
     agreement: Optional[float] = typer.Option(
         None, help="dctcm: top-1 agreement with the float model to keep on the calibration images; the "
                    "output budget is searched to meet it"),
+    agreement_estimate: str = typer.Option(
+        "count", help="how the agreement search measures agreement: 'count' the flips, or 'margin': the "
+                      "agreement expected from each image's logit margin and output noise (smooth on few images)"),
     channel_weights: bool = typer.Option(
         False, "--channel-weights", help="dctcm with an output budget, an agreement or --by-sensitivity: one step "
                                          "per channel, by how strongly it reaches the output (needs -p coder=rans "
@@ -360,7 +363,7 @@ def evaluate(
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
                             limit=limit, calibration_images=calibration_images, output_budget=output_budget,
                             budget_by_sensitivity=by_sensitivity, agreement=agreement,
-                            channel_weights=channel_weights, transform=transform)
+                            agreement_estimate=agreement_estimate, channel_weights=channel_weights, transform=transform)
     writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))
@@ -380,7 +383,8 @@ def evaluate(
                   f"quantized {100 * top1['quantized']:.2f} %, compressed {100 * top1['compressed']:.2f} %")
     out.print(f"top-1 agreement with the float model over {report['images']} images: "
               f"{100 * report['agreement']['compressed']:.2f} % ({100 * report['agreement']['quantized']:.2f} % "
-              f"quantized only); output error {report['output_error']['compressed']:.2e}; "
+              f"quantized only; {100 * report['expected_agreement']['compressed']:.2f} % expected from the "
+              f"margins); output error {report['output_error']['compressed']:.2e}; "
               f"compression {report['compression']:.2f}x vs {bits}-bit raw; wrote {out_file}")
 
 

@@ -16,7 +16,11 @@ model's output (`output_budget`), split among the sites by their measured sensit
 error it would cause at every site, e * sum of the sensitivities, and that split by sensitivity:
 the same estimated damage to the output, spent where it saves the most bits; or a top-1 agreement
 with the float model to keep on the calibration images (`agreement`), for which the output budget
-is searched. The report gives the output's relative squared error in every case. With any of
+is searched. The report gives the output's relative squared error in every case, and next to
+each measured agreement the agreement expected from every image's logit margin and the noise its
+outputs show (`agreement_chance`): on a hundred images one near-tie decides a percent, and the
+expectation does not hinge on whether its noise happened to fall one way or the other. The
+search can count flips (`agreement_estimate="count"`) or use the expectation ("margin"). With any of
 the last three, `channel_weights` gives every channel of a site its own pixel-domain step, the
 error spread over the channels by how strongly each reaches the output (`actzip.importance`);
 and with `transform` as well, a conv site may instead take a channel transform fitted to its
@@ -30,6 +34,7 @@ calibrated on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +53,22 @@ from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
 
 SAMPLE_VALUES = 1 << 20  # activation values per site kept for choosing a lossy codec's settings
+AGREEMENT_ESTIMATES = ("count", "margin")
+
+
+def agreement_chance(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """Per image (rows of logits), the chance that its top-1 survives noise like what `outputs`
+    show against `reference`: the difference taken as independent Gaussian noise of its measured
+    power on every logit, the top class stays ahead of the runner-up with probability
+    Phi(margin / sqrt(2 power)). A smooth stand-in for 1 - flipped: one image's noise, one draw,
+    decides a flip; its power says how likely flips are at that noise."""
+    reference, outputs = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
+    top = np.sort(reference, axis=1)[:, -2:]
+    margin = top[:, 1] - top[:, 0] if reference.shape[1] > 1 else np.full(len(reference), np.inf)
+    power = np.square(outputs - reference).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(power > 0, margin / np.sqrt(2 * power), np.where(margin > 0, np.inf, 0.0))
+    return torch.special.ndtr(torch.from_numpy(z)).numpy()
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class EvaluateConfig:
     agreement: float | None = None  # top-1 agreement to keep on the calibration images; finds the output budget
     channel_weights: bool = False  # one step per channel, by its measured influence on the output
     transform: bool = False  # with channel weights: a conv site may take its fitted channel transform (klt)
+    agreement_estimate: str = "count"  # how the search measures agreement: "count" flips, or "margin" (agreement_chance)
 
     def __post_init__(self):
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
@@ -78,6 +100,9 @@ class EvaluateConfig:
                 raise ValueError("an agreement target needs the dctcm codec without another budget")
             if not 0 < self.agreement < 1:
                 raise ValueError(f"agreement target must be in (0, 1), got {self.agreement}")
+        if self.agreement_estimate not in AGREEMENT_ESTIMATES:
+            raise ValueError(f"agreement estimate must be one of {', '.join(AGREEMENT_ESTIMATES)}, "
+                             f"got {self.agreement_estimate!r}")
         if self.budget_by_sensitivity and (self.codec != "dctcm" or "budget" not in self.codec_params):
             raise ValueError("spreading a budget by sensitivity needs the dctcm codec with a per-site budget")
         if self.channel_weights:
@@ -131,7 +156,8 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
         # The search measured the agreement of pixel-domain re-quantization; a DCT setting of the
         # same error may flip other images. Keep it only if the target still holds.
         coders = {s.name: make(s, chosen[s.name]) for s in sites}
-        reached = _agreement(model, calibration, quantizers, coders, search_result["reference"])
+        reached = _agreement(model, calibration, quantizers, coders, search_result["reference"],
+                             config.agreement_estimate)
         if reached < config.agreement:
             chosen = {name: {"transform": False, "step": allocated[name]["allocated_step"]} if c["transform"] else c
                       for name, c in chosen.items()}
@@ -183,9 +209,32 @@ def _outputs(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict
 
 
 def _agreement(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams],
-               coders: dict[str, codecs.Codec], reference: np.ndarray) -> float:
-    """Top-1 agreement of _outputs with the reference predictions."""
-    return float(np.mean(_outputs(model, calibration, quantizers, coders)[0].argmax(1) == reference))
+               coders: dict[str, codecs.Codec], reference: np.ndarray, estimate: str = "count") -> float:
+    """Top-1 agreement of _outputs with the reference logits: counted, or expected from the margins."""
+    outputs = _outputs(model, calibration, quantizers, coders)[0]
+    if estimate == "margin":
+        return float(agreement_chance(reference, outputs).mean())
+    return float(np.mean(outputs.argmax(1) == reference.argmax(1)))
+
+
+def _reference(model: nn.Module, calibration: list[torch.Tensor]) -> np.ndarray:
+    """The float model's logits over the calibration batches."""
+    with torch.no_grad():
+        return np.concatenate([model(x).reshape(len(x), -1).numpy() for x in calibration])
+
+
+def _search(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams], bits: int,
+            plan_for: Callable, target: float, estimate: str, progress: Progress | None) -> tuple[float, dict, dict]:
+    """The output budget whose plan keeps `target` agreement on the calibration images (see
+    budgets.budget_for_agreement): (budget, its plans, how it was found, with the reference logits)."""
+    reference = _reference(model, calibration)
+
+    def agreement(plans: dict[str, SitePlan | TransformPlan]) -> float:
+        return _agreement(model, calibration, quantizers, _requantizers(bits, plans), reference, estimate)
+
+    output_budget, plans, reached = budgets.budget_for_agreement(plan_for, target, agreement, progress)
+    return output_budget, plans, {"output_budget": output_budget, "calibration_agreement": reached,
+                                  "estimate": estimate, "calibration_images": len(reference), "reference": reference}
 
 
 @dataclass(frozen=True)
@@ -353,15 +402,8 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     plan_for, sensitivity, transforms = _planner(model, calibration, config, sites, quantizers, sample, progress)
     search_result = {}
     if config.agreement is not None:
-        with torch.no_grad():
-            reference = np.concatenate([model(x).reshape(len(x), -1).argmax(1).numpy() for x in calibration])
-
-        def agreement(plans: dict[str, SitePlan | TransformPlan]) -> float:
-            return _agreement(model, calibration, quantizers, _requantizers(config.bits, plans), reference)
-
-        output_budget, plans, reached = budgets.budget_for_agreement(plan_for, config.agreement, agreement, progress)
-        search_result = {"output_budget": output_budget, "calibration_agreement": reached,
-                         "calibration_images": len(reference), "reference": reference}
+        output_budget, plans, search_result = _search(model, calibration, quantizers, config.bits, plan_for,
+                                                      config.agreement, config.agreement_estimate, progress)
     else:
         output_budget = config.output_budget
         if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
@@ -381,27 +423,46 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     return allocated, search_result
 
 
-def planner(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
-            progress: Progress | None = None) -> Callable[[float], dict[str, codecs.Codec]]:
-    """codecs_for(output budget) -> the codec per site that `evaluate` with that output budget
-    (and otherwise `config`, which needs channel weights) would use: the sensitivities, channel
-    weights and transforms are measured once, for a sweep over budgets. Pass the codecs to
+class Planner:
+    """The codecs per site for any output budget (`planner(budget)`) or agreement target
+    (`for_agreement`), from one calibration: what `evaluate` with that budget or target (and
+    otherwise `config`, which needs channel weights) would use. The sensitivities, channel
+    weights and transforms are measured once, for a sweep. Pass the codecs to
     `evaluate(..., calibration=calibration, coders=...)` with the same config."""
-    if not config.channel_weights:
-        raise ValueError("a planner hands out channel-weighted plans: the config needs channel weights")
-    if len(calibration) == 0:
-        raise ActzipError("no calibration images")
-    model.eval()
-    sites, quantizers = _quantizers(model, calibration, config, progress)
-    batches, sample = _calibration_sample(model, calibration, config, sites, quantizers, progress)
-    plan_for = _planner(model, batches, config, sites, quantizers, sample, progress)[0]
-    coder = config.codec_params.get("coder", "zvc")
 
-    def codecs_for(output_budget: float) -> dict[str, codecs.Codec]:
-        plans = plan_for(output_budget)
-        return {s.name: plans[s.name].codec(config.bits, s.batched_channel_axis, coder) for s in sites}
+    def __init__(self, model: nn.Module, calibration: Dataset, config: EvaluateConfig,
+                 progress: Progress | None = None):
+        if not config.channel_weights:
+            raise ValueError("a planner hands out channel-weighted plans: the config needs channel weights")
+        if len(calibration) == 0:
+            raise ActzipError("no calibration images")
+        model.eval()
+        self.model, self.config = model, config
+        self.sites, self.quantizers = _quantizers(model, calibration, config, progress)
+        self.batches, sample = _calibration_sample(model, calibration, config, self.sites, self.quantizers, progress)
+        self.plan_for = _planner(model, self.batches, config, self.sites, self.quantizers, sample, progress)[0]
 
-    return codecs_for
+    def _codecs(self, plans: dict[str, SitePlan | TransformPlan]) -> dict[str, codecs.Codec]:
+        coder = self.config.codec_params.get("coder", "zvc")
+        return {s.name: plans[s.name].codec(self.config.bits, s.batched_channel_axis, coder) for s in self.sites}
+
+    def __call__(self, output_budget: float) -> dict[str, codecs.Codec]:
+        return self._codecs(self.plan_for(output_budget))
+
+    def for_agreement(self, target: float, estimate: str = "count",
+                      progress: Progress | None = None) -> tuple[float, dict[str, codecs.Codec], float]:
+        """(the output budget found for `target` on the calibration images, its codecs, the
+        agreement it reached there, counted or expected: `estimate`)."""
+        dataclasses.replace(self.config, output_budget=None, agreement=target, agreement_estimate=estimate)  # checks them
+        output_budget, plans, found = _search(self.model, self.batches, self.quantizers, self.config.bits, self.plan_for,
+                                              target, estimate, progress)
+        return output_budget, self._codecs(plans), found["calibration_agreement"]
+
+
+def planner(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
+            progress: Progress | None = None) -> Planner:
+    """A `Planner` calibrated on `calibration`."""
+    return Planner(model, calibration, config, progress)
 
 
 def _quantizers(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
@@ -453,6 +514,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
 
     labelled = correct_float = correct_quant = correct_comp = agree = agree_quant = total = 0
     output_error = {"quantized": 0.0, "compressed": 0.0}
+    expected = {"quantized": 0.0, "compressed": 0.0}  # sums of agreement_chance
     output_energy = 0.0
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
                                          batch_size=config.batch_size)
@@ -467,6 +529,9 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
             output_energy += float(ref_out.double().square().sum())
             output_error["quantized"] += float((quant_out - ref_out).double().square().sum())
             output_error["compressed"] += float((comp_out - ref_out).double().square().sum())
+            logits = ref_out.reshape(len(x), -1).numpy()
+            expected["quantized"] += float(agreement_chance(logits, quant_out.reshape(len(x), -1).numpy()).sum())
+            expected["compressed"] += float(agreement_chance(logits, comp_out.reshape(len(x), -1).numpy()).sum())
             ref, quant, comp = ref_out.argmax(1), quant_out.argmax(1), comp_out.argmax(1)
             has_label = y >= 0
             labelled += int(has_label.sum())
@@ -498,6 +563,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         "images": total, "labelled": labelled,
         "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},
         "agreement": {"quantized": agree_quant / total, "compressed": agree / total} if total else None,
+        "expected_agreement": {k: v / total for k, v in expected.items()} if total else None,
         "output_error": {k: v / output_energy if output_energy else 0.0 for k, v in output_error.items()},
         "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
         # held by the decoder once, not sent with the maps: not in the compression above

@@ -302,11 +302,11 @@ def narrow(c: np.ndarray) -> tuple[np.ndarray, int]:
     if lo >= 0:
         if hi >= 1 << 16:
             raise ValueError(f"coefficients reach {hi}, past 16 bits: use a larger step")
-        return c.astype(np.uint16), max(1, hi.bit_length())
+        return c.astype(np.uint16, copy=False), max(1, hi.bit_length())
     width = max(hi.bit_length(), (-lo - 1).bit_length()) + 1
     if width > 16:
         raise ValueError(f"coefficients span [{lo}, {hi}], past 16 bits: use a larger step")
-    return c.astype(np.int16), width
+    return c.astype(np.int16, copy=False), width
 
 
 def _estimated_bits(c: np.ndarray, coder: str) -> float:

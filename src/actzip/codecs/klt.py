@@ -43,13 +43,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import os
 import struct
 
 import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, check_input, pack_header, parse_header, register, stream_bytes
+from .base import Codec, check_input, pack_header, parallel_map, parse_header, register, stream_bytes
 from .ctxrans import ContextRANS
 from .dctcm import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
                     shape_3d, value_range, write_shape)
@@ -85,39 +86,53 @@ def fit(x, axis: int = 1, max_values: int = 1 << 20) -> dict:
 
 
 @njit(cache=True, nogil=True)
-def _round_coefficients(y, centre, inv_step, out):
-    """out (A, C, B) = floor((y - centre[c]) * inv_step + 1/2); False if a value leaves int16."""
-    A, C, B = y.shape
-    fits = True
-    for a in range(A):
-        for c in range(C):
-            m = centre[c]
-            for b in range(B):
-                v = np.floor((y[a, c, b] - m) * inv_step + np.float32(0.5))
-                fits &= -32768.0 <= v <= 32767.0
-                out[a, c, b] = np.int32(v)
-    return fits
+def _round_coefficients(y, first, centre, inv_step, out, fits):
+    """Rows (a, c) = first, first + 1, ... of y (rows, B): out int16 = floor((y - centre[c]) *
+    inv_step + 1/2), and per row whether all of it fits int16 (where not, out is undefined)."""
+    C = centre.shape[0]
+    for r in range(y.shape[0]):
+        m = centre[(first + r) % C]
+        ok = True
+        for b in range(y.shape[1]):
+            v = np.floor((y[r, b] - m) * inv_step + np.float32(0.5))
+            ok &= (v >= -32768.0) & (v <= 32767.0)
+            out[r, b] = np.int32(v)
+        fits[r] = ok
 
 
 @njit(cache=True, nogil=True)
-def _round_codes(y, shift, lo, hi, out):
-    """out (A, C, B) = floor(y + shift[c] + 1/2), clipped to [lo, hi]."""
-    A, C, B = y.shape
-    for a in range(A):
-        for c in range(C):
-            s = shift[c] + np.float32(0.5)
-            for b in range(B):
-                v = np.floor(y[a, c, b] + s)
-                out[a, c, b] = lo if v < lo else (hi if v > hi else v)
+def _round_codes(y, first, shift, lo, hi, out):
+    """Rows (a, c) = first, ... of y (rows, B): out = floor(y + shift[c] + 1/2), clipped to [lo, hi]."""
+    C = shift.shape[0]
+    for r in range(y.shape[0]):
+        s = shift[(first + r) % C] + np.float32(0.5)
+        for b in range(y.shape[1]):  # lo and hi as float32: the clip stays in float and vectorizes
+            out[r, b] = np.int32(min(max(np.floor(y[r, b] + s), lo), hi))
+
+
+def _by_rows(kernel, y: np.ndarray, out: np.ndarray, *args, row_arrays: tuple = ()) -> None:
+    """kernel(y rows, first row, *args, out rows, *row_arrays rows) over blocks of the (A, C, B)
+    arrays' A * C rows on the codec pool (the kernels release the GIL)."""
+    y2, out2 = y.reshape(-1, y.shape[-1]), out.reshape(-1, out.shape[-1])
+    rows = y2.shape[0]
+    bounds = np.linspace(0, rows, min(rows, os.cpu_count() or 1) + 1).astype(int)
+    parallel_map(lambda i: kernel(y2[bounds[i]:bounds[i + 1]], bounds[i], *args, out2[bounds[i]:bounds[i + 1]],
+                                  *(a[bounds[i]:bounds[i + 1]] for a in row_arrays)), list(range(len(bounds) - 1)))
 
 
 def coefficients(x3: np.ndarray, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
-    """(A, C, B) int32: x3's coefficients on the basis, re-quantized with step; ValueError when
-    they do not fit 16 bits. The mean is taken off after the product (B^T x - B^T mean): one pass
-    less over the map."""
-    y = np.matmul(basis.T, x3.astype(np.float32))
-    out = np.empty(y.shape, np.int32)
-    if not _round_coefficients(y, basis.T @ mean, np.float32(1.0 / step), out):
+    """(A, C, B) int16: x3's coefficients on the basis, re-quantized with step; ValueError when
+    they do not fit 16 bits."""
+    return _requantized(np.matmul(basis.T, x3.astype(np.float32)), basis, mean, step)
+
+
+def _requantized(y: np.ndarray, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
+    """coefficients from the product y = B^T x: the mean is taken off after it (B^T x - B^T mean),
+    one pass less over the map, and one product serves every step of a curve."""
+    out = np.empty(y.shape, np.int16)
+    fits = np.empty(y.shape[0] * y.shape[1], np.bool_)
+    _by_rows(_round_coefficients, y, out, basis.T @ mean, np.float32(1.0 / step), row_arrays=(fits,))
+    if not fits.all():
         raise ValueError("coefficients past 16 bits: use a larger step")
     return out
 
@@ -128,7 +143,7 @@ def reconstruction(c: np.ndarray, basis: np.ndarray, shift: np.ndarray, step: fl
     lo, hi = value_range(np.dtype(dtype), bits)
     y = np.matmul(basis * np.float32(step), c.astype(np.float32))
     out = np.empty(y.shape, dtype)
-    _round_codes(y, shift.astype(np.float32), lo, hi, out)
+    _by_rows(_round_codes, y, out, shift.astype(np.float32), np.float32(lo), np.float32(hi))
     return out
 
 
@@ -156,11 +171,12 @@ def curve(x, bits: int, basis: np.ndarray, mean: np.ndarray, steps, axis: int = 
     them and the coefficients' order-0 entropy per channel, in bits per value (the rate measure
     of `dctcm.channel_curves`)."""
     x3 = sample_pixels(_as_3d(x, axis), max_values)
+    y = np.matmul(basis.T, x3.astype(np.float32))
     points = []
     for step in steps:
         step = float(np.float32(step))  # as the codec stores it
         try:
-            c = coefficients(x3, basis, mean, step)
+            c = _requantized(y, basis, mean, step)
         except ValueError:  # past 16 bits
             points.append({"step": step, "offsets": None, "error": math.inf, "bits_per_value": math.inf})
             continue
