@@ -132,7 +132,7 @@ def summary(label: str, report: dict) -> dict:
     sites = report["sites"]
     return {"run": label, "codec": report["codec"], "params": report["codec_params"],
             "compression": report["compression"], "top1": report["top1"], "agreement": report["agreement"],
-            "expected_agreement": report["expected_agreement"],
+            "expected_agreement": report["expected_agreement"], "margin_kappa": report["margin_kappa"],
             "images": report["images"], "output_error": report["output_error"],
             "agreement_search": report["agreement_search"],
             "dct_sites": sum(bool(s["codec"].get("transform")) and s["codec"]["id"] == "dctcm" for s in sites),

@@ -56,19 +56,44 @@ SAMPLE_VALUES = 1 << 20  # activation values per site kept for choosing a lossy 
 AGREEMENT_ESTIMATES = ("count", "margin")
 
 
+def margin_noise(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """Per image (rows of logits): its top-2 margin in `reference`, the power per logit of the
+    noise `outputs` add to it, and the squared noise on that margin itself; (3, N)."""
+    reference, outputs = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
+    rows = np.arange(len(reference))
+    if reference.shape[1] < 2:
+        return np.stack([np.full(len(reference), np.inf), np.zeros(len(reference)), np.zeros(len(reference))])
+    top2, top1 = np.argsort(reference, axis=1)[:, -2:].T
+    noise = outputs - reference
+    margin = reference[rows, top1] - reference[rows, top2]
+    return np.stack([margin, np.square(noise).mean(axis=1), np.square(noise[rows, top1] - noise[rows, top2])])
+
+
+def margin_kappa(stats: np.ndarray) -> float:
+    """From `margin_noise` stats: the noise's mean square on the top-2 margins over twice its
+    power per logit (1 when every logit gets the same independent noise)."""
+    total = 2 * stats[1].sum()
+    return float(stats[2].sum() / total) if total > 0 else 1.0
+
+
+def chance_from_margins(stats: np.ndarray) -> np.ndarray:
+    """Per image, from `margin_noise` stats of a set of images: the chance its top-1 survives
+    noise of its power. The noise on a margin is taken as Gaussian with variance 2 * kappa * power,
+    where kappa, pooled over the set, is how much more of the noise falls on the top-2 margin than
+    on a random pair of logits (1 for noise alike on every logit; a 10-class network's noise leans
+    on the classes it tells apart). Phi(margin / sqrt(2 kappa power))."""
+    margin, power, _ = stats
+    spread = 2 * margin_kappa(stats) * power
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(spread > 0, margin / np.sqrt(spread), np.where(margin > 0, np.inf, 0.0))
+    return torch.special.ndtr(torch.from_numpy(z)).numpy()
+
+
 def agreement_chance(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
     """Per image (rows of logits), the chance that its top-1 survives noise like what `outputs`
-    show against `reference`: the difference taken as independent Gaussian noise of its measured
-    power on every logit, the top class stays ahead of the runner-up with probability
-    Phi(margin / sqrt(2 power)). A smooth stand-in for 1 - flipped: one image's noise, one draw,
-    decides a flip; its power says how likely flips are at that noise."""
-    reference, outputs = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
-    top = np.sort(reference, axis=1)[:, -2:]
-    margin = top[:, 1] - top[:, 0] if reference.shape[1] > 1 else np.full(len(reference), np.inf)
-    power = np.square(outputs - reference).mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(power > 0, margin / np.sqrt(2 * power), np.where(margin > 0, np.inf, 0.0))
-    return torch.special.ndtr(torch.from_numpy(z)).numpy()
+    show against `reference` (`chance_from_margins`): a smooth stand-in for 1 - flipped. One
+    image's noise, one draw, decides whether it flips; its power says how likely flips are."""
+    return chance_from_margins(margin_noise(reference, outputs))
 
 
 @dataclass(frozen=True)
@@ -514,7 +539,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
 
     labelled = correct_float = correct_quant = correct_comp = agree = agree_quant = total = 0
     output_error = {"quantized": 0.0, "compressed": 0.0}
-    expected = {"quantized": 0.0, "compressed": 0.0}  # sums of agreement_chance
+    margins = {"quantized": [], "compressed": []}  # margin_noise per batch, for the expected agreement
     output_energy = 0.0
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
                                          batch_size=config.batch_size)
@@ -530,8 +555,8 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
             output_error["quantized"] += float((quant_out - ref_out).double().square().sum())
             output_error["compressed"] += float((comp_out - ref_out).double().square().sum())
             logits = ref_out.reshape(len(x), -1).numpy()
-            expected["quantized"] += float(agreement_chance(logits, quant_out.reshape(len(x), -1).numpy()).sum())
-            expected["compressed"] += float(agreement_chance(logits, comp_out.reshape(len(x), -1).numpy()).sum())
+            margins["quantized"].append(margin_noise(logits, quant_out.reshape(len(x), -1).numpy()))
+            margins["compressed"].append(margin_noise(logits, comp_out.reshape(len(x), -1).numpy()))
             ref, quant, comp = ref_out.argmax(1), quant_out.argmax(1), comp_out.argmax(1)
             has_label = y >= 0
             labelled += int(has_label.sum())
@@ -543,6 +568,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
             total += len(y)
             if progress:
                 progress("evaluate", total, count)
+    margins = {k: np.concatenate(v, axis=1) if v else np.zeros((3, 0)) for k, v in margins.items()}
     per_site = [{"name": s.name, "shape": list(s.shape), "codec": coders[s.name].describe(),
                  "numel": numel[s.name], "bytes": stream_bytes[s.name],
                  "compression": numel[s.name] * config.bits / (8 * stream_bytes[s.name]),
@@ -563,7 +589,8 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         "images": total, "labelled": labelled,
         "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},
         "agreement": {"quantized": agree_quant / total, "compressed": agree / total} if total else None,
-        "expected_agreement": {k: v / total for k, v in expected.items()} if total else None,
+        "expected_agreement": {k: float(chance_from_margins(v).mean()) for k, v in margins.items()} if total else None,
+        "margin_kappa": {k: margin_kappa(v) for k, v in margins.items()} if total else None,
         "output_error": {k: v / output_energy if output_energy else 0.0 for k, v in output_error.items()},
         "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
         # held by the decoder once, not sent with the maps: not in the compression above
