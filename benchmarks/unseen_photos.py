@@ -76,6 +76,7 @@ def sweep(model, calibration, evaluated, name: str, variants: list[str], budgets
     margins), evaluated on `evaluated`; each row cached in `runs` and kept in results["rows"]
     under "<name> <variant> @output <budget>" or "... @agreement <target> (<estimate>)"."""
     for variant in variants:
+        # the output budget only makes the config valid for channel weights: the planner takes any
         config = EvaluateConfig(codec="dctcm", bits=8, output_budget=budgets[0] if budgets else 0.01,
                                 channel_weights=True, codec_params={"coder": "ctxrans", "transform": False},
                                 calibration_images=len(calibration), batch_size=batch_size, **VARIANTS[variant])
