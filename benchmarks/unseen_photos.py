@@ -16,7 +16,8 @@ lets the search (`actzip.budgets.budget_for_agreement`) settle on whichever budg
 happens to miss their near-ties. The search is run both ways: counting flips, and with the
 agreement expected from each view's logit margin and output noise (`inloop.agreement_chance`),
 which is smooth in the budget. Every row also reports the expected agreement on the evaluated
-views next to the counted one.
+views next to the counted one, and "near_ties" says how fragile each fold's views are from the
+float logits alone.
 
 The Fashion-MNIST networks (benchmarks/sparsify_table.py baselines) are calibrated on the first
 2000 test images and evaluated on the other 8000, as in benchmarks/dctcm.py (`--fmnist`).
@@ -36,7 +37,9 @@ import sys
 import time
 from pathlib import Path
 
-from torch.utils.data import Subset
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
 
 from actzip import models
 from actzip.data import bundled_photos, open_images
@@ -55,6 +58,24 @@ def folds() -> dict[str, tuple[list[int], list[int]]]:
     """fold -> (calibration indices, evaluated indices) into photo-views: A calibrates on the even photos."""
     even, odd = photo_split(len(bundled_photos()), 2 * len(VIEW_SCALES))
     return {"A": (even, odd), "B": (odd, even)}
+
+
+def near_ties(model, data, errors=(0.001, 0.005, 0.01, 0.02)) -> dict:
+    """How fragile the views are, from the float logits alone: per fold of evaluated views, the
+    views whose top-2 margin is under 10 % of their logits' RMS, and the flips expected from
+    noise spread alike over the logits (kappa 1) at each relative output error e."""
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in DataLoader(data, batch_size=16)]).double().numpy()
+    top = np.sort(logits, axis=1)[:, -2:]
+    rms = np.sqrt(np.square(logits).mean(axis=1))
+    relative = (top[:, 1] - top[:, 0]) / rms
+    out = {}
+    for fold, (_, evaluated) in folds().items():
+        r = relative[evaluated]
+        out[fold] = {"views": len(evaluated), "margins_under_0.1_rms": sorted(float(m) for m in r[r < 0.1]),
+                     "expected_flips_kappa_1": {f"{e:g}": float(torch.special.ndtr(torch.from_numpy(-r / np.sqrt(2 * e))).sum())
+                                                for e in errors}}
+    return out
 
 
 def pooled(rows: list[dict]) -> dict:
@@ -142,6 +163,7 @@ def main():
     if not args.fmnist:
         model = models.load(MODEL)
         data = open_images("photo-views", models.preprocessing(MODEL))
+        results["near_ties"] = near_ties(model, data)
         for fold in args.folds:
             calibration, evaluated = (Subset(data, indices) for indices in folds()[fold])
             sweep(model, calibration, evaluated, fold, args.variants, args.budgets, args.agreement, args.runs, 16,
