@@ -45,7 +45,7 @@ from actzip import models
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
-from actzip.inloop import EvaluateConfig, evaluate, planner
+from actzip.inloop import EvaluateConfig, chance_from_margins, evaluate, margin_noise, planner
 from dctcm import FMNIST_CALIBRATION, photo_split, summary
 
 HERE = Path(__file__).parent
@@ -66,14 +66,16 @@ def near_ties(model, data, errors=(0.001, 0.005, 0.01, 0.02)) -> dict:
     noise spread alike over the logits (kappa 1) at each relative output error e."""
     with torch.no_grad():
         logits = torch.cat([model(x) for x, _ in DataLoader(data, batch_size=16)]).double().numpy()
-    top = np.sort(logits, axis=1)[:, -2:]
-    rms = np.sqrt(np.square(logits).mean(axis=1))
-    relative = (top[:, 1] - top[:, 0]) / rms
+    margin = margin_noise(logits, logits)[0]
+    power = np.square(logits).mean(axis=1)  # relative output error e: noise of power e * this per logit
     out = {}
     for fold, (_, evaluated) in folds().items():
-        r = relative[evaluated]
-        out[fold] = {"views": len(evaluated), "margins_under_0.1_rms": sorted(float(m) for m in r[r < 0.1]),
-                     "expected_flips_kappa_1": {f"{e:g}": float(torch.special.ndtr(torch.from_numpy(-r / np.sqrt(2 * e))).sum())
+        m, p = margin[evaluated], power[evaluated]
+        relative = m / np.sqrt(p)
+        out[fold] = {"views": len(evaluated),
+                     "margins_under_0.1_rms": sorted(float(r) for r in relative[relative < 0.1]),
+                     # kappa 1: the noise on a margin twice the power per logit
+                     "expected_flips_kappa_1": {f"{e:g}": float((1 - chance_from_margins(np.stack([m, e * p, 2 * e * p]))).sum())
                                                 for e in errors}}
     return out
 
