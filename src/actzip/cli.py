@@ -277,6 +277,7 @@ def train(
     train_limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
     resume: bool = typer.Option(False, help="continue the run in --out"),
     sync_batchnorm: bool = typer.Option(False, help="under torchrun: BatchNorm over the global batch"),
+    float64: bool = typer.Option(False, help="train in double precision (slower; results comparable across CPUs)"),
 ):
     """Train or fine-tune a model with activation sparsity; writes a run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -289,7 +290,8 @@ def train(
                          weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1,
                          l1_normalize=l1_normalize, hoyer=hoyer, fatrelu=fatrelu, distill=distill,
                          pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
-                         eval_images=eval_images, train_limit=train_limit, sync_batchnorm=sync_batchnorm)
+                         eval_images=eval_images, train_limit=train_limit, sync_batchnorm=sync_batchnorm,
+                         float64=float64)
     bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
     tasks = {}

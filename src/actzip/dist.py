@@ -92,8 +92,9 @@ def global_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d (in place) by a GlobalBatchNorm2d holding the same parameters."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
+            dtype = next(child.parameters(), next(child.buffers(), torch.empty(0))).dtype
             bn = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats)
+                                   child.track_running_stats, dtype=dtype)
             bn.load_state_dict(child.state_dict())
             setattr(model, name, bn)
         else:

@@ -72,6 +72,8 @@ class TrainConfig:
     train_limit: int | None = None  # use only the first N training images (quick runs)
     sync_batchnorm: bool = False  # under torchrun: BatchNorm over the global batch (exactly one process's
     #                              training, but ~1.8x slower on CPU gloo); else per-rank, as usual in DDP
+    float64: bool = False  # train in double precision: slower, but its rounding noise (~1e-12) is far
+    #                       below any real difference, so runs can be compared exactly across CPUs
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -137,8 +139,15 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.M
         kwargs = {"in_channels": in_channels, "num_classes": num_classes}
         if config.width is not None:
             kwargs["width"] = config.width
-        return models.load(config.model, pretrained=False, **kwargs)
-    return models.load(config.model, pretrained=False, num_classes=num_classes)
+        model = models.load(config.model, pretrained=False, **kwargs)
+    else:
+        model = models.load(config.model, pretrained=False, num_classes=num_classes)
+    if config.float64:
+        model = model.double()
+        # datasets yield float32 images: the model casts its input, so every caller stays as it is
+        model.register_forward_pre_hook(lambda m, args: tuple(a.double() if torch.is_tensor(a) else a
+                                                              for a in args))
+    return model
 
 
 def _save(obj, path: Path) -> None:
