@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-EXTRAS  := models,images,torchvision,dev
+EXTRAS  := models,images,torchvision,runtime,dev
 
 .PHONY: install demo test test-isa test-slow bench clean data
 
@@ -12,7 +12,7 @@ install: $(STAMP) data
 
 # torch is installed first and every install is held to constraints.txt: the CPU wheel lies on
 # disk, while an unpinned torch (or a newer torchvision) would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt src/actzip/runtime/kernels.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"

@@ -11,6 +11,10 @@ the compiled model's output is checked against the original model's on the examp
 
 Masks and index tables are made for one input size: running another size is an error, not wrong
 numbers. A model without masks still gets folded and fused, and the report says it runs dense.
+
+With `hold_memory` (the default), glibc is told to keep freed memory in the process
+(`memory.hold_freed_memory`): a steady-state forward then maps no fresh pages, as onnxruntime's arena
+does. It is process-wide and keeps the peak memory; pass `hold_memory=False` to leave malloc alone.
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ from torch import nn
 from ..errors import ActzipError, ActzipWarning
 from .conv import CHANNELS_LAST, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
+from . import native
+from .memory import hold_freed_memory
 
 _MODULE_BOUNDS = {nn.ReLU: lambda m: (0.0, float("inf")), nn.ReLU6: lambda m: (0.0, 6.0),
                   nn.Hardtanh: lambda m: (float(m.min_val), float(m.max_val))}
 _ADDS = (operator.add, operator.iadd, torch.add)
 _FUNCTION_BOUNDS = {F.relu: (0.0, float("inf")), torch.relu: (0.0, float("inf")), F.relu6: (0.0, 6.0)}
+# A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
+# kernel breaks even near 55 % zeros on correlated maps.
+ZEROS_WORTH_TIMING = 0.3
 
 
 @dataclass
@@ -46,9 +55,10 @@ class LayerChoice:
     macs: int  # multiply-accumulates of the dense conv over the batch
     sparsity: float | None  # masked fraction of output pixels; None: no mask
     dense_ms: float | None
-    sparse_ms: float | None
-    path: str
+    sparse_ms: float | None  # its sparse path: kept pixels only ("sparse") or skipping zeros ("zeros")
+    path: str  # "dense", "sparse" (kept output pixels only) or "zeros" (skips the input's zeros)
     reason: str
+    input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
 
 
 def _bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, float] | None:
@@ -85,9 +95,10 @@ def _residual_add(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 
 def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: torch.Tensor,
                    repeats: int) -> dict[str, dict[str, float]]:
-    """Median ms of each conv in `convs` on each path, timed inside whole runs of the model with
-    every conv of `convs` on that path (the runs alternate between the paths)."""
-    times = {name: {"dense": [], "sparse": []} for name in convs}
+    """Median ms of each conv in `convs` on the dense path and on its own other path
+    (`conv.alternative`), timed inside whole runs of the model with every conv of `convs` on the
+    same side (the runs alternate between the sides)."""
+    times = {name: {"dense": [], conv.alternative: []} for name, conv in convs.items()}
     started: dict[str, float] = {}
     hooks = []
     for name, conv in convs.items():
@@ -97,18 +108,32 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
     try:
         with torch.no_grad():
             for r in range(repeats + 1):  # the first round warms both paths up and is dropped
-                for path in ("dense", "sparse"):
+                for side in ("dense", "alternative"):
                     for conv in convs.values():
-                        conv.path = path
+                        conv.path = "dense" if side == "dense" else conv.alternative
                     gm(example)
                 if r == 0:
                     for t in times.values():
-                        t["dense"].clear()
-                        t["sparse"].clear()
+                        for v in t.values():
+                            v.clear()
     finally:
         for h in hooks:
             h.remove()
     return {name: {path: 1e3 * sorted(v)[len(v) // 2] for path, v in t.items()} for name, t in times.items()}
+
+
+def _input_zeros(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: torch.Tensor) -> dict[str, float]:
+    """The fraction of zeros in each conv's input when the model runs the example."""
+    zeros = {}
+    hooks = [conv.register_forward_pre_hook(lambda m, a, n=name: zeros.__setitem__(n, float((a[0] == 0).float().mean())))
+             for name, conv in convs.items()]
+    try:
+        with torch.no_grad():
+            gm(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return zeros
 
 
 class CompiledModel(nn.Module):
@@ -138,9 +163,14 @@ class CompiledModel(nn.Module):
         return "\n".join(lines)
 
 
-def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: bool = True) -> CompiledModel:
+def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: bool = True,
+            hold_memory: bool = True) -> CompiledModel:
     """`model` (pixel masks from `actzip.sparsify.pixelmask`, or none) compiled for inputs shaped like
-    `example`; each masked conv runs its faster path, measured here with `repeats` runs."""
+    `example`; each masked conv, and each 1x1 conv whose input has zeros, runs its faster path,
+    measured here with `repeats` runs. `hold_memory`: see the module doc."""
+    if hold_memory:
+        hold_freed_memory()
+    native.warn_if_missing()
     example = example.contiguous(memory_format=CHANNELS_LAST)
     model = model.eval()
     gm = fold_batchnorm(model)
@@ -186,18 +216,30 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     gm.delete_all_unused_submodules()
     gm.recompile()
     modules = dict(gm.named_modules())
-    candidates = {name: modules[name] for name in order if name not in left_as_is and _sparse_candidate(modules[name])}
+    compiled = {name: modules[name] for name in order if name not in left_as_is}
+    zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable}, example)
+    candidates = {}
+    for name, conv in compiled.items():
+        conv.alternative = "sparse" if _sparse_candidate(conv) else "zeros" if zeros.get(name, 0) >= ZEROS_WORTH_TIMING \
+            else None
+        if conv.alternative:
+            candidates[name] = conv
     ms = _time_in_model(gm, candidates, example, repeats) if candidates else {}
-    layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], ms.get(name))
+    layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], ms.get(name), zeros.get(name))
               for name in order]
     _hand_over_kept_rows(gm, {c.name: c for c in layers})
     masked = [c for c in layers if c.sparsity is not None]
+    on_zeros = sum(c.path == "zeros" for c in layers)
+    zeros_note = f"{on_zeros} 1x1 convs skip their input's zeros" if on_zeros else ""
     if not masked:
-        note = "no pixel masks in this model: every conv runs dense (BatchNorm folded, activations fused)"
-        warnings.warn(note, ActzipWarning, stacklevel=2)
+        note = "no pixel masks in this model: the convs run dense (BatchNorm folded, activations fused)"
+        note += f"; {zeros_note}" if zeros_note else ""
+        if not zeros_note:
+            warnings.warn(note, ActzipWarning, stacklevel=2)
     else:
         sparse = sum(c.path == "sparse" for c in layers)
         note = f"{sparse} of {len(masked)} masked convs run sparse ({len(layers)} convs in all)"
+        note += f"; {zeros_note}" if zeros_note else ""
     compiled = CompiledModel(gm, layers, tuple(example.shape), note)
     if verify:
         with torch.no_grad():
@@ -232,20 +274,21 @@ def _sparse_candidate(conv: CompiledConv2d) -> bool:
     return conv.masked and conv.sparse_capable and conv.sparsity > 0
 
 
-def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: dict[str, float] | None
-            ) -> LayerChoice:
+def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: dict[str, float] | None,
+            zeros: float | None) -> LayerChoice:
     def choice(path, reason, dense_ms=None, sparse_ms=None):
         conv.path = path
         return LayerChoice(name, conv.kernel_size, conv.stride, conv.groups, input_shape, conv.macs(input_shape[0]),
-                           conv.sparsity if conv.masked else None, dense_ms, sparse_ms, path, reason)
+                           conv.sparsity if conv.masked else None, dense_ms, sparse_ms, path, reason, zeros)
 
+    if ms is not None:  # timed against its other path
+        dense_ms, other_ms = ms["dense"], ms[conv.alternative]
+        what = "sparse" if conv.alternative == "sparse" else f"skipping {100 * zeros:.0f} % zeros"
+        if other_ms < dense_ms:
+            return choice(conv.alternative, f"{what}: measured {dense_ms / other_ms:.2f}x faster", dense_ms, other_ms)
+        return choice("dense", f"{what} measured {dense_ms / other_ms:.2f}x", dense_ms, other_ms)
     if not conv.masked:
-        return choice("dense", "no mask")
+        return choice("dense", "no mask" + (f", {100 * zeros:.0f} % zeros in its input" if zeros is not None else ""))
     if not conv.sparse_capable:
         return choice("dense", "grouped/depthwise: oneDNN's dense kernel beats any kept-pixel kernel here")
-    if conv.sparsity == 0:
-        return choice("dense", "mask keeps every pixel")
-    dense_ms, sparse_ms = ms["dense"], ms["sparse"]
-    if sparse_ms < dense_ms:
-        return choice("sparse", f"measured {dense_ms / sparse_ms:.2f}x faster", dense_ms, sparse_ms)
-    return choice("dense", f"sparse measured {dense_ms / sparse_ms:.2f}x", dense_ms, sparse_ms)
+    return choice("dense", "mask keeps every pixel")

@@ -3,8 +3,9 @@
 Both also serve a conv whose output is added to a residual and then clamped (ResNet's conv2 ->
 + identity -> ReLU, run as one op): given the identity, a pixel becomes clamp(value + identity).
 
-A pixel of an NHWC tensor is one contiguous row of C values, so the kernels work on whole rows, in
-parallel over (image, pixel). PyTorch's equivalents cost several times more: `rows[:, idx] = fill`
+A pixel of an NHWC tensor is one contiguous row of C values, so the kernels work on whole rows. They
+run on the calling thread: numba's parallel loops start an OpenMP pool that shares libgomp with
+PyTorch and resets its thread count (torch.set_num_threads(1) read 2 after one masked forward). PyTorch's equivalents cost several times more: `rows[:, idx] = fill`
 goes through index_put's per-element indexing (6x slower than `fill_pixels` on MobileNetV2's
 expand outputs), and expanding the kept rows by cat + index_select makes and writes two full
 tensors instead of one.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -29,21 +30,21 @@ def _write_row(row, source, identity, i, p, lo, hi):
             row[k] = source[k]
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _fill_pixels(out, pixels, value, identity, lo, hi):
     """value at the given pixels of every image; with a non-empty identity, clamp(value + identity)."""
     m = pixels.shape[0]
-    for t in prange(out.shape[0] * m):
+    for t in range(out.shape[0] * m):
         i, p = t // m, pixels[t % m]
         _write_row(out[i, p], value, identity, i, p, lo, hi)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _expand_rows(kept, slot, fill, identity, lo, hi, out):
     """Kept rows or fill at every pixel; with a non-empty identity, clamp(that + identity)."""
     n, hw, _ = out.shape
     per_image = kept.shape[0] // n
-    for t in prange(n * hw):
+    for t in range(n * hw):
         i, p = t // hw, t % hw
         s = slot[p]
         _write_row(out[i, p], kept[i * per_image + s] if s >= 0 else fill, identity, i, p, lo, hi)

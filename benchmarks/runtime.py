@@ -1,0 +1,105 @@
+"""actzip's compiled models against onnxruntime and PyTorch, end to end, in one process per setting.
+
+Rows (each a call of `actzip.runtime.bench.benchmark_runtime`, engines timed in turns, median):
+- semi-structured: torchvision ResNet18 and MobileNetV2 (random weights: latency does not depend on
+  them) and pretrained EfficientNet-Lite0 at 224x224 with random pixel masks at each sparsity; s = 0
+  is the model compiled with no masks, the "masks open" row;
+- unstructured: pretrained Lite0 on the bundled photos, no masks: only the zeros its ReLU6 leaves.
+Each at batch 1 and 8 and at each thread count. The JSON keeps every engine's time; the table gives
+the compiled model's speedup over onnxruntime and over the fastest dense engine.
+
+    python benchmarks/runtime.py [--threads 1 2] [--batches 1 8] [--sparsities 0 0.2 0.3 0.5]
+    python benchmarks/runtime.py --table   # benchmarks/runtime.md from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+MODELS = {"resnet18": "torchvision/resnet18", "mobilenetv2": "torchvision/mobilenet_v2",
+          "efficientnet-lite0": "efficientnet-lite0"}
+
+
+def photos(batch: int) -> torch.Tensor:
+    from actzip import models
+    from actzip.data import open_images
+
+    views = open_images("photos", models.preprocessing("efficientnet-lite0"))
+    return torch.stack([views[i % len(views)][0] for i in range(batch)])
+
+
+def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
+    from actzip.runtime.bench import benchmark_runtime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = benchmark_runtime(net, example, sparsity, rounds=rounds)
+    layers = r["compile"]["layers"]
+    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros")}
+    del r["compile"]["layers"]
+    return r
+
+
+def measure(args) -> list[dict]:
+    from actzip import models
+
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for short in args.models:
+            net = models.load(MODELS[short]).eval()
+            for batch in args.batches:
+                example = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+                for s in args.sparsities:
+                    rows.append({"kind": "semi-structured", "model": short, "batch": batch, "threads": threads,
+                                 **one(net, example, s, args.rounds)})
+                    print(summary(rows[-1]), flush=True)
+        lite0 = models.load("efficientnet-lite0").eval()
+        for batch in args.batches:
+            rows.append({"kind": "unstructured (photos)", "model": "efficientnet-lite0", "batch": batch,
+                         "threads": threads, **one(lite0, photos(batch), 0.0, args.rounds)})
+            print(summary(rows[-1]), flush=True)
+    return rows
+
+
+def summary(r: dict) -> str:
+    return (f"{r['kind']:<22} {r['model']:<19} b{r['batch']} t{r['threads']} s={r['sparsity']:.2f}: "
+            f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x onnxruntime, {r['speedup']:.2f}x "
+            f"{r['baseline']}; paths {r['paths']}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| kind | model | batch | threads | s | onnxruntime ms | compiled ms | vs onnxruntime | "
+             "vs fastest dense | convs sparse / zeros |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        ms = r["ms"]
+        lines.append(f"| {r['kind']} | {r['model']} | {r['batch']} | {r['threads']} | {r['sparsity']:.2f} | "
+                     f"{ms.get('onnxruntime', float('nan')):.1f} | {ms['compiled']:.1f} | "
+                     f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | {r['speedup']:.2f}x "
+                     f"({r['baseline']}) | {r['paths']['sparse']} / {r['paths']['zeros']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.2, 0.3, 0.5])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=HERE / "runtime.json")
+    ap.add_argument("--table", action="store_true", help="only write runtime.md from the JSON")
+    args = ap.parse_args()
+    if not args.table:
+        args.out.write_text(json.dumps(measure(args), indent=1))
+    (HERE / "runtime.md").write_text(table(json.loads(args.out.read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+/* Sparse-input 1x1 convolution on channels_last rows, for unstructured zeros in activations.
+
+   y[p, :] = clamp(bias + sum over c with x[p, c] != 0 of x[p, c] * w[c, :] (+ residual[p, :]), lo, hi)
+
+   Pixels go in tiles of TILE. A tile first lists the union of its pixels' non-zero channels (zeros
+   in real maps are correlated between neighbours, so the union stays small); then, for each panel of
+   output channels, it keeps TILE x R vector accumulators in registers and adds one weight row per
+   listed channel, each row loaded once for the whole tile. Panels are the outer loop and tiles the
+   inner one, so a panel of the weight (cin x panel width) stays in cache while every tile passes
+   over it: weights of several MB are read once per panel, not once per pixel.
+
+   The weight is packed by the caller as (cin, cout_padded) with cout_padded a multiple of 16.
+   Entry points take plain pointers (called through ctypes, which drops the GIL) and a pixel range,
+   so the caller can split the pixels between threads. The ISA is chosen by the caller:
+   0 = portable C, 1 = AVX2 + FMA, 2 = AVX-512F. */
+
+#include <Python.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define TILE 4
+
+typedef struct {
+    const float *x;        /* (pixels, cin) */
+    const float *w;        /* (cin, ldw) */
+    const float *bias;     /* (cout) */
+    const float *residual; /* (pixels, cout) or NULL */
+    float *y;              /* (pixels, cout) */
+    int32_t *lists;        /* per tile: count, then up to cin channel indices */
+    int64_t cin, cout, ldw;
+    float lo, hi;
+} Conv1x1;
+
+/* The union of the non-zero channels of `rows` pixels starting at row `p`, written to list[1..],
+   with its length in list[0]. */
+static int64_t union_list_c(const Conv1x1 *a, int64_t p, int rows, int32_t *list) {
+    int32_t n = 0;
+    for (int64_t c = 0; c < a->cin; c++) {
+        int any = 0;
+        for (int j = 0; j < rows; j++) any |= a->x[(p + j) * a->cin + c] != 0.0f;
+        if (any) list[1 + n++] = (int32_t)c;
+    }
+    list[0] = n;
+    return 0;
+}
+
+__attribute__((target("avx2")))
+static int64_t union_list_avx2(const Conv1x1 *a, int64_t p, int rows, int32_t *list) {
+    int32_t n = 0;
+    int64_t c = 0;
+    const __m256 zero = _mm256_setzero_ps();
+    for (; c + 8 <= a->cin; c += 8) {
+        __m256 nz = _mm256_setzero_ps();
+        for (int j = 0; j < rows; j++)
+            nz = _mm256_or_ps(nz, _mm256_cmp_ps(_mm256_loadu_ps(a->x + (p + j) * a->cin + c), zero, _CMP_NEQ_UQ));
+        unsigned bits = (unsigned)_mm256_movemask_ps(nz);
+        while (bits) {
+            list[1 + n++] = (int32_t)(c + __builtin_ctz(bits));
+            bits &= bits - 1;
+        }
+    }
+    for (; c < a->cin; c++) {
+        int any = 0;
+        for (int j = 0; j < rows; j++) any |= a->x[(p + j) * a->cin + c] != 0.0f;
+        if (any) list[1 + n++] = (int32_t)c;
+    }
+    list[0] = n;
+}
+
+/* Also returns the sum of the pixels' own non-zero counts, which decides whether they run alone. */
+__attribute__((target("avx512f,popcnt")))
+static int64_t union_list_avx512(const Conv1x1 *a, int64_t p, int rows, int32_t *list) {
+    int32_t n = 0;
+    int64_t own = 0;
+    __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    for (int64_t c = 0; c < a->cin; c += 16) {
+        int64_t left = a->cin - c;
+        __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 nz = 0;
+        for (int j = 0; j < rows; j++) {
+            __mmask16 m = _mm512_mask_cmp_ps_mask(valid, _mm512_maskz_loadu_ps(valid, a->x + (p + j) * a->cin + c),
+                                                  _mm512_setzero_ps(), _CMP_NEQ_UQ);
+            own += __builtin_popcount(m);
+            nz |= m;
+        }
+        /* compress in a register and store all 16 lanes: the memory form of vpcompressd is
+           microcoded on AMD Zen 4/5 (~100x slower); lists have 16 slots of slack for the tail */
+        _mm512_storeu_si512(list + 1 + n, _mm512_maskz_compress_epi32(nz, index));
+        n += __builtin_popcount(nz);
+        index = _mm512_add_epi32(index, step);
+    }
+    list[0] = n;
+    return own;
+}
+
+/* NaN stays NaN, as in torch.clamp: the vector forms keep it by taking v as the second operand of
+   max and min, which return their second operand when either is NaN. */
+static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* The epilogue shared by the portable path: residual, clamp, store of one pixel's panel. */
+static void tile_panel_c(const Conv1x1 *a, int64_t p, int rows, const int32_t *list, int64_t c0, int64_t width) {
+    float acc[TILE][96];
+    for (int j = 0; j < rows; j++)
+        for (int64_t o = 0; o < width; o++) acc[j][o] = a->bias[c0 + o];
+    for (int32_t k = 0; k < list[0]; k++) {
+        int64_t c = list[1 + k];
+        const float *wrow = a->w + c * a->ldw + c0;
+        for (int j = 0; j < rows; j++) {
+            float v = a->x[(p + j) * a->cin + c];
+            for (int64_t o = 0; o < width; o++) acc[j][o] += v * wrow[o];
+        }
+    }
+    for (int j = 0; j < rows; j++) {
+        float *out = a->y + (p + j) * a->cout + c0;
+        const float *res = a->residual ? a->residual + (p + j) * a->cout + c0 : NULL;
+        for (int64_t o = 0; o < width; o++) out[o] = clampf(acc[j][o] + (res ? res[o] : 0.0f), a->lo, a->hi);
+    }
+}
+
+/* The register tiles below name each accumulator: GCC keeps a small array of vectors on the stack
+   (a store and a load per FMA) unless every index is a constant before its early passes run, so the
+   arrays appear only in the epilogues, once per tile and panel. R, a constant at every call site,
+   switches the unused accumulators off. */
+
+#define ROW8(j, xj)                                                    \
+    v = _mm256_broadcast_ss(xj + c);                                   \
+    a##j##0 = _mm256_fmadd_ps(v, w0, a##j##0);                         \
+    if (R > 1) a##j##1 = _mm256_fmadd_ps(v, w1, a##j##1);              \
+    if (R > 2) a##j##2 = _mm256_fmadd_ps(v, w2, a##j##2);
+
+/* R vectors of 8 outputs per pixel, TILE pixels: 4 x 3 accumulators + 3 weights + 1 broadcast fill
+   the 16 ymm registers. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void tile_panel_avx2_r(const Conv1x1 *a, int64_t p, int rows, const int32_t *list, int64_t c0,
+                                     int64_t width, const int R) {
+    const float *bias = a->bias + c0;
+    __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32, v;
+    a00 = a10 = a20 = a30 = _mm256_loadu_ps(bias);  /* bias is padded to ldw */
+    a01 = a11 = a21 = a31 = R > 1 ? _mm256_loadu_ps(bias + 8) : a00;
+    a02 = a12 = a22 = a32 = R > 2 ? _mm256_loadu_ps(bias + 16) : a00;
+    const int64_t cin = a->cin, ldw = a->ldw;
+    const float *x0 = a->x + p * cin;
+    const float *x1 = x0 + (rows > 1 ? cin : 0), *x2 = x0 + (rows > 2 ? 2 * cin : 0);
+    const float *x3 = x0 + (rows > 3 ? 3 * cin : 0);
+    const float *w = a->w + c0;
+    const int32_t n = list[0], *idx = list + 1;
+    for (int32_t k = 0; k < n; k++) {
+        const int64_t c = idx[k];
+        const float *wrow = w + c * ldw;
+        __m256 w0 = _mm256_loadu_ps(wrow);
+        __m256 w1 = R > 1 ? _mm256_loadu_ps(wrow + 8) : w0, w2 = R > 2 ? _mm256_loadu_ps(wrow + 16) : w0;
+        ROW8(0, x0) ROW8(1, x1) ROW8(2, x2) ROW8(3, x3)
+    }
+    __m256 acc[TILE][3] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
+    const __m256 lo = _mm256_set1_ps(a->lo), hi = _mm256_set1_ps(a->hi);
+    for (int j = 0; j < rows; j++) {
+        float *out = a->y + (p + j) * a->cout + c0;
+        const float *res = a->residual ? a->residual + (p + j) * a->cout + c0 : NULL;
+        for (int r = 0; r < R; r++) {
+            int64_t left = width - 8 * r;
+            if (left >= 8) {
+                __m256 v = acc[j][r];
+                if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + 8 * r));
+                _mm256_storeu_ps(out + 8 * r, _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+            } else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, acc[j][r]);
+                for (int64_t o = 0; o < left; o++)
+                    out[8 * r + o] = clampf(tmp[o] + (res ? res[8 * r + o] : 0.0f), a->lo, a->hi);
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void tile_panel_avx2(const Conv1x1 *a, int64_t p, int rows, const int32_t *list, int64_t c0, int64_t width) {
+    switch ((width + 7) / 8) {
+        case 1: tile_panel_avx2_r(a, p, rows, list, c0, width, 1); break;
+        case 2: tile_panel_avx2_r(a, p, rows, list, c0, width, 2); break;
+        default: tile_panel_avx2_r(a, p, rows, list, c0, width, 3); break;
+    }
+}
+
+#define ROW16(j, xj)                                                   \
+    v = _mm512_set1_ps(xj[c]);                                         \
+    a##j##0 = _mm512_fmadd_ps(v, w0, a##j##0);                         \
+    if (R > 1) a##j##1 = _mm512_fmadd_ps(v, w1, a##j##1);              \
+    if (R > 2) a##j##2 = _mm512_fmadd_ps(v, w2, a##j##2);              \
+    if (R > 3) a##j##3 = _mm512_fmadd_ps(v, w3, a##j##3);              \
+    if (R > 4) a##j##4 = _mm512_fmadd_ps(v, w4, a##j##4);              \
+    if (R > 5) a##j##5 = _mm512_fmadd_ps(v, w5, a##j##5);
+
+/* Stores the accumulators of one pixel: + residual, clamp, masked store of the panel's tail. */
+__attribute__((target("avx512f"), always_inline))
+static inline void store_pixel_avx512(const Conv1x1 *a, int64_t p, int64_t c0, int64_t width, const __m512 *acc,
+                                      const int R) {
+    const __m512 lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
+    float *out = a->y + p * a->cout + c0;
+    const float *res = a->residual ? a->residual + p * a->cout + c0 : NULL;
+    for (int r = 0; r < R; r++) {
+        int64_t left = width - 16 * r;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 v = acc[r];
+        if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + 16 * r));
+        _mm512_mask_storeu_ps(out + 16 * r, m, _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+    }
+}
+
+/* R vectors of 16 outputs per pixel, TILE pixels: 4 x 6 accumulators + 6 weights + 1 broadcast of
+   the 32 zmm registers. */
+__attribute__((target("avx512f"), always_inline))
+static inline void tile_panel_avx512_r(const Conv1x1 *a, int64_t p, int rows, const int32_t *list, int64_t c0,
+                                       int64_t width, const int R) {
+    const float *bias = a->bias + c0;
+    __m512 b0 = _mm512_loadu_ps(bias), b1 = R > 1 ? _mm512_loadu_ps(bias + 16) : b0;
+    __m512 b2 = R > 2 ? _mm512_loadu_ps(bias + 32) : b0, b3 = R > 3 ? _mm512_loadu_ps(bias + 48) : b0;
+    __m512 b4 = R > 4 ? _mm512_loadu_ps(bias + 64) : b0, b5 = R > 5 ? _mm512_loadu_ps(bias + 80) : b0;
+    __m512 a00 = b0, a01 = b1, a02 = b2, a03 = b3, a04 = b4, a05 = b5;
+    __m512 a10 = b0, a11 = b1, a12 = b2, a13 = b3, a14 = b4, a15 = b5;
+    __m512 a20 = b0, a21 = b1, a22 = b2, a23 = b3, a24 = b4, a25 = b5;
+    __m512 a30 = b0, a31 = b1, a32 = b2, a33 = b3, a34 = b4, a35 = b5, v;
+    const int64_t cin = a->cin, ldw = a->ldw;
+    const float *x0 = a->x + p * cin;
+    const float *x1 = x0 + (rows > 1 ? cin : 0), *x2 = x0 + (rows > 2 ? 2 * cin : 0);
+    const float *x3 = x0 + (rows > 3 ? 3 * cin : 0);
+    const float *w = a->w + c0;
+    const int32_t n = list[0], *idx = list + 1;
+    for (int32_t k = 0; k < n; k++) {
+        const int64_t c = idx[k];
+        const float *wrow = w + c * ldw;
+        __m512 w0 = _mm512_loadu_ps(wrow);
+        __m512 w1 = R > 1 ? _mm512_loadu_ps(wrow + 16) : w0, w2 = R > 2 ? _mm512_loadu_ps(wrow + 32) : w0;
+        __m512 w3 = R > 3 ? _mm512_loadu_ps(wrow + 48) : w0, w4 = R > 4 ? _mm512_loadu_ps(wrow + 64) : w0;
+        __m512 w5 = R > 5 ? _mm512_loadu_ps(wrow + 80) : w0;
+        ROW16(0, x0) ROW16(1, x1) ROW16(2, x2) ROW16(3, x3)
+    }
+    __m512 acc[TILE][6] = {{a00, a01, a02, a03, a04, a05}, {a10, a11, a12, a13, a14, a15},
+                           {a20, a21, a22, a23, a24, a25}, {a30, a31, a32, a33, a34, a35}};
+    for (int j = 0; j < rows; j++) store_pixel_avx512(a, p + j, c0, width, acc[j], R);
+}
+
+__attribute__((target("avx512f")))
+static void tile_panel_avx512(const Conv1x1 *a, int64_t p, int rows, const int32_t *list, int64_t c0,
+                              int64_t width) {
+    switch ((width + 15) / 16) {
+        case 1: tile_panel_avx512_r(a, p, rows, list, c0, width, 1); break;
+        case 2: tile_panel_avx512_r(a, p, rows, list, c0, width, 2); break;
+        case 3: tile_panel_avx512_r(a, p, rows, list, c0, width, 3); break;
+        case 4: tile_panel_avx512_r(a, p, rows, list, c0, width, 4); break;
+        case 5: tile_panel_avx512_r(a, p, rows, list, c0, width, 5); break;
+        default: tile_panel_avx512_r(a, p, rows, list, c0, width, 6); break;
+    }
+}
+
+/* One pixel over its own non-zero channels: no register reuse of the weight rows, but no work on
+   channels that are zero in this pixel. Wins when a tile's pixels share few non-zero channels. */
+__attribute__((target("avx512f"), always_inline))
+static inline void pixel_panel_avx512_r(const Conv1x1 *a, int64_t p, const int32_t *list, int64_t c0,
+                                        int64_t width, const int R) {
+    const float *bias = a->bias + c0;
+    __m512 a00 = _mm512_loadu_ps(bias), a01 = R > 1 ? _mm512_loadu_ps(bias + 16) : a00;
+    __m512 a02 = R > 2 ? _mm512_loadu_ps(bias + 32) : a00, a03 = R > 3 ? _mm512_loadu_ps(bias + 48) : a00;
+    __m512 a04 = R > 4 ? _mm512_loadu_ps(bias + 64) : a00, a05 = R > 5 ? _mm512_loadu_ps(bias + 80) : a00, v;
+    const int64_t ldw = a->ldw;
+    const float *x0 = a->x + p * a->cin, *w = a->w + c0;
+    const int32_t n = list[0], *idx = list + 1;
+    for (int32_t k = 0; k < n; k++) {
+        const int64_t c = idx[k];
+        const float *wrow = w + c * ldw;
+        __m512 w0 = _mm512_loadu_ps(wrow);
+        __m512 w1 = R > 1 ? _mm512_loadu_ps(wrow + 16) : w0, w2 = R > 2 ? _mm512_loadu_ps(wrow + 32) : w0;
+        __m512 w3 = R > 3 ? _mm512_loadu_ps(wrow + 48) : w0, w4 = R > 4 ? _mm512_loadu_ps(wrow + 64) : w0;
+        __m512 w5 = R > 5 ? _mm512_loadu_ps(wrow + 80) : w0;
+        ROW16(0, x0)
+    }
+    __m512 acc[6] = {a00, a01, a02, a03, a04, a05};
+    store_pixel_avx512(a, p, c0, width, acc, R);
+}
+
+__attribute__((target("avx512f")))
+static void pixel_panel_avx512(const Conv1x1 *a, int64_t p, const int32_t *list, int64_t c0, int64_t width) {
+    switch ((width + 15) / 16) {
+        case 1: pixel_panel_avx512_r(a, p, list, c0, width, 1); break;
+        case 2: pixel_panel_avx512_r(a, p, list, c0, width, 2); break;
+        case 3: pixel_panel_avx512_r(a, p, list, c0, width, 3); break;
+        case 4: pixel_panel_avx512_r(a, p, list, c0, width, 4); break;
+        case 5: pixel_panel_avx512_r(a, p, list, c0, width, 5); break;
+        default: pixel_panel_avx512_r(a, p, list, c0, width, 6); break;
+    }
+}
+
+/* Writes the union list of `rows` pixels; AVX-512 also returns the sum of their own counts. */
+typedef int64_t (*UnionFn)(const Conv1x1 *, int64_t, int, int32_t *);
+typedef void (*PanelFn)(const Conv1x1 *, int64_t, int, const int32_t *, int64_t, int64_t);
+
+/* Pixels [begin, end) of one call; `lists` holds LIST_SLOTS * (cin + 17) int32 per tile of this range:
+   the union of the tile's non-zero channels, then each pixel's own. A tile runs on its union unless
+   its pixels share so few channels that they run faster alone: a pixel alone reads each weight row
+   for itself, which measured 0.8x the cost of a union channel shared by four pixels (AVX-512;
+   without a single-pixel kernel, AVX2 and portable C always run the union). */
+#define LIST_SLOTS (TILE + 1)
+int actzip_sparse_conv1x1(const float *x, const float *w, const float *bias, const float *residual, float *y,
+                          int32_t *lists, int64_t begin, int64_t end, int64_t cin, int64_t cout, int64_t ldw,
+                          float lo, float hi, int isa) {
+    static const int panel_width[3] = {96, 24, 96};
+    static const UnionFn unions[3] = {union_list_c, union_list_avx2, union_list_avx512};
+    static const PanelFn panels[3] = {tile_panel_c, tile_panel_avx2, tile_panel_avx512};
+    if (isa < 0 || isa > 2 || ldw < cout || ldw % 16) return -1;
+    Conv1x1 a = {x, w, bias, residual, y, lists, cin, cout, ldw, lo, hi};
+    int64_t tiles = (end - begin + TILE - 1) / TILE, slot = cin + 17;
+    for (int64_t t = 0; t < tiles; t++) {
+        int64_t p = begin + t * TILE;
+        int rows = end - p < TILE ? (int)(end - p) : TILE;
+        int32_t *l = lists + t * LIST_SLOTS * slot;
+        int64_t own = unions[isa](&a, p, rows, l);
+        if (isa != 2 || 4 * own >= 5 * (int64_t)l[0]) continue;
+        l[0] = -1;  /* the pixels run alone, each on its own list */
+        for (int j = 0; j < rows; j++) unions[isa](&a, p + j, 1, l + (1 + j) * slot);
+    }
+    int64_t pw = panel_width[isa];
+    for (int64_t c0 = 0; c0 < cout; c0 += pw) {
+        int64_t width = cout - c0 < pw ? cout - c0 : pw;
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t p = begin + t * TILE;
+            int rows = end - p < TILE ? (int)(end - p) : TILE;
+            int32_t *l = lists + t * LIST_SLOTS * slot;
+            if (l[0] >= 0) {
+                panels[isa](&a, p, rows, l, c0, width);
+            } else {
+                for (int j = 0; j < rows; j++) pixel_panel_avx512(&a, p + j, l + (1 + j) * slot, c0, width);
+            }
+        }
+    }
+    return 0;
+}
+
+/* What this CPU can run: 2 with AVX-512F, 1 with AVX2 and FMA, else 0. */
+int actzip_best_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+}
+
+/* An importable module with no Python functions: Python reaches the kernels through ctypes. */
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kernels", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,138 @@
+"""The compiled sparse-input 1x1 kernel on every instruction set this CPU has, and its place in the
+compiled model: the same outputs as the dense conv, whatever the zeros."""
+
+import pytest
+import torch
+from torch import nn
+
+from actzip.runtime import compile, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the compiled kernels are not built")
+
+BEST = native.ISAS.index(native.isa()) if native.available() else 0
+ISAS_HERE = native.ISAS[:BEST + 1]
+
+
+def _reference(x, weight, bias, lo, hi, residual):
+    """float64 x @ weight + bias (+ residual), clamped."""
+    out = x.double() @ weight.reshape(weight.shape[0], -1).t().double() + bias.double()
+    if residual is not None:
+        out = out + residual.double()
+    return out.clamp(lo, hi)
+
+
+def _run(x, weight, bias, lo=-float("inf"), hi=float("inf"), residual=None):
+    packed, packed_bias = native.packed_weight(weight, bias)
+    out = torch.full((x.shape[0], weight.shape[0]), float("nan"))
+    lists = torch.empty(native.lists_size(*x.shape), dtype=torch.int32)
+    return native.sparse_conv1x1(x, packed, packed_bias, out, lists, lo, hi, residual)
+
+
+def _maps(pixels, channels, zeros, seed, correlated):
+    """Post-ReLU-like rows: independent zeros, or zeros shared by runs of neighbouring pixels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(pixels, channels, generator=g)
+    if correlated:  # a channel is off for 8 pixels in a row, as in real maps
+        off = torch.rand(-(-pixels // 8), channels, generator=g) < zeros
+        x[off.repeat_interleave(8, 0)[:pixels]] = 0
+    else:
+        x[torch.rand(pixels, channels, generator=g) < zeros] = 0
+    return x
+
+
+SHAPES = [(1, 3, 5), (7, 5, 3), (33, 40, 200), (64, 96, 24), (130, 1152, 192), (9, 17, 97), (12, 512, 520)]
+
+
+@pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("correlated", [False, True])
+def test_kernel_equals_the_dense_product(monkeypatch, isa, zeros, correlated):
+    if isa not in ISAS_HERE:
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ACTZIP_ISA", isa)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert native.isa() == isa
+    for i, (pixels, cin, cout) in enumerate(SHAPES):
+        x = _maps(pixels, cin, zeros, i, correlated)
+        weight, bias = torch.randn(cout, cin, 1, 1), torch.randn(cout)
+        residual = torch.randn(pixels, cout) if i % 2 else None
+        lo, hi = ((0.0, 6.0), (-float("inf"), float("inf")), (0.0, float("inf")))[i % 3]
+        got = _run(x, weight, bias, lo, hi, residual)
+        want = _reference(x, weight, bias, lo, hi, residual)
+        assert not got.isnan().any()
+        # float32 sums of cin products, in any order: within cin * eps of the sum of magnitudes
+        scale = (x.double().abs() @ weight.reshape(cout, -1).t().double().abs()).max() + bias.abs().max()
+        assert (got.double() - want).abs().max() <= 1e-6 * cin * scale + 1e-6, (pixels, cin, cout)
+
+
+def test_nan_in_an_input_reaches_its_own_pixel_only():
+    x = _maps(8, 32, 0.5, 0, False)
+    x[5, 3] = float("nan")
+    got = _run(x, torch.randn(16, 32, 1, 1), torch.randn(16))
+    assert got[5].isnan().all() and not got[[0, 1, 2, 3, 6, 7]].isnan().any()
+
+
+def test_kernel_refuses_what_it_cannot_read():
+    x = torch.randn(4, 8)
+    weight, bias = native.packed_weight(torch.randn(4, 8, 1, 1), torch.randn(4))
+    lists = torch.empty(native.lists_size(4, 8), dtype=torch.int32)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.sparse_conv1x1(x.double(), weight, bias, torch.empty(4, 4), lists)
+    with pytest.raises(ValueError, match="shapes"):
+        native.sparse_conv1x1(x, weight, bias, torch.empty(4, 4), lists[:3])
+    with pytest.raises(ValueError, match="residual"):
+        native.sparse_conv1x1(x, weight, bias, torch.empty(4, 4), lists, residual=torch.empty(4, 5))
+
+
+def test_torch_capability_lowers_the_kernels_isa(monkeypatch):
+    monkeypatch.delenv("ACTZIP_ISA", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    assert native.isa() == "c"
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert native.isa() == ("avx2" if BEST >= 1 else "c")
+
+
+class ProjectBlock(nn.Module):
+    """MobileNetV2's inverted residual: 1x1 expand -> ReLU6 -> depthwise -> ReLU6 -> 1x1 project + x."""
+
+    def __init__(self, c=24, expand=6):
+        super().__init__()
+        e = c * expand
+        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(e, e, 3, padding=1, groups=e, bias=False), nn.BatchNorm2d(e),
+                                       nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.project(self.depthwise(self.expand(x)))
+
+
+def test_compiled_model_on_the_zeros_path_equals_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), ProjectBlock(), ProjectBlock()).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # shifted down, so that the ReLU6 outputs are mostly zero
+            m.bias.data.fill_(-0.8)
+    x = torch.randn(2, 3, 17, 15)
+    compiled = compile(model, x, repeats=1)
+    projects = [c for c in compiled.layers if c.input_zeros is not None and c.input_zeros > 0.5]
+    assert len(projects) == 2 and all(c.sparse_ms is not None for c in projects)
+    for m in compiled.modules():  # whatever the timing chose, the zeros path must give the model's output
+        if getattr(m, "zeros_capable", False):
+            m.path = "zeros"
+    with torch.no_grad():
+        want = model(x)
+        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+        assert (compiled(x[:1]) - want[:1]).abs().max() <= 1e-4 * want.abs().max()  # another batch size
+
+
+def test_without_the_compiled_kernels_the_runtime_warns_and_runs_dense(monkeypatch):
+    monkeypatch.setattr(native, "library", lambda: None)
+    assert not native.available() and native.isa() == "none"
+    model = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), ProjectBlock()).eval()
+    x = torch.randn(2, 3, 9, 9)
+    with pytest.warns(UserWarning, match="not built"):
+        compiled = compile(model, x, repeats=1)
+    assert all(c.path == "dense" for c in compiled.layers)
+    with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
