@@ -79,3 +79,73 @@ def test_bench_runtime_writes_json_and_refuses_bad_input(tmp_path):
         r = run("bench", "runtime", "--model", "resnet20", *args, "--out", str(tmp_path / "x.json"))
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "x.json").exists()
+
+
+# -- bad input: one line, exit 2, nothing written ------------------------------------------------
+
+def _one_line_error(args, message, tmp_path, written=()):
+    r = run(*args)
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert r.output.strip().count("\n") == 0, r.output
+    for path in written:
+        assert not path.exists(), path
+
+
+def test_encode_refuses_bad_parameters_keys_and_shapes_before_writing(tmp_path):
+    import numpy as np
+    import torch
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.abs(np.random.default_rng(0).normal(size=(2, 8, 6, 6))).astype(np.float32))
+    torch.save({"a": torch.rand(2, 3)}, tmp_path / "acts.pt")
+    np.save(tmp_path / "deep.npy", np.zeros([1] * 40, np.float32))
+    out = tmp_path / "x.azip"
+    cases = [
+        (["encode", str(x), "--codec", "dctcm", "-p", "budget=abc"], "bad parameters"),
+        (["encode", str(x), "-p", "level=5"], "it takes k"),
+        (["encode", str(x), "--codec", "ctx", "-p", "bits=4"], "clashes with --bits"),
+        (["encode", str(x), "-p", "=3"], "key=value"),
+        (["encode", str(tmp_path / "acts.pt"), "--key", "zz"], "no tensor 'zz'; it holds a"),
+        (["encode", str(tmp_path / "deep.npy")], "at most 8 dimensions"),
+        (["encode", str(x), "--codec", "nope"], "unknown codec"),
+        (["encode", str(x), "--bits", "1"], "bit width"),
+    ]
+    for args, message in cases:
+        _one_line_error([*args, "-o", str(out)], message, tmp_path, written=[out])
+
+
+def test_info_and_decode_read_a_file_only_as_far_as_its_framing_allows(tmp_path):
+    import numpy as np
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.abs(np.random.default_rng(0).normal(size=(2, 8, 6, 6))).astype(np.float32))
+    stream = tmp_path / "x.azip"
+    assert run("encode", str(x), "-o", str(stream)).exit_code == 0
+    big = tmp_path / "big.azip"  # a 3 GB file (sparse on disk) that starts like a stream
+    with open(big, "wb") as f:
+        f.write(stream.read_bytes())
+        f.truncate(3 << 30)
+    out = tmp_path / "y.npy"
+    _one_line_error(["info", "/dev/zero"], "bad magic", tmp_path)
+    _one_line_error(["info", str(big)], "framing says", tmp_path)
+    _one_line_error(["decode", str(big), "-o", str(out)], "framing says", tmp_path, written=[out])
+    _one_line_error(["decode", str(stream), "-o", str(out), "--max-size", "100"], "max-size", tmp_path,
+                    written=[out])
+    r = run("info", str(stream))
+    assert r.exit_code == 0 and "shape (2, 8, 6, 6)" in r.output
+    assert run("decode", str(stream), "-o", str(out)).exit_code == 0 and np.load(out).shape == (2, 8, 6, 6)
+
+
+def test_reading_a_stream_header_does_not_load_torch(tmp_path):
+    """`actzip --help`, `codecs` and `info` start in well under 2 s because they never import torch."""
+    import numpy as np
+
+    import actzip
+
+    stream = tmp_path / "x.azip"
+    stream.write_bytes(actzip.dumps(np.ones((2, 3), np.float32)))
+    code = ("import sys; from actzip.cli import app; from typer.testing import CliRunner; "
+            f"r = [CliRunner().invoke(app, a) for a in (['--help'], ['codecs'], ['info', {str(stream)!r}])]; "
+            "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; print('torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stdout + p.stderr

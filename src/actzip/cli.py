@@ -60,8 +60,9 @@ def _parse_bits(text: str) -> tuple[int, ...]:
     return values
 
 
-def _codec_params(pairs: list[str]) -> dict:
-    """`-p key=value` pairs as codec keywords; values are read as JSON (numbers, true/false, lists)."""
+def _codec_params(pairs: list[str], options: tuple[str, ...] = ("bits",)) -> dict:
+    """`-p key=value` pairs as codec keywords; values are read as JSON (numbers, true/false, lists).
+    A key that is also a command option (`options`) is refused: it has one place to be set."""
     import json
 
     params = {}
@@ -69,6 +70,8 @@ def _codec_params(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ActzipError(f"--param takes key=value, got {pair!r}")
+        if key.strip() in options:
+            raise ActzipError(f"-p {key.strip()}=... clashes with --{key.strip().replace('_', '-')}: set it there")
         try:
             params[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -208,12 +211,16 @@ def encode(
 def decode(
     source: Path = typer.Argument(..., help="stream file written by `actzip encode`"),
     out_file: Path = typer.Option(..., "-o", "--out", help="tensor file to write: .npy, .pt or .safetensors"),
+    max_size: int = typer.Option(2**31 - 1, help="refuse streams that decode to more bytes than this"),
 ):
     """Decode a stream back into a float tensor (dequantized)."""
-    from .stream import loads
+    from .stream import StreamTooLargeError, loads, output_bytes
     from .tensorio import write_tensor
 
-    array = loads(_read_bytes(source))
+    header, _ = _stream_file_header(source)  # framing and size checked before the file is read whole
+    if output_bytes(header) > max_size:
+        raise StreamTooLargeError(f"{source} decodes to {output_bytes(header)} bytes, more than --max-size {max_size}")
+    array = loads(_read_bytes(source), max_size=max_size)
     write_tensor(out_file, array)
     out.print(f"{source} -> {out_file}: {array.dtype} {tuple(array.shape)}")
 
@@ -221,15 +228,24 @@ def decode(
 @app.command("info")
 @_cli_errors
 def stream_info(source: Path = typer.Argument(..., help="stream file written by `actzip encode`")):
-    """Show what a stream holds, without decoding it."""
-    from .stream import info
+    """Show what a stream holds, reading only its header."""
+    from .stream import summarize
 
-    i = info(_read_bytes(source))
+    i = summarize(*_stream_file_header(source))
     q = i["quant"]
     out.print(f"shape {tuple(i['shape'])} {i['dtype']}; codec {i['codec']}; {q['bits']}-bit "
               f"{'signed' if q['signed'] else 'unsigned'}, {len(q['scale'])} scale(s)")
-    out.print(f"{i['bytes']} bytes ({i['payload_bytes']} payload), {i['bits_per_value']:.3f} bits/value, "
-              f"{i['compression']:.2f}x vs raw")
+    out.print(f"{i['bytes']} bytes, {i['bits_per_value']:.3f} bits/value, {i['compression']:.2f}x vs raw "
+              "(checksum not read: `decode` verifies it)")
+
+
+def _stream_file_header(path: Path) -> tuple[dict, int]:
+    from .stream import read_file_header
+
+    try:
+        return read_file_header(path)
+    except OSError as e:
+        raise ActzipError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -41,9 +41,10 @@ def read_tensor(path: str | Path, key: str | None = None) -> np.ndarray:
         raise ActzipError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if key is None and len(tensors) != 1:
         raise ActzipError(f"{path} holds {len(tensors)} tensors; choose one with --key ({', '.join(list(tensors)[:5])})")
-    value = tensors[key] if key is not None else next(iter(tensors.values()))
     if key is not None and key not in tensors:
-        raise ActzipError(f"{path} has no tensor {key!r}")
+        held = ", ".join(list(tensors)[:5]) if "" not in tensors else "one unnamed tensor (leave out --key)"
+        raise ActzipError(f"{path} has no tensor {key!r}; it holds {held}")
+    value = tensors[key] if key is not None else next(iter(tensors.values()))
     if isinstance(value, torch.Tensor):
         value = value.detach().float().numpy() if value.dtype == torch.bfloat16 else value.detach().numpy()
     if not isinstance(value, np.ndarray):

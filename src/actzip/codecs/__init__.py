@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from ..errors import ActzipError
 # Import order is the listing order: the baseline first, the byte compressors last.
 from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, dctcm, klt  # noqa: F401,I001  (each registers its codec)
@@ -26,7 +28,12 @@ def get(name: str, **params) -> Codec:
         cls = registry()[name]
     except KeyError:
         raise ActzipError(f"unknown codec {name!r}; known: {', '.join(names(lossy=True))}") from None
-    return cls(**params)
+    try:
+        return cls(**params)
+    except TypeError as e:  # an unknown keyword, or a value of the wrong type reaching a comparison
+        accepted = [p for p in inspect.signature(cls).parameters if p != "bits"]
+        raise ValueError(f"codec {name!r}: bad parameters {params} ({e}); it takes "
+                         f"{', '.join(accepted) or 'no parameters'} (and bits)") from None
 
 
 def summary(name: str) -> str:

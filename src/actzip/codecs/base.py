@@ -160,7 +160,10 @@ class Codec(ABC):
     lossless: ClassVar[bool] = True
 
     def __init__(self, bits: int | None = None):
-        self.bits = bits
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, (int, np.integer))
+                                 or not 1 <= bits <= 16):
+            raise ValueError(f"a codec's bit width is an integer in 1..16 or None, got {str(bits)[:20]}")
+        self.bits = None if bits is None else int(bits)
 
     @abstractmethod
     def encode(self, a_in) -> bytes: ...

@@ -155,7 +155,10 @@ class RANS(ChunkedCodec):
             raise CorruptStreamError(f"rans: table of {used} symbols for {h.bits}-bit values")
         counts = np.zeros(max(used, 1), np.int64)
         for s in range(used):
-            counts[s], pos = read_varint(payload, pos, "symbol count")
+            count, pos = read_varint(payload, pos, "symbol count")
+            if count > h.n:  # also keeps a forged 2^64 out of the int64 table
+                raise CorruptStreamError(f"rans: a symbol count of {count} in a chunk of {h.n} values")
+            counts[s] = count
         if int(counts.sum()) != h.n:
             raise CorruptStreamError(f"rans: the counts add up to {int(counts.sum())}, not {h.n} values")
         n_words, pos = read_varint(payload, pos, "word count")
