@@ -70,19 +70,22 @@ def measure(args) -> list[dict]:
 
 def summary(r: dict) -> str:
     return (f"{r['kind']:<22} {r['model']:<19} b{r['batch']} t{r['threads']} s={r['sparsity']:.2f}: "
-            f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x onnxruntime, {r['speedup']:.2f}x "
-            f"{r['baseline']}; paths {r['paths']}")
+            f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x onnxruntime ({r.get('engine')}), "
+            f"graph {r.get('actzip_graph_speedup', float('nan')):.2f}x {r['baseline']}; paths {r['paths']}")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| kind | model | batch | threads | s | onnxruntime ms | compiled ms | vs onnxruntime | "
-             "vs fastest dense | convs sparse / zeros |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    lines = ["| kind | model | batch | threads | s | onnxruntime ms | actzip graph ms | graph vs onnxruntime | "
+             "compiled: engine, vs onnxruntime | convs sparse / zeros |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ms = r["ms"]
+        ort = ms.get("onnxruntime", float("nan"))
+        graph = ms.get("actzip_graph", ms["compiled"])
         lines.append(f"| {r['kind']} | {r['model']} | {r['batch']} | {r['threads']} | {r['sparsity']:.2f} | "
-                     f"{ms.get('onnxruntime', float('nan')):.1f} | {ms['compiled']:.1f} | "
-                     f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | {r['speedup']:.2f}x "
-                     f"({r['baseline']}) | {r['paths']['sparse']} / {r['paths']['zeros']} |")
+                     f"{ort:.1f} | {graph:.1f} | {ort / graph:.2f}x | {r.get('engine', 'actzip')}, "
+                     f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | "
+                     f"{r['paths']['sparse']} / {r['paths']['zeros']} |")
     return "\n".join(lines) + "\n"
 
 

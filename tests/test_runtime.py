@@ -60,6 +60,8 @@ from actzip.errors import ActzipWarning  # noqa: E402
 from actzip.runtime import CompiledConv2d, compile  # noqa: E402
 from actzip.runtime.compile import _hand_over_kept_rows  # noqa: E402
 from actzip.runtime.conv import Workspace  # noqa: E402
+
+OWN = ("actzip",)  # these tests check actzip's graph, not the whole-model engine choice
 from actzip.runtime.fold import folded  # noqa: E402
 
 
@@ -150,7 +152,7 @@ def test_compiled_model_equals_the_masked_model_on_either_path(build):
     model = _randomize_batchnorm(build())
     x = torch.rand(4, 1, 28, 28)
     attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
-    compiled = compile(model, x, repeats=1)
+    compiled = compile(model, x, repeats=1, engines=OWN)
     with torch.no_grad():
         want = model(x)
         assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
@@ -181,7 +183,7 @@ def test_compiled_model_refuses_another_input_size():
     model = _randomize_batchnorm(resnet20(width=0.5))
     x = torch.rand(2, 1, 28, 28)
     attach_pixel_masks(model, PixelMask(0.2), x).update(1.0)
-    compiled = compile(model, x, repeats=1)
+    compiled = compile(model, x, repeats=1, engines=OWN)
     with torch.no_grad():
         compiled(torch.rand(5, 1, 28, 28))  # another batch size is fine
         with pytest.raises(ValueError, match="compiled for 28x28 inputs, got 32x32"):
@@ -192,15 +194,37 @@ def test_model_without_masks_stays_dense_and_says_so():
     model = _randomize_batchnorm(resnet20(width=0.5))
     x = torch.rand(2, 1, 28, 28)
     with pytest.warns(ActzipWarning, match="no pixel masks"):
-        compiled = compile(model, x, repeats=1)
+        compiled = compile(model, x, repeats=1, engines=OWN)
     assert all(c.path == "dense" and c.reason == "no mask" for c in compiled.layers)
     assert compiled.report()["sparse_convs"] == 0 and "no pixel masks" in compiled.summary()
     with torch.no_grad():
         assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.3])
+def test_the_faster_engine_computes_the_masked_model(sparsity):
+    model = _randomize_batchnorm(mobilenet_v1(width=0.5))
+    x = torch.rand(3, 1, 28, 28)
+    if sparsity:
+        attach_pixel_masks(model, PixelMask(sparsity), x).update(1.0)
+    compiled = compile(model, x, repeats=2)
+    assert set(compiled.engine_ms) == {"actzip", "onnxruntime"}
+    faster = min(compiled.engine_ms, key=compiled.engine_ms.get)
+    assert compiled.engine == faster and compiled.report()["engine"] == faster
+    for engine in ("actzip", "onnxruntime"):  # whichever won, both must compute the masked model
+        compiled.engine = engine
+        with torch.no_grad():
+            want = model(x)
+            assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max(), engine
+            assert (compiled(x[:1]) - want[:1]).abs().max() <= 1e-4 * want.abs().max(), engine
+            with pytest.raises(ValueError, match="compiled for 28x28"):
+                compiled(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="engines"):
+        compile(model, x, engines=("onnxruntime",))
+
+
 def test_onnxruntime_baseline_computes_the_same_model():
-    from actzip.runtime.bench import onnxruntime_session
+    from actzip.runtime.onnx import onnxruntime_session
 
     model = _randomize_batchnorm(mobilenet_v1(width=0.5))
     x = torch.rand(3, 1, 28, 28)
@@ -221,7 +245,8 @@ def test_runtime_benchmark_reports_both_speedups_and_checks_its_input():
         benchmark_runtime(model, x)
     r = benchmark_runtime(model, x, 0.3, rounds=1, per_round=1)
     dense = {"eager_channels_last", "eager_contiguous", "onnxruntime"}
-    assert set(r["ms"]) == dense | {"compiled", "compiled_dense"}  # onnxruntime is a test dependency
+    assert set(r["ms"]) == dense | {"compiled", "compiled_dense", "actzip_graph"}  # onnxruntime: a test dependency
+    assert r["engine"] in ("actzip", "onnxruntime") and r["actzip_graph_speedup"] > 0
     fastest = min(dense, key=r["ms"].get)
     assert r["baseline"] == fastest and r["speedup"] == pytest.approx(r["ms"][fastest] / r["ms"]["compiled"])
     assert r["speedup_over"]["onnxruntime"] == pytest.approx(r["ms"]["onnxruntime"] / r["ms"]["compiled"])
@@ -235,7 +260,7 @@ def test_a_sparse_conv_hands_its_kept_rows_to_a_sparse_1x1_conv():
                                                nn.Conv2d(16, 12, 1), nn.BatchNorm2d(12)))
     x = torch.rand(2, 8, 10, 10)
     attach_pixel_masks(model, PixelMask(0.4), x).update(1.0)  # one resolution: one shared mask
-    compiled = compile(model, x, repeats=1)
+    compiled = compile(model, x, repeats=1, engines=OWN)
     first, second = [m for m in compiled.modules() if isinstance(m, CompiledConv2d)]
     first.path = second.path = "sparse"
     _hand_over_kept_rows(compiled.graph_module, {c.name: c for c in compiled.layers})
@@ -254,7 +279,7 @@ def test_a_compiled_model_leaves_the_thread_count_as_set():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        compiled = compile(model, x, repeats=1)
+        compiled = compile(model, x, repeats=1, engines=OWN)
         for m in compiled.modules():  # the masked-pixel fill and the row expansion run on either path
             if isinstance(m, CompiledConv2d) and m.sparse_capable:
                 m.path = "sparse"
@@ -275,7 +300,7 @@ def test_a_steady_state_forward_maps_no_fresh_pages():
     model = _randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                                                nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU()))
     x = torch.rand(64, 3, 64, 64)
-    compiled = compile(model, x, repeats=1)
+    compiled = compile(model, x, repeats=1, engines=OWN)
     with torch.no_grad():
         for _ in range(2):
             compiled(x)

@@ -12,16 +12,15 @@ wherever it is installed; the report also gives it over each engine.
 from __future__ import annotations
 
 import copy
-import io
 import statistics
 import time
-import warnings
 
 import torch
 from torch import nn
 
 from ..sparsify.pixelmask import PixelMask, attach_pixel_masks, mask_sparsity, remove_pixel_mask_hooks
 from .compile import compile
+from .onnx import onnxruntime_session
 
 
 def _timed(fn, x: torch.Tensor) -> float:
@@ -46,33 +45,13 @@ def _unmasked(model: nn.Module) -> nn.Module:
     return dense
 
 
-def onnxruntime_session(model: nn.Module, example: torch.Tensor):
-    """`model` exported to ONNX and loaded in onnxruntime with every graph optimization and this
-    process's PyTorch thread count, as a function of a tensor; None without onnxruntime."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"x": x.numpy()})[0]
-
-
 def _dense_engines(model: nn.Module, example: torch.Tensor, torch_compile: bool) -> dict:
     """name: (function, its input) for every dense engine there is here."""
     contiguous = _unmasked(model).to(memory_format=torch.contiguous_format)
     channels_last = _unmasked(model).to(memory_format=torch.channels_last)
     x_cl = example.contiguous(memory_format=torch.channels_last)
     engines = {"eager_channels_last": (channels_last, x_cl), "eager_contiguous": (contiguous, example.contiguous())}
-    session = onnxruntime_session(_unmasked(model), example.contiguous())
+    session = onnxruntime_session(_unmasked(model), example)
     if session is not None:
         engines["onnxruntime"] = (session, example.contiguous())
     if torch_compile:
@@ -81,10 +60,11 @@ def _dense_engines(model: nn.Module, example: torch.Tensor, torch_compile: bool)
 
 
 def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float | None = None,
-                      rounds: int = 5, per_round: int = 3, seed: int = 0, torch_compile: bool = False) -> dict:
-    """Latency (ms) and speedups of `model` compiled for `example`. With `sparsity`, random masks
-    (the published criterion) are attached first (0: none, the zeros in the maps alone); without,
-    the model's own masks are used."""
+                      rounds: int = 5, per_round: int = 3, seed: int = 0, torch_compile: bool = False,
+                      engines: tuple[str, ...] = ("actzip", "onnxruntime")) -> dict:
+    """Latency (ms) and speedups of `model` compiled for `example` (with `engines`, see `compile`).
+    With `sparsity`, random masks (the published criterion) are attached first (0: none, the zeros
+    in the maps alone); without, the model's own masks are used."""
     model = copy.deepcopy(model).eval()
     if sparsity is not None:
         config = PixelMask(sparsity, seed=seed)  # validates the sparsity
@@ -95,11 +75,13 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
     elif not mask_sparsity(model):
         raise ValueError("the model carries no pixel masks: give a sparsity to time random masks")
     sparsities = mask_sparsity(model)
-    compiled = compile(model, example)
+    compiled = compile(model, example, engines=engines)
     runs = _dense_engines(model, example, torch_compile)
     if sparsities:
-        runs["compiled_dense"] = (compile(_open_masks(model), example, verify=False), example)
+        runs["compiled_dense"] = (compile(_open_masks(model), example, verify=False, engines=engines), example)
     runs["compiled"] = (compiled, example)
+    # actzip's own graph, also where the whole-model choice handed the model to onnxruntime
+    runs["actzip_graph"] = (lambda x: compiled.graph_module(x.contiguous(memory_format=torch.channels_last)), example)
     times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for fn, x in runs.values():
@@ -109,7 +91,7 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
                 fn(x)
                 times[name] += [_timed(fn, x) for _ in range(per_round)]
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-    dense = {k: ms[k] for k in runs if not k.startswith("compiled")}
+    dense = {k: ms[k] for k in runs if not k.startswith("compiled") and k != "actzip_graph"}
     baseline = min(dense, key=dense.get)
     macs = sum(c.macs for c in compiled.layers)
     kept = sum(c.macs * (1 - (c.sparsity or 0)) for c in compiled.layers)
@@ -118,6 +100,7 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
         "sparsity": statistics.fmean(sparsities.values()) if sparsities else 0.0,
         "ms": ms, "baseline": baseline, "speedup": ms[baseline] / ms["compiled"],
         "speedup_over": {k: v / ms["compiled"] for k, v in dense.items()},
+        "engine": compiled.engine, "actzip_graph_speedup": ms[baseline] / ms["actzip_graph"],
         "speedup_of_folding": ms[baseline] / ms.get("compiled_dense", ms["compiled"]),
         "speedup_of_sparsity": ms.get("compiled_dense", ms["compiled"]) / ms["compiled"],
         "ideal_conv_speedup": macs / kept if kept else None,

@@ -20,6 +20,7 @@ does. It is process-wide and keeps the peak memory; pass `hold_memory=False` to 
 from __future__ import annotations
 
 import operator
+import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -33,13 +34,14 @@ from torch import nn
 from ..errors import ActzipError, ActzipWarning
 from .conv import CHANNELS_LAST, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
-from . import native
+from . import native, onnx
 from .memory import hold_freed_memory
 
 _MODULE_BOUNDS = {nn.ReLU: lambda m: (0.0, float("inf")), nn.ReLU6: lambda m: (0.0, 6.0),
                   nn.Hardtanh: lambda m: (float(m.min_val), float(m.max_val))}
 _ADDS = (operator.add, operator.iadd, torch.add)
 _FUNCTION_BOUNDS = {F.relu: (0.0, float("inf")), torch.relu: (0.0, float("inf")), F.relu6: (0.0, 6.0)}
+ENGINES = ("actzip", "onnxruntime")
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.
 ZEROS_WORTH_TIMING = 0.3
@@ -137,21 +139,45 @@ def _input_zeros(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: 
 
 
 class CompiledModel(nn.Module):
-    """The compiled graph plus its report; inputs are made channels_last on the way in."""
+    """The compiled graph plus its report; inputs are made channels_last on the way in. `engine` is
+    "actzip" (the graph) or "onnxruntime" (the same masked model, when it measured faster)."""
 
     def __init__(self, graph: fx.GraphModule, layers: list[LayerChoice], input_shape: tuple[int, ...], note: str):
         super().__init__()
         self.graph_module, self.layers, self.input_shape, self.note = graph, layers, input_shape, note
         self.max_abs_error: float | None = None
+        self.engine, self.engine_ms, self.onnxruntime = "actzip", {}, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.engine == "onnxruntime":
+            if tuple(x.shape[1:]) != self.input_shape[1:]:
+                raise ValueError(f"this model was compiled for {self.input_shape[2]}x{self.input_shape[3]} inputs, "
+                                 f"got {x.shape[-2]}x{x.shape[-1]}: compile the model for this input size")
+            return torch.from_numpy(self.onnxruntime(x))
         return self.graph_module(x.contiguous(memory_format=CHANNELS_LAST))
+
+    def choose_engine(self, session, example: torch.Tensor, repeats: int) -> None:
+        """Time the graph and onnxruntime's `session` on the example in turns; keep the faster."""
+        runs = {"actzip": lambda: self.graph_module(example), "onnxruntime": lambda: session(example)}
+        times = {k: [] for k in runs}
+        with torch.no_grad():
+            for r in range(repeats + 1):  # the first round warms both up and is dropped
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    if r:
+                        times[name].append(time.perf_counter() - start)
+        self.engine_ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        if self.engine_ms["onnxruntime"] < self.engine_ms["actzip"]:
+            self.engine, self.onnxruntime = "onnxruntime", session
+            self.note += (f"; onnxruntime runs the whole model ({self.engine_ms['onnxruntime']:.2f} ms against "
+                          f"{self.engine_ms['actzip']:.2f} ms for actzip's graph)")
 
     def report(self) -> dict:
         sparse = [c for c in self.layers if c.path == "sparse"]
         return {"input_shape": list(self.input_shape), "note": self.note, "convs": len(self.layers),
-                "sparse_convs": len(sparse), "max_abs_error": self.max_abs_error,
-                "layers": [asdict(c) for c in self.layers]}
+                "sparse_convs": len(sparse), "max_abs_error": self.max_abs_error, "engine": self.engine,
+                "engine_ms": self.engine_ms, "layers": [asdict(c) for c in self.layers]}
 
     def summary(self) -> str:
         lines = [self.note, f"{'conv':<34} {'kernel':>6} {'s':>5} {'dense ms':>9} {'sparse ms':>9}  path    why"]
@@ -164,57 +190,21 @@ class CompiledModel(nn.Module):
 
 
 def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: bool = True,
-            hold_memory: bool = True) -> CompiledModel:
+            hold_memory: bool = True, engines: tuple[str, ...] = ENGINES) -> CompiledModel:
     """`model` (pixel masks from `actzip.sparsify.pixelmask`, or none) compiled for inputs shaped like
     `example`; each masked conv, and each 1x1 conv whose input has zeros, runs its faster path,
-    measured here with `repeats` runs. `hold_memory`: see the module doc."""
+    measured here with `repeats` runs. With "onnxruntime" in `engines` (and onnxruntime installed),
+    the whole masked model also runs in onnxruntime, and the faster of the two engines on the example
+    is kept (`CompiledModel.engine`). `hold_memory`: see the module doc."""
+    unknown = set(engines) - set(ENGINES)
+    if unknown or "actzip" not in engines:
+        raise ValueError(f"engines are {ENGINES}, actzip's own always among them; got {engines}")
     if hold_memory:
         hold_freed_memory()
     native.warn_if_missing()
     example = example.contiguous(memory_format=CHANNELS_LAST)
     model = model.eval()
-    gm = fold_batchnorm(model)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-    modules = dict(gm.named_modules())
-    workspace = Workspace()
-    order: list[str] = []  # the convs in graph order
-    input_shapes: dict[str, tuple[int, ...]] = {}
-    left_as_is: dict[str, LayerChoice] = {}
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), MaskedConv2d):
-            continue
-        conv = modules[node.target]
-        order.append(node.target)
-        input_shapes[node.target] = _shape(node.args[0])
-        users = list(node.users)
-        bounds = _bounds(users[0], modules) if len(users) == 1 else None
-        residual = _residual_add(node) if bounds is None else None
-        if residual is not None:  # conv -> add [-> activation]
-            after = list(residual[0].users)
-            bounds = _bounds(after[0], modules) if len(after) == 1 else None
-        try:
-            fast = CompiledConv2d(conv, bounds, input_shapes[node.target], workspace, residual is not None)
-        except ValueError as e:
-            left_as_is[node.target] = LayerChoice(node.target, conv.kernel_size, conv.stride, conv.groups,
-                                                  input_shapes[node.target], 0, None, None, None, "as is", str(e))
-            continue
-        replace_module(gm, node.target, fast)
-        fused = []  # the nodes whose work the conv now does, last first
-        if residual is not None:
-            add, other = residual
-            add.prepend(node)  # the conv moves down to the add, where `other` has been computed
-            node.args = (node.args[0], other)
-            fused = [after[0], add] if bounds is not None else [add]
-        elif bounds is not None:
-            fused = [users[0]]
-        if fused:
-            fused[0].replace_all_uses_with(node)
-            for n in fused:
-                gm.graph.erase_node(n)
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
+    gm, order, input_shapes, left_as_is = _fused_graph(model, example)
     modules = dict(gm.named_modules())
     compiled = {name: modules[name] for name in order if name not in left_as_is}
     zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable}, example)
@@ -228,27 +218,83 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], ms.get(name), zeros.get(name))
               for name in order]
     _hand_over_kept_rows(gm, {c.name: c for c in layers})
-    masked = [c for c in layers if c.sparsity is not None]
-    on_zeros = sum(c.path == "zeros" for c in layers)
-    zeros_note = f"{on_zeros} 1x1 convs skip their input's zeros" if on_zeros else ""
-    if not masked:
-        note = "no pixel masks in this model: the convs run dense (BatchNorm folded, activations fused)"
-        note += f"; {zeros_note}" if zeros_note else ""
-        if not zeros_note:
-            warnings.warn(note, ActzipWarning, stacklevel=2)
-    else:
-        sparse = sum(c.path == "sparse" for c in layers)
-        note = f"{sparse} of {len(masked)} masked convs run sparse ({len(layers)} convs in all)"
-        note += f"; {zeros_note}" if zeros_note else ""
-    compiled = CompiledModel(gm, layers, tuple(example.shape), note)
+    result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
+    if "onnxruntime" in engines and onnx.available():
+        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example), example, repeats)
     if verify:
         with torch.no_grad():
-            want, got = model(example), compiled(example)
-        compiled.max_abs_error = float((got - want).abs().max())
-        if compiled.max_abs_error > 1e-3 * float(want.abs().max()) + 1e-5:
-            raise ActzipError(f"the compiled model differs from the model by {compiled.max_abs_error:.3g}: "
+            want, got = model(example), result(example)
+        result.max_abs_error = float((got - want).abs().max())
+        if result.max_abs_error > 1e-3 * float(want.abs().max()) + 1e-5:
+            raise ActzipError(f"the compiled model differs from the model by {result.max_abs_error:.3g}: "
                               "please report this with the model")
-    return compiled
+    return result
+
+
+def _fused_graph(model: nn.Module, example: torch.Tensor):
+    """(graph, conv names in order, their input shapes, convs left as they are): `model` traced with
+    BatchNorm folded, each conv a CompiledConv2d that does the activation or residual add after it."""
+    gm = fold_batchnorm(model)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+    modules = dict(gm.named_modules())
+    workspace = Workspace()
+    order, input_shapes, left_as_is = [], {}, {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), MaskedConv2d):
+            continue
+        conv = modules[node.target]
+        order.append(node.target)
+        input_shapes[node.target] = _shape(node.args[0])
+        try:
+            _fuse(gm, node, conv, modules, workspace, input_shapes[node.target])
+        except ValueError as e:
+            left_as_is[node.target] = LayerChoice(node.target, conv.kernel_size, conv.stride, conv.groups,
+                                                  input_shapes[node.target], 0, None, None, None, "as is", str(e))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, order, input_shapes, left_as_is
+
+
+def _fuse(gm: fx.GraphModule, node: fx.Node, conv: MaskedConv2d, modules: dict, workspace: Workspace,
+          input_shape: tuple[int, ...]) -> None:
+    """Replace `conv` by a CompiledConv2d that also does the activation, or the residual add and the
+    activation, that alone consume it; ValueError where it cannot be compiled."""
+    users = list(node.users)
+    bounds = _bounds(users[0], modules) if len(users) == 1 else None
+    residual = _residual_add(node) if bounds is None else None
+    if residual is not None:  # conv -> add [-> activation]
+        after = list(residual[0].users)
+        bounds = _bounds(after[0], modules) if len(after) == 1 else None
+    fast = CompiledConv2d(conv, bounds, input_shape, workspace, residual is not None)
+    replace_module(gm, node.target, fast)
+    fused = []  # the nodes whose work the conv now does, last first
+    if residual is not None:
+        add, other = residual
+        add.prepend(node)  # the conv moves down to the add, where `other` has been computed
+        node.args = (node.args[0], other)
+        fused = [after[0], add] if bounds is not None else [add]
+    elif bounds is not None:
+        fused = [users[0]]
+    if fused:
+        fused[0].replace_all_uses_with(node)
+        for n in fused:
+            gm.graph.erase_node(n)
+
+
+def _note(layers: list[LayerChoice]) -> str:
+    """One line on what the compiled convs do; warns where there is nothing sparse to run."""
+    masked = [c for c in layers if c.sparsity is not None]
+    on_zeros = sum(c.path == "zeros" for c in layers)
+    zeros_note = f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else ""
+    if masked:
+        sparse = sum(c.path == "sparse" for c in layers)
+        return f"{sparse} of {len(masked)} masked convs run sparse ({len(layers)} convs in all){zeros_note}"
+    note = "no pixel masks in this model: the convs run dense (BatchNorm folded, activations fused)"
+    if not zeros_note:
+        warnings.warn(note, ActzipWarning, stacklevel=3)
+    return note + zeros_note
 
 
 def _hand_over_kept_rows(gm: fx.GraphModule, choices: dict[str, LayerChoice]) -> None:

@@ -1,0 +1,42 @@
+"""onnxruntime, the dense CPU engine users deploy with: a model exported to it and run from PyTorch.
+
+`compile` runs a model here when this beats actzip's own compiled graph on the example, and the
+runtime benchmarks time it as the baseline to beat. Both need the optional `runtime` extra.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import torch
+from torch import nn
+
+
+def available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnxruntime_session(model: nn.Module, example: torch.Tensor):
+    """`model` exported to ONNX and loaded in onnxruntime with every graph optimization and this
+    process's PyTorch thread count (fixed from now on), as a function of a tensor returning a numpy
+    array; any batch size runs. None without onnxruntime."""
+    if not available():
+        return None
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (example.contiguous(),), buffer, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"x": x.detach().contiguous().numpy()})[0]
