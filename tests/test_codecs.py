@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from actzip import codecs
+from actzip.codecs import klt
 from actzip.codecs.base import FREE_VALUES, pack_header, write_varint
 from actzip.codecs.ctxrans import CLASSES, CODED, value_tables
 from actzip.errors import CorruptStreamError
@@ -252,22 +253,29 @@ def _streams():
                                       channel_steps=[2.0 ** (k / 4) for k in range(20)]).encode(maps)))
     # planes give ctx's repeat flags and predicted residuals something to decode
     planes = [("ctx", codecs.get("ctx").encode(a)) for a in (maps, signed[:1800].reshape(3, 20, 30))]
-    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy + planes
+    fitted = klt.fit(maps)  # klt decodes with the settings it was fitted with (side information)
+    _DECODERS["klt"] = codecs.get("klt", bits=8, step=2.0, **fitted,
+                                  offsets=klt.offsets(maps, 8, fitted["basis"], fitted["mean"], 2.0))
+    learned = [("klt", _DECODERS["klt"].encode(maps))]
+    return [(name, codecs.get(name).encode(a)) for name in NAMES for a in (sparse, signed)] + lossy + planes + learned
+
+
+_DECODERS = {}  # codecs that cannot decode from their name alone
 
 
 def _decode_or_corrupt(name, data):
     try:
-        out = codecs.get(name).decode(data)
+        out = (_DECODERS.get(name) or codecs.get(name)).decode(data)
     except CorruptStreamError:
         return 1
     assert out.ndim == 1  # a mutation the format cannot see may decode; it must still be an array
     return 0
 
 
-def _fuzz_one(data):
+def _fuzz_one(data, codec=None):
     """Truncation, bit flips, garbage appended, random bytes, forged counts: a CorruptStreamError
     or an array, never a crash, a hang (the deadline) or another exception."""
-    streams = _streams_cache()
+    streams = [s for s in _streams_cache() if codec is None or s[0] == codec]
     name, stream = data.draw(st.sampled_from(streams))
     kind = data.draw(st.sampled_from(["truncate", "flip", "append", "random", "header"]))
     b = bytearray(stream)
@@ -294,10 +302,12 @@ def test_fuzz_mutated_streams(data):
 
 
 @pytest.mark.slow
-@settings(max_examples=20000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("codec", codecs.names(lossy=True))
+@settings(max_examples=10000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_fuzz_mutated_streams_long(data):
-    _fuzz_one(data)
+def test_fuzz_mutated_streams_long(codec, data):
+    """10^4 mutated streams per codec (`make test-slow`)."""
+    _fuzz_one(data, codec)
 
 
 _CACHE = []

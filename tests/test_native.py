@@ -137,3 +137,18 @@ def test_without_the_compiled_kernels_the_runtime_warns_and_runs_dense(monkeypat
     assert all(c.path == "dense" for c in compiled.layers)
     with torch.no_grad():
         assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_kernels_split_between_threads_give_the_same_rows(threads):
+    before = torch.get_num_threads()
+    x = _maps(1030, 1152, 0.7, 3, True)  # enough work for every thread, and a tile split unevenly
+    weight, bias = torch.randn(192, 1152, 1, 1), torch.randn(192)
+    try:
+        torch.set_num_threads(1)
+        one = _run(x, weight, bias, 0.0, 6.0)
+        torch.set_num_threads(threads)
+        assert torch.equal(_run(x, weight, bias, 0.0, 6.0), one)  # the same sums, row by row
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

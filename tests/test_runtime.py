@@ -82,6 +82,7 @@ CONVS = {  # name: (in, out, kernel, stride, padding, groups, dilation)
     "depthwise 3x3": (16, 16, 3, 1, 1, 16, 1),
     "depthwise 3x3 stride 2": (16, 16, 3, 2, 1, 16, 1),
     "grouped": (16, 24, 3, 1, 1, 4, 1),
+    "3x3 wide (taps in blocks)": (704, 100, 3, 1, 1, 1, 1),
 }
 
 
@@ -308,3 +309,19 @@ def test_a_steady_state_forward_maps_no_fresh_pages():
         for _ in range(3):
             compiled(x)
         assert minor_faults() - before == 0
+
+
+def test_the_kept_pixel_kernel_in_thread_shares_equals_one_thread():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, 1, 1, bias=False)
+    x = torch.randn(2, 64, 21, 19)  # ~17 M multiply-adds: enough for two shares
+    fast = CompiledConv2d(_masked_conv(conv, x, 0.4), (0.0, 6.0), tuple(x.shape), Workspace())
+    xc = x.contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fast.sparse(xc)
+        torch.set_num_threads(2)
+        assert torch.equal(fast.sparse(xc), one)
+    finally:
+        torch.set_num_threads(before)

@@ -125,6 +125,10 @@ class CompiledConv2d(nn.Module):
             self.cols_weight = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1).contiguous(
                 memory_format=CHANNELS_LAST)
             self._tables_by_batch: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            self.native = native.available()  # the kept pixels by the compiled kernel, else by oneDNN
+            if self.native:
+                self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
+                self._offsets_by_batch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def macs(self, batch: int) -> int:
         """Multiply-accumulates of the dense conv over `batch` images."""
@@ -192,6 +196,8 @@ class CompiledConv2d(nn.Module):
         return out
 
     def sparse(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        if self.native:
+            return self._sparse_native(x, identity)
         if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
             n = x.shape[0] // self.kept_pixels.numel()
             _, weight = self._tables(n)
@@ -222,20 +228,60 @@ class CompiledConv2d(nn.Module):
                               self.lo, self.hi, residual)
         return out.permute(0, 3, 1, 2)
 
-    def _gather(self, x: torch.Tensor):
-        """The im2col rows of the kept output pixels, in the shared workspace."""
-        self._check(x)
+    def _sparse_native(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
+        """The kept pixels straight from the (padded) NHWC input by the compiled kernel, written in
+        place into the full output; then the masked pixels' value (or, handing over, compact rows)."""
+        kept = self.kept_pixels.numel()
+        if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
+            n, source = x.shape[0] // kept, x.contiguous()
+        else:
+            self._check(x)
+            n, source = x.shape[0], self._padded_rows(x, self.workspace.get(self._padded_numel(x)))
+        in_rows, taps, out_rows = self._offsets(n, x.dim() == 2)
+        shape = (n * kept, self.out_channels) if self.feeds_kept_only else (n, *self.output_hw, self.out_channels)
+        out = torch.empty(shape)
+        residual = None if identity is None else identity.contiguous(memory_format=CHANNELS_LAST).permute(0, 2, 3, 1)
+        native.rows_conv(source, self.taps_weight, self.taps_bias, out, in_rows, taps, out_rows, self.lo, self.hi,
+                         residual)
+        if self.feeds_kept_only:
+            return out
+        out = out.permute(0, 3, 1, 2)
+        fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), self._residual(identity))
+        return out
+
+    def _offsets(self, batch: int, rows_input: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For `batch` images, in floats: where each kept pixel's first tap starts in the padded input
+        (or its row, for kept-row input), each tap's offset from there, and where its output row goes."""
+        key = (batch, rows_input, self.feeds_kept_only)
+        if key not in self._offsets_by_batch:
+            top, bottom, left, right = self.pads
+            hp, wp = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+            kept, c, images = self.kept_pixels, self.in_channels, torch.arange(batch)[:, None]
+            n_kept, (ho, wo) = kept.numel(), self.output_hw
+            if rows_input:
+                in_rows, taps = torch.arange(batch * n_kept) * c, torch.zeros(1, dtype=torch.long)
+            else:
+                base = (kept // wo * sh) * wp + kept % wo * sw
+                in_rows = ((images * hp * wp + base[None]) * c).reshape(-1)
+                taps = torch.tensor([(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)])
+            rows = torch.arange(n_kept)[None] if self.feeds_kept_only else kept[None]
+            out_rows = ((images * (n_kept if self.feeds_kept_only else ho * wo) + rows) * self.out_channels).reshape(-1)
+            self._offsets_by_batch[key] = (in_rows.contiguous(), taps, out_rows.contiguous())
+        return self._offsets_by_batch[key]
+
+    def _padded_numel(self, x: torch.Tensor) -> int:
         n, c, h, w = x.shape
         top, bottom, left, right = self.pads
-        hp, wp = h + top + bottom, w + left + right
-        gather, weight = self._tables(n)
-        taps = self.kernel_size[0] * self.kernel_size[1]
-        rows = gather.numel() // taps
-        padded_numel = n * hp * wp * c if (top or bottom or left or right) else 0
-        space = self.workspace.get(padded_numel + rows * taps * c)
+        return n * (h + top + bottom) * (w + left + right) * c if (top or bottom or left or right) else 0
+
+    def _padded_rows(self, x: torch.Tensor, space: torch.Tensor) -> torch.Tensor:
+        """x as NHWC pixel rows (n * hp * wp, c), inside its zero border in `space` if it has one."""
+        n, c, h, w = x.shape
+        top, bottom, left, right = self.pads
         nhwc = x.permute(0, 2, 3, 1)
-        if padded_numel:
-            padded = space[:padded_numel].view(n, hp, wp, c)
+        if space.numel():
+            padded = space.view(n, h + top + bottom, w + left + right, c)
             # the workspace is shared, so its borders hold another layer's data: zero them
             padded[:, :top].zero_()
             padded[:, top + h:].zero_()
@@ -243,7 +289,19 @@ class CompiledConv2d(nn.Module):
             padded[:, top:top + h, left + w:].zero_()
             padded[:, top:top + h, left:left + w] = nhwc
             nhwc = padded
-        source = nhwc.reshape(-1, c)  # a view: x is channels_last, or was just padded
+        return nhwc.reshape(-1, c)  # a view: x is channels_last, or was just padded
+
+    def _gather(self, x: torch.Tensor):
+        """The im2col rows of the kept output pixels, in the shared workspace (the path without the
+        compiled kernels)."""
+        self._check(x)
+        n, c = x.shape[:2]
+        gather, weight = self._tables(n)
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        rows = gather.numel() // taps
+        padded_numel = self._padded_numel(x)
+        space = self.workspace.get(padded_numel + rows * taps * c)
+        source = self._padded_rows(x, space[:padded_numel])
         cols = space[padded_numel:].view(rows, taps * c)
         torch.index_select(source, 0, gather, out=cols.view(-1, c))
         return n, weight, cols

@@ -336,6 +336,141 @@ int actzip_sparse_conv1x1(const float *x, const float *w, const float *bias, con
     return 0;
 }
 
+/* Kept output pixels of a conv, straight from the zero-padded NHWC input (no im2col buffer):
+
+   y[out_rows[k] + o] = clamp(bias[o] + sum over taps t, channels c of
+                              x[in_rows[k] + taps[t] + c] * w[t * cin + c, o]  (+ residual[out_rows[k] + o]))
+
+   in_rows[k] is where kept pixel k's top-left tap starts in the padded input, taps[t] each tap's
+   offset from there, out_rows[k] where its output row starts (in the full NHWC output, so kept rows
+   land in place). TILE kept pixels share every weight row load, as in the 1x1 kernel; there is no
+   list of channels, every input channel counts. Rows [begin, end) of the kept pixels. */
+typedef struct {
+    const float *x, *w, *bias, *residual;
+    float *y;
+    const int64_t *in_rows, *taps, *out_rows;
+    int64_t ntaps, cin, cout, ldw;
+    float lo, hi;
+} RowsConv;
+
+/* Loads the running sums of a pixel's panel: the bias for the first block of taps, else what the
+   previous block stored in the output row. */
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 start_avx512(const RowsConv *a, int64_t k, int j, int rows, int64_t c0, int64_t width, int r,
+                                  int first) {
+    int64_t left = width - 16 * r;
+    __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    if (first || j >= rows) return _mm512_loadu_ps(a->bias + c0 + 16 * r);
+    return _mm512_maskz_loadu_ps(m, a->y + a->out_rows[k + j] + c0 + 16 * r);
+}
+
+#define START_ROW(j) \
+    a##j##0 = start_avx512(a, k, j, rows, c0, width, 0, first); \
+    if (R > 1) a##j##1 = start_avx512(a, k, j, rows, c0, width, 1, first); \
+    if (R > 2) a##j##2 = start_avx512(a, k, j, rows, c0, width, 2, first); \
+    if (R > 3) a##j##3 = start_avx512(a, k, j, rows, c0, width, 3, first); \
+    if (R > 4) a##j##4 = start_avx512(a, k, j, rows, c0, width, 4, first); \
+    if (R > 5) a##j##5 = start_avx512(a, k, j, rows, c0, width, 5, first);
+
+/* Taps [t0, t1) of TILE kept pixels on one panel: the taps are split in blocks so that a block's
+   weight rows (its taps x cin x 96 outputs) stay in L2 while every tile passes over them. Blocks
+   after the first start from the sums the block before stored; only the last adds the residual and
+   clamps. */
+__attribute__((target("avx512f"), always_inline))
+static inline void rows_panel_avx512_r(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width,
+                                       int64_t t0, int64_t t1, const int R) {
+    const int first = t0 == 0, last = t1 == a->ntaps;
+    __m512 a00, a01 = _mm512_setzero_ps(), a02 = a01, a03 = a01, a04 = a01, a05 = a01;
+    __m512 a10, a11 = a01, a12 = a01, a13 = a01, a14 = a01, a15 = a01;
+    __m512 a20, a21 = a01, a22 = a01, a23 = a01, a24 = a01, a25 = a01;
+    __m512 a30, a31 = a01, a32 = a01, a33 = a01, a34 = a01, a35 = a01, v;
+    START_ROW(0) START_ROW(1) START_ROW(2) START_ROW(3)
+    const int64_t cin = a->cin, ldw = a->ldw;
+    const int64_t r0 = a->in_rows[k], r1 = a->in_rows[k + (rows > 1)], r2 = a->in_rows[k + (rows > 2 ? 2 : 0)];
+    const int64_t r3 = a->in_rows[k + (rows > 3 ? 3 : 0)];
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x0 = a->x + r0 + a->taps[t], *x1 = a->x + r1 + a->taps[t];
+        const float *x2 = a->x + r2 + a->taps[t], *x3 = a->x + r3 + a->taps[t];
+        const float *w = a->w + t * cin * ldw + c0;
+        for (int64_t c = 0; c < cin; c++) {
+            const float *wrow = w + c * ldw;
+            __m512 w0 = _mm512_loadu_ps(wrow);
+            __m512 w1 = R > 1 ? _mm512_loadu_ps(wrow + 16) : w0, w2 = R > 2 ? _mm512_loadu_ps(wrow + 32) : w0;
+            __m512 w3 = R > 3 ? _mm512_loadu_ps(wrow + 48) : w0, w4 = R > 4 ? _mm512_loadu_ps(wrow + 64) : w0;
+            __m512 w5 = R > 5 ? _mm512_loadu_ps(wrow + 80) : w0;
+            ROW16(0, x0) ROW16(1, x1) ROW16(2, x2) ROW16(3, x3)
+        }
+    }
+    __m512 acc[TILE][6] = {{a00, a01, a02, a03, a04, a05}, {a10, a11, a12, a13, a14, a15},
+                           {a20, a21, a22, a23, a24, a25}, {a30, a31, a32, a33, a34, a35}};
+    const __m512 lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
+    for (int j = 0; j < rows; j++) {
+        float *out = a->y + a->out_rows[k + j] + c0;
+        const float *res = a->residual && last ? a->residual + a->out_rows[k + j] + c0 : NULL;
+        for (int r = 0; r < R; r++) {
+            int64_t left = width - 16 * r;
+            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 v = acc[j][r];
+            if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + 16 * r));
+            if (last) v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+            _mm512_mask_storeu_ps(out + 16 * r, m, v);
+        }
+    }
+}
+
+__attribute__((target("avx512f")))
+static void rows_panel_avx512(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width, int64_t t0,
+                              int64_t t1) {
+    switch ((width + 15) / 16) {
+        case 1: rows_panel_avx512_r(a, k, rows, c0, width, t0, t1, 1); break;
+        case 2: rows_panel_avx512_r(a, k, rows, c0, width, t0, t1, 2); break;
+        case 3: rows_panel_avx512_r(a, k, rows, c0, width, t0, t1, 3); break;
+        case 4: rows_panel_avx512_r(a, k, rows, c0, width, t0, t1, 4); break;
+        case 5: rows_panel_avx512_r(a, k, rows, c0, width, t0, t1, 5); break;
+        default: rows_panel_avx512_r(a, k, rows, c0, width, t0, t1, 6); break;
+    }
+}
+
+/* The portable path (and AVX2's, which has no tuned kernel here): one pixel and panel at a time. */
+static void rows_panel_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width) {
+    for (int j = 0; j < rows; j++) {
+        float acc[96];
+        for (int64_t o = 0; o < width; o++) acc[o] = a->bias[c0 + o];
+        for (int64_t t = 0; t < a->ntaps; t++) {
+            const float *x = a->x + a->in_rows[k + j] + a->taps[t];
+            const float *w = a->w + t * a->cin * a->ldw + c0;
+            for (int64_t c = 0; c < a->cin; c++)
+                for (int64_t o = 0; o < width; o++) acc[o] += x[c] * w[c * a->ldw + o];
+        }
+        float *out = a->y + a->out_rows[k + j] + c0;
+        const float *res = a->residual ? a->residual + a->out_rows[k + j] + c0 : NULL;
+        for (int64_t o = 0; o < width; o++) out[o] = clampf(acc[o] + (res ? res[o] : 0.0f), a->lo, a->hi);
+    }
+}
+
+int actzip_rows_conv(const float *x, const float *w, const float *bias, const float *residual, float *y,
+                     const int64_t *in_rows, const int64_t *taps, const int64_t *out_rows, int64_t begin, int64_t end,
+                     int64_t ntaps, int64_t cin, int64_t cout, int64_t ldw, float lo, float hi, int isa) {
+    if (isa < 0 || isa > 2 || ldw < cout || ldw % 16) return -1;
+    RowsConv a = {x, w, bias, residual, y, in_rows, taps, out_rows, ntaps, cin, cout, ldw, lo, hi};
+    /* taps per block: its weight rows for one panel (taps x cin x 96 floats) within ~256 KB of L2 */
+    int64_t block = (256 << 10) / (cin * 96 * 4);
+    block = block < 1 ? 1 : block;
+    for (int64_t c0 = 0; c0 < cout; c0 += 96) {
+        int64_t width = cout - c0 < 96 ? cout - c0 : 96;
+        if (isa != 2) {
+            for (int64_t k = begin; k < end; k += TILE) rows_panel_c(&a, k, end - k < TILE ? (int)(end - k) : TILE, c0, width);
+            continue;
+        }
+        for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
+            int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
+            for (int64_t k = begin; k < end; k += TILE)
+                rows_panel_avx512(&a, k, end - k < TILE ? (int)(end - k) : TILE, c0, width, t0, t1);
+        }
+    }
+    return 0;
+}
+
 /* What this CPU can run: 2 with AVX-512F, 1 with AVX2 and FMA, else 0. */
 int actzip_best_isa(void) {
     __builtin_cpu_init();
