@@ -12,6 +12,7 @@ Inputs:
   pixels (closer to real maps, whose neighbours share zero channels).
 
     python benchmarks/sparse_conv1x1.py [--threads 1] [--images 8] [--rounds 7]
+    python benchmarks/sparse_conv1x1.py --table   # sparse_conv1x1.md from the JSON
 """
 
 from __future__ import annotations
@@ -106,13 +107,37 @@ def lite0_inputs(images: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             for n, a in seen.items() if float((a == 0).float().mean()) >= 0.3}
 
 
+def table(result: dict) -> str:
+    """Speedups over the best dense 1x1: real maps per conv, synthetic maps per zero fraction."""
+    lines = [f"ISA {result['isa']}, {result['threads']} thread(s). Real maps (pretrained Lite0, bundled photos):", "",
+             "| conv | pixels x cin -> cout | zeros | union of 4 | speedup |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in result["real"]:
+        p, cin, cout = r["shape"]
+        lines.append(f"| {r['conv']} | {p} x {cin} -> {cout} | {r['zeros']:.2f} | {r['union4']:.2f} | "
+                     f"{r['speedup']:.2f}x |")
+    zeros = sorted({r["target_zeros"] for r in result["synthetic"]})
+    lines += ["", "Synthetic maps (independent zeros / zeros shared by runs of 8 pixels), speedup by zero fraction:",
+              "", "| case | zeros: " + " | ".join(f"{z:.2f}" for z in zeros) + " |", "| --- | " + "---: | " * len(zeros)]
+    for case in dict.fromkeys(r["case"] for r in result["synthetic"]):
+        for correlated in (False, True):
+            rows = {r["target_zeros"]: r for r in result["synthetic"] if r["case"] == case
+                    and r["correlated"] == correlated}
+            lines.append(f"| {case}, {'shared' if correlated else 'independent'} | "
+                         + " | ".join(f"{rows[z]['speedup']:.2f}x" for z in zeros) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=HERE / "sparse_conv1x1.json")
+    ap.add_argument("--table", action="store_true", help="only write sparse_conv1x1.md from the JSON")
     args = ap.parse_args()
+    if args.table:
+        (HERE / "sparse_conv1x1.md").write_text(table(json.loads(args.out.read_text())))
+        return
     torch.set_num_threads(args.threads)
     if not native.available():
         raise SystemExit("the compiled kernels are not built: pip install -e . with a C compiler")
@@ -132,6 +157,7 @@ def main():
                 print(json.dumps({k: row[k] for k in ("case", "correlated", "zeros", "union4", "speedup")}),
                       flush=True)
     args.out.write_text(json.dumps(result, indent=1))
+    (HERE / "sparse_conv1x1.md").write_text(table(result))
 
 
 if __name__ == "__main__":
