@@ -221,7 +221,8 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     _hand_over_kept_rows(gm, {c.name: c for c in layers})
     result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
     if "onnxruntime" in engines and onnx.available():
-        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example), example, repeats)
+        # not spinning: a compiled model runs among PyTorch's ops, whose threads need the cores
+        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example, spinning=False), example, repeats)
     if verify:
         with torch.no_grad():
             want, got = model(example), result(example)

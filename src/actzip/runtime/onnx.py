@@ -21,10 +21,11 @@ def available() -> bool:
     return True
 
 
-def onnxruntime_session(model: nn.Module, example: torch.Tensor):
+def onnxruntime_session(model: nn.Module, example: torch.Tensor, spinning: bool = True):
     """`model` exported to ONNX and loaded in onnxruntime with every graph optimization and this
     process's PyTorch thread count (fixed from now on), as a function of a tensor returning a numpy
-    array; any batch size runs. None without onnxruntime."""
+    array; any batch size runs. None without onnxruntime. `spinning=False` makes its idle worker
+    threads sleep instead of spinning, so that they leave the cores to PyTorch's ops around it."""
     if not available():
         return None
     import onnxruntime
@@ -38,5 +39,7 @@ def onnxruntime_session(model: nn.Module, example: torch.Tensor):
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x.detach().contiguous().numpy()})[0]
