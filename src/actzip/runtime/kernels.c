@@ -471,6 +471,37 @@ int actzip_rows_conv(const float *x, const float *w, const float *bias, const fl
     return 0;
 }
 
+/* One call of either kernel, shared between the threads of an OpenMP team: the caller starts the
+   team through PyTorch's own libgomp (GOMP_parallel), so the threads are PyTorch's and its thread
+   count stays as the user set it; `thread_num` is that runtime's omp_get_thread_num. */
+typedef struct {
+    int (*thread_num)(void);
+    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv */
+    int threads, isa, status;
+    int64_t rows, list_ints, ntaps, cin, cout, ldw;
+    const float *x, *w, *bias, *residual;
+    float *y;
+    int32_t *lists;
+    const int64_t *in_rows, *taps, *out_rows;
+    float lo, hi;
+} Job;
+
+/* thread_num where the kernels run on the calling thread alone (no libgomp found) */
+int actzip_thread_zero(void) { return 0; }
+
+void actzip_share(void *p) {
+    Job *j = p;
+    int64_t share = ((j->rows + j->threads - 1) / j->threads + TILE - 1) / TILE * TILE;
+    int64_t begin = j->thread_num() * share, end = begin + share < j->rows ? begin + share : j->rows;
+    if (begin >= end) return;
+    int status = j->kernel == 0
+        ? actzip_sparse_conv1x1(j->x, j->w, j->bias, j->residual, j->y, j->lists + begin / TILE * j->list_ints, begin,
+                                end, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa)
+        : actzip_rows_conv(j->x, j->w, j->bias, j->residual, j->y, j->in_rows, j->taps, j->out_rows, begin, end,
+                           j->ntaps, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
+    if (status) j->status = status;
+}
+
 /* What this CPU can run: 2 with AVX-512F, 1 with AVX2 and FMA, else 0. */
 int actzip_best_isa(void) {
     __builtin_cpu_init();

@@ -4,9 +4,10 @@ The install builds `actzip.runtime.kernels` with the system C compiler. Where it
 compiler), `available()` is False, `warn_if_missing()` says so once, and callers run PyTorch instead.
 
 The kernels split their rows between PyTorch's intra-op thread count (`torch.get_num_threads()`,
-read at each call): the calling thread takes one share, a small pool of Python threads the others
-(ctypes releases the GIL for the call). No OpenMP runtime is started, so the thread count a user set
-is the one that runs. Work under WORK_PER_THREAD multiply-adds stays on the calling thread.
+read at each call) on PyTorch's own OpenMP threads: the team is started through the libgomp that
+torch loaded (GOMP_parallel, with the team size as an argument), so no second pool competes for the
+cores and the thread count a user set stays as it is. Where torch brings no libgomp, the kernels run
+on the calling thread. Work under WORK_PER_THREAD multiply-adds stays on the calling thread.
 
 The instruction set is this CPU's best (AVX-512F, else AVX2 + FMA, else portable C), lowered by
 `ATEN_CPU_CAPABILITY` like PyTorch's own kernels (`default`: portable C, `avx2`: AVX2), so one
@@ -20,7 +21,6 @@ import functools
 import importlib.util
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -47,6 +47,7 @@ def library() -> ctypes.CDLL | None:
     lib.actzip_rows_conv.argtypes = [_F] * 8 + [_I64] * 6 + [ctypes.c_float, ctypes.c_float, ctypes.c_int]
     lib.actzip_rows_conv.restype = ctypes.c_int
     lib.actzip_best_isa.restype = ctypes.c_int
+    lib.actzip_share.argtypes = [_F]
     return lib
 
 
@@ -72,19 +73,38 @@ def isa() -> str:
     return ISAS[best]
 
 
+class Job(ctypes.Structure):
+    """One kernel call as kernels.c's Job: its arguments and how to share its rows."""
+
+    _fields_ = [("thread_num", _F), ("kernel", ctypes.c_int), ("threads", ctypes.c_int), ("isa", ctypes.c_int),
+                ("status", ctypes.c_int)] + [(n, _I64) for n in ("rows", "list_ints", "ntaps", "cin", "cout", "ldw")] \
+        + [(n, _F) for n in ("x", "w", "bias", "residual", "y", "lists", "in_rows", "taps", "out_rows")] \
+        + [("lo", ctypes.c_float), ("hi", ctypes.c_float)]
+
+
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actzip-kernel")
+def _openmp() -> tuple[ctypes.CDLL, int] | None:
+    """(torch's libgomp, the address of its omp_get_thread_num), or None where torch has none."""
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    path = os.path.join(lib_dir, "libgomp.so.1")
+    if not os.path.isfile(path):
+        return None
+    gomp = ctypes.CDLL(path)  # already loaded by torch: the same library, the same thread pool
+    gomp.GOMP_parallel.argtypes = [_F, _F, ctypes.c_uint, ctypes.c_uint]
+    return gomp, ctypes.cast(gomp.omp_get_thread_num, _F).value
 
 
-def in_shares(run, rows: int, work: int) -> None:
-    """run(begin, end) over [0, rows) in tile-aligned shares, one per thread (see the module doc)."""
-    threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, -(-rows // TILE)))
-    step = -(-rows // threads // TILE) * TILE
-    bounds = [(b, min(b + step, rows)) for b in range(0, rows, step)] if rows else [(0, 0)]
-    others = [_pool(len(bounds) - 1).submit(run, *b) for b in bounds[1:]] if len(bounds) > 1 else []
-    statuses = [run(*bounds[0])] + [f.result() for f in others]
-    if any(statuses):
+def run_job(job: Job, work: int) -> None:
+    """job's rows in tile-aligned shares, one per thread (see the module doc)."""
+    lib, openmp = library(), _openmp()
+    threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, -(-job.rows // TILE)))
+    if openmp is None or threads == 1:
+        job.threads, job.thread_num = 1, ctypes.cast(lib.actzip_thread_zero, _F).value
+        lib.actzip_share(ctypes.byref(job))
+    else:
+        job.threads, job.thread_num = threads, openmp[1]
+        openmp[0].GOMP_parallel(ctypes.cast(lib.actzip_share, _F), ctypes.byref(job), threads, 0)
+    if job.status:
         raise ValueError("the compiled kernel refused its arguments (weight not padded to 16?)")
 
 
@@ -116,11 +136,10 @@ def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
         raise ValueError("sparse_conv1x1: shapes do not match")
     if residual is not None and residual.shape != out.shape:
         raise ValueError("sparse_conv1x1: the residual must have the output's shape")
-    level, slot = ISAS.index(isa()), lists_size(TILE, cin) * 4  # bytes of one tile's lists
-    args = (x.data_ptr(), weight.data_ptr(), bias.data_ptr(), residual.data_ptr() if residual is not None else None,
-            out.data_ptr())
-    in_shares(lambda b, e: library().actzip_sparse_conv1x1(*args, lists.data_ptr() + b // TILE * slot, b, e, cin,
-                                                           cout, weight.shape[1], lo, hi, level), p, p * cin * cout)
+    job = Job(kernel=0, isa=ISAS.index(isa()), rows=p, list_ints=lists_size(TILE, cin), cin=cin, cout=cout,
+              ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
+              residual=residual.data_ptr() if residual is not None else None, lists=lists.data_ptr(), lo=lo, hi=hi)
+    run_job(job, p * cin * cout)
     return out
 
 
@@ -147,11 +166,12 @@ def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: to
             raise ValueError("rows_conv takes contiguous int64 offsets")
     if in_rows.numel() != out_rows.numel() or weight.shape[0] != taps.numel() * cin:
         raise ValueError("rows_conv: shapes do not match")
-    level, rows, cout = ISAS.index(isa()), in_rows.numel(), out.shape[-1]
-    args = (x.data_ptr(), weight.data_ptr(), bias.data_ptr(), residual.data_ptr() if residual is not None else None,
-            out.data_ptr(), in_rows.data_ptr(), taps.data_ptr(), out_rows.data_ptr())
-    in_shares(lambda b, e: library().actzip_rows_conv(*args, b, e, taps.numel(), cin, cout, weight.shape[1], lo, hi,
-                                                      level), rows, rows * weight.shape[0] * cout)
+    rows, cout = in_rows.numel(), out.shape[-1]
+    job = Job(kernel=1, isa=ISAS.index(isa()), rows=rows, ntaps=taps.numel(), cin=cin, cout=cout, ldw=weight.shape[1],
+              x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
+              residual=residual.data_ptr() if residual is not None else None, in_rows=in_rows.data_ptr(),
+              taps=taps.data_ptr(), out_rows=out_rows.data_ptr(), lo=lo, hi=hi)
+    run_job(job, rows * weight.shape[0] * cout)
     return out
 
 
