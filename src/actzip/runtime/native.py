@@ -61,12 +61,16 @@ def warn_if_missing() -> None:
                       "falls back to PyTorch, and sparse-input convs run dense", ActzipWarning, stacklevel=3)
 
 
+def best_isa() -> str:
+    """The best instruction set this CPU offers the kernels, whatever the environment asks."""
+    return ISAS[library().actzip_best_isa()] if available() else "none"
+
+
 def isa() -> str:
     """The instruction set the kernels run with here (see the module doc)."""
-    lib = library()
-    if lib is None:
+    if not available():
         return "none"
-    best = lib.actzip_best_isa()
+    best = ISAS.index(best_isa())
     for cap in (_LOWERED_BY_TORCH.get(os.environ.get("ATEN_CPU_CAPABILITY", "")), os.environ.get("ACTZIP_ISA")):
         if cap in ISAS:
             best = min(best, ISAS.index(cap))
