@@ -458,6 +458,63 @@ def bench_runtime(
               f"ideal conv speedup {result['ideal_conv_speedup']:.2f}x); wrote {out_file}")
 
 
+@app.command("compile")
+@_cli_errors
+def compile_model(
+    model: str = typer.Option(..., help="registered name, torchvision/<arch>, or module:factory"),
+    out_file: Path = typer.Option(..., "--out", help="compiled model file to write"),
+    weights: Optional[Path] = typer.Option(None, help="state dict to load (may carry trained pixel masks)"),
+    sparsity: Optional[float] = typer.Option(None, help="random pixel masks at this sparsity, in [0, 1) "
+                                             "(leave out to keep the masks in --weights, if any)"),
+    images: Optional[str] = typer.Option(None, help="example inputs: 'photos' or an image folder (default: noise); "
+                                         "real images matter where zeros in the maps are to be skipped"),
+    batch: int = typer.Option(8, help="images per forward pass of the example (any batch runs later)"),
+    size: Optional[int] = typer.Option(None, help="input height and width (default: the model's input size)"),
+    threads: int = typer.Option(1, help="intra-op threads to measure and run with"),
+):
+    """Compile a model for CPU inference, choosing each conv's path by measuring, and save it:
+    `actzip.runtime.load(path)` runs it in another process without the original model."""
+    import torch
+
+    from . import models
+    from .fileio import writable_dir
+    from .runtime import compile as compile_for, save
+    from .sparsify import PixelMask, attach_pixel_masks
+
+    if batch < 1 or threads < 1:
+        raise ActzipError("--batch and --threads must be at least 1")
+    writable_dir(out_file.parent)
+    torch.set_num_threads(threads)
+    net = models.load(model, weights=weights).eval()
+    example = _example_inputs(net, model, images, batch, size)
+    if sparsity is not None:
+        masks = PixelMask(sparsity)  # validates it
+        if sparsity > 0:
+            attach_pixel_masks(net, masks, example).update(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no pixel masks": said in the summary below
+        compiled = compile_for(net, example)
+    save(compiled, out_file)
+    out.print(f"{model}: {compiled.note}; engine {compiled.engine}; wrote {out_file}")
+
+
+def _example_inputs(net, model: str, images: Optional[str], batch: int, size: Optional[int]):
+    import torch
+
+    from . import models
+    from .data import open_images
+
+    preprocess = models.preprocessing(model)
+    if images is not None:
+        views = open_images(images, preprocess)
+        return torch.stack([views[i % len(views)][0] for i in range(batch)])
+    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is None:
+        raise ActzipError(f"{model} has no Conv2d: nothing to compile")
+    side = size or preprocess.crop
+    return torch.randn(batch, first.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+
+
 @app.command("models")
 @_cli_errors
 def list_models():

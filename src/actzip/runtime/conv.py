@@ -86,11 +86,13 @@ class CompiledConv2d(nn.Module):
         self.symmetric = top == bottom and left == right
         self.dense_padding = [top, left] if self.symmetric else [0, 0]  # else the input is padded first
         self.input_hw = tuple(input_shape[-2:])
+        self.batch = input_shape[0]  # the batch size its weights were reordered for
         h, w = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         self.output_hw = ((h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1)
         weight, bias = conv.weight.detach(), conv.bias.detach()
         self.register_buffer("bias", bias.clone())
+        self.register_buffer("weight", weight.clone())  # folded, plain: what `saved` writes
         self.dense_weight = _reorder(weight.contiguous(memory_format=CHANNELS_LAST),
                                      self.dense_padding, list(self.stride),
                                      list(self.dilation), self.groups, [input_shape[0], self.in_channels, h, w]

@@ -12,6 +12,8 @@ import warnings
 import torch
 from torch import nn
 
+from ..errors import ActzipError
+
 
 def available() -> bool:
     try:
@@ -28,18 +30,35 @@ def onnxruntime_session(model: nn.Module, example: torch.Tensor, spinning: bool 
     threads sleep instead of spinning, so that they leave the cores to PyTorch's ops around it."""
     if not available():
         return None
-    import onnxruntime
-
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(model, (example.contiguous(),), buffer, dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"x": x.detach().contiguous().numpy()})[0]
+    return session_from_bytes(buffer.getvalue(), spinning)
+
+
+class Session:
+    """An onnxruntime session as a function of a tensor (a numpy array back), with its ONNX bytes."""
+
+    def __init__(self, onnx: bytes, spinning: bool):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.onnx = onnx
+        self.session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor):
+        return self.session.run(None, {"x": x.detach().contiguous().numpy()})[0]
+
+
+def session_from_bytes(onnx: bytes, spinning: bool = False) -> Session:
+    """A session of an exported model (see `onnxruntime_session`); ActzipError without onnxruntime."""
+    if not available():
+        raise ActzipError("this model runs in onnxruntime: pip install 'actzip[runtime]'")
+    return Session(onnx, spinning)
