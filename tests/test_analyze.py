@@ -11,7 +11,7 @@ from actzip.sites import capture
 
 
 def test_report_on_tiny_model_matches_direct_computation(tiny, random_images):
-    config = AnalyzeConfig(bits=(4, 8), batch_size=10)  # one batch: one stream per site and codec
+    config = AnalyzeConfig(bits=(4, 8), batch_size=10, codecs=tuple(codecs.names()))  # one batch, every codec
     report = analyze(tiny, random_images, config, model_name="tiny")
     assert [s["name"] for s in report["sites"]] == ["conv2", "conv2#2", "fc"]
     # recompute every site directly from the whole batch

@@ -36,7 +36,8 @@ class AnalyzeConfig:
     percentile: float = 99.99
     per_channel: bool = False
     calibration_images: int = 64
-    codecs: tuple[str, ...] = tuple(codecs.names())  # real streams, one per site and batch
+    codecs: tuple[str, ...] = ("zvc", "seg", "ctxrans", "zstd")  # real streams per site and batch: the
+    #   paper's baseline and its coder, our fast coder, a general one (codecs.names() for every codec)
 
     def __post_init__(self):
         if not self.bits:

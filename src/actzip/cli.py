@@ -145,7 +145,8 @@ def analyze(
     percentile: float = typer.Option(99.99, help="percentile of |x| for --calibration percentile"),
     per_channel: bool = typer.Option(False, help="one quantizer scale per channel"),
     calibration_images: int = typer.Option(64, help="calibrate quantizers on the first N images"),
-    codecs: str = typer.Option("all", help="comma-separated codecs whose real streams are measured, or 'all'"),
+    codecs: str = typer.Option("zvc,seg,ctxrans,zstd", help="comma-separated codecs whose real streams are "
+                               "measured, or 'all' (every lossless codec; slower)"),
     out_dir: Path = typer.Option(Path("runs/analyze"), "--out", help="folder for report.json/.md and plots"),
 ):
     """Measure a model's activation maps: zeros, zero-skipping MACs, and coded size per site."""
