@@ -41,7 +41,7 @@ def narrowed(a: np.ndarray) -> tuple[np.ndarray, bytes]:
     if a.dtype.name not in WIDE:
         raise TypeError(f"actzip codecs code 8- and 16-bit integer activations (or wider integers whose values "
                         f"fit 16 bits), not {a.dtype}: quantize floats first (actzip.dumps)")
-    narrow = NARROW[a.dtype.kind == "u" and "uint" or "int"]
+    narrow = NARROW["uint" if a.dtype.kind == "u" else "int"]
     info = np.iinfo(narrow)
     if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
         raise ValueError(f"{a.dtype} values span [{a.min()}, {a.max()}], outside the 16 bits actzip codes")

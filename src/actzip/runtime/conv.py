@@ -58,6 +58,11 @@ def _total_padding(conv: MaskedConv2d) -> tuple[int, int, int, int]:
     return top + ph, bottom + ph, left + pw, right + pw
 
 
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """x as a contiguous (N, H, W, C) tensor: the layout the compiled kernels read and write."""
+    return x.contiguous(memory_format=CHANNELS_LAST).permute(0, 2, 3, 1)
+
+
 def _activation_attr(bounds: tuple[float, float] | None) -> tuple[str, list]:
     if bounds is None:
         return "none", []
@@ -122,15 +127,15 @@ class CompiledConv2d(nn.Module):
         self.slot[self.kept_pixels] = torch.arange(self.kept_pixels.numel())
         self.sparsity = 1 - self.kept_pixels.numel() / keep.numel()
         self.sparse_capable = self.groups == 1
-        if self.sparse_capable:
-            # the im2col weight: (out, kh*kw*in) in (tap, channel) order, as a 1x1 conv
+        self.native = self.sparse_capable and native.available()  # kept pixels by the compiled kernel
+        if self.native:
+            self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
+            self._offsets_by_batch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        elif self.sparse_capable:  # else by oneDNN over gathered rows, with the im2col weight:
+            # (out, kh*kw*in) in (tap, channel) order, as a 1x1 conv
             self.cols_weight = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1).contiguous(
                 memory_format=CHANNELS_LAST)
             self._tables_by_batch: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-            self.native = native.available()  # the kept pixels by the compiled kernel, else by oneDNN
-            if self.native:
-                self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
-                self._offsets_by_batch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def macs(self, batch: int) -> int:
         """Multiply-accumulates of the dense conv over `batch` images."""
@@ -223,9 +228,7 @@ class CompiledConv2d(nn.Module):
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: x is channels_last
         out = torch.empty(n, h, w, self.out_channels)
-        residual = None
-        if identity is not None:
-            residual = identity.contiguous(memory_format=CHANNELS_LAST).permute(0, 2, 3, 1).reshape(rows.shape[0], -1)
+        residual = _nhwc(identity).reshape(rows.shape[0], -1) if identity is not None else None
         lists = self.workspace.get(native.lists_size(rows.shape[0], c), torch.int32)
         native.sparse_conv1x1(rows, self.packed_weight, self.packed_bias, out.view(rows.shape[0], -1), lists,
                               self.lo, self.hi, residual)
@@ -243,7 +246,7 @@ class CompiledConv2d(nn.Module):
         in_rows, taps, out_rows = self._offsets(n, x.dim() == 2)
         shape = (n * kept, self.out_channels) if self.feeds_kept_only else (n, *self.output_hw, self.out_channels)
         out = torch.empty(shape)
-        residual = None if identity is None else identity.contiguous(memory_format=CHANNELS_LAST).permute(0, 2, 3, 1)
+        residual = _nhwc(identity) if identity is not None else None
         native.rows_conv(source, self.taps_weight, self.taps_bias, out, in_rows, taps, out_rows, self.lo, self.hi,
                          residual)
         if self.feeds_kept_only:

@@ -29,6 +29,7 @@ from ..errors import ActzipWarning
 ISAS = ("c", "avx2", "avx512")
 WORK_PER_THREAD = 1 << 21  # multiply-adds below which a second thread costs more than it saves
 TILE = 4  # pixels per register tile (kernels.c): thread shares start on a tile
+LIST_SLOTS, LIST_SLACK = TILE + 1, 17  # per tile: the union's list and each pixel's, each cin + 17 ints
 _LOWERED_BY_TORCH = {"default": "c", "avx2": "avx2"}
 _F = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -181,4 +182,4 @@ def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: to
 
 def lists_size(pixels: int, cin: int) -> int:
     """int32 elements of the workspace `sparse_conv1x1` needs for `pixels` rows of `cin` channels."""
-    return -(-pixels // 4) * 5 * (cin + 17)
+    return -(-pixels // TILE) * LIST_SLOTS * (cin + LIST_SLACK)
