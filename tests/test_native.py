@@ -152,3 +152,36 @@ def test_kernels_split_between_threads_give_the_same_rows(threads):
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+POOLS = [((8, 64, 20, 20), 3, 2, 1), ((3, 5, 9, 7), 2, 2, 0), ((2, 20, 11, 13), 3, 1, 1), ((1, 17, 6, 6), 3, 2, 1),
+         ((2, 100, 9, 8), 5, 3, 2), ((1, 1, 1, 1), 1, 1, 0)]
+
+
+@pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
+def test_max_pool_equals_pytorch_nan_included(monkeypatch, isa):
+    from actzip.runtime.pool import CompiledMaxPool2d
+
+    if isa not in ISAS_HERE:
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ACTZIP_ISA", isa)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    for i, (shape, k, s, p) in enumerate(POOLS):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(i)).contiguous(memory_format=torch.channels_last)
+        x[0, 0, 0, 0] = float("nan")  # a NaN reaches every window over it, as in PyTorch
+        x[-1, -1, -1, -1] = -float("inf")
+        got, want = CompiledMaxPool2d(k, s, p)(x), nn.functional.max_pool2d(x, k, s, p)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got.isnan(), want.isnan()), shape
+        assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0)), shape
+
+
+def test_max_pool_falls_back_to_pytorch_where_the_kernel_does_not_fit():
+    from actzip.runtime.pool import CompiledMaxPool2d
+
+    x = torch.randn(2, 3, 9, 9)
+    for pool in (CompiledMaxPool2d(3, 2, 1, ceil_mode=True), CompiledMaxPool2d(3, 1, 1, dilation=2),
+                 CompiledMaxPool2d(3, 2, 1)):  # the last: a contiguous (not channels_last) input
+        want = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)(x)
+        assert torch.equal(pool(x), want)
+    assert not CompiledMaxPool2d(3, 2, 1).fits(x)

@@ -83,6 +83,7 @@ CONVS = {  # name: (in, out, kernel, stride, padding, groups, dilation)
     "depthwise 3x3 stride 2": (16, 16, 3, 2, 1, 16, 1),
     "grouped": (16, 24, 3, 1, 1, 4, 1),
     "3x3 wide (taps in blocks)": (704, 100, 3, 1, 1, 1, 1),
+    "3x3, three output panels": (8, 130, 3, 1, 1, 1, 1),
 }
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from actzip.errors import ActzipError
 from actzip.models.small import mobilenet_v1, resnet20
+from actzip.runtime.pool import CompiledMaxPool2d
 from actzip.runtime import compile, load, save
 from actzip.sparsify import PixelMask, attach_pixel_masks
 
@@ -39,7 +40,14 @@ def _model(build, sparsity, x):
     return model
 
 
-@pytest.mark.parametrize("build", [lambda: resnet20(width=0.5), lambda: mobilenet_v1(width=0.5)])
+def _pooled():
+    """A stem with a max pool, as in ResNet18."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                         nn.Conv2d(16, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+@pytest.mark.parametrize("build", [lambda: resnet20(width=0.5), lambda: mobilenet_v1(width=0.5), _pooled])
 @pytest.mark.parametrize("sparsity", [0.0, 0.4])
 @pytest.mark.parametrize("engine", ["actzip", "onnxruntime"])
 def test_a_saved_model_runs_in_a_new_process(build, sparsity, engine, tmp_path):
@@ -47,6 +55,8 @@ def test_a_saved_model_runs_in_a_new_process(build, sparsity, engine, tmp_path):
     model = _model(build, sparsity, x)
     compiled = compile(model, x, repeats=1, engines=("actzip", "onnxruntime"))
     compiled.engine = engine  # both engines must survive the trip, whichever was faster here
+    if build is _pooled:
+        assert any(isinstance(m, CompiledMaxPool2d) for m in compiled.modules())
     if engine == "actzip":
         for m in compiled.modules():  # and every path of the graph
             if getattr(m, "sparse_capable", False) and m.masked:

@@ -36,6 +36,7 @@ from .conv import CHANNELS_LAST, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
 from . import native, onnx
 from .memory import hold_freed_memory
+from .pool import CompiledMaxPool2d
 
 _MODULE_BOUNDS = {nn.ReLU: lambda m: (0.0, float("inf")), nn.ReLU6: lambda m: (0.0, 6.0),
                   nn.Hardtanh: lambda m: (float(m.min_val), float(m.max_val))}
@@ -253,10 +254,20 @@ def _fused_graph(model: nn.Module, example: torch.Tensor):
         except ValueError as e:
             left_as_is[node.target] = LayerChoice(node.target, conv.kernel_size, conv.stride, conv.groups,
                                                   input_shapes[node.target], 0, None, None, None, "as is", str(e))
+    _compile_pools(gm, modules)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, order, input_shapes, left_as_is
+
+
+def _compile_pools(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    """Every nn.MaxPool2d of the graph as a CompiledMaxPool2d (the same pooling, by the kernel)."""
+    for node in gm.graph.nodes:
+        pool = modules.get(node.target) if node.op == "call_module" else None
+        if type(pool) is nn.MaxPool2d:
+            replace_module(gm, node.target, CompiledMaxPool2d(pool.kernel_size, pool.stride, pool.padding,
+                                                              pool.dilation, pool.return_indices, pool.ceil_mode))
 
 
 def _fuse(gm: fx.GraphModule, node: fx.Node, conv: MaskedConv2d, modules: dict, workspace: Workspace,

@@ -1,22 +1,21 @@
 """A folded conv with its activation fused, run either dense or on its kept output pixels only.
 
-Both paths call oneDNN through `torch.ops.mkldnn._convolution_pointwise`, the fused conv +
+The dense path calls oneDNN through `torch.ops.mkldnn._convolution_pointwise`, the fused conv +
 activation kernel that torch.compile uses on CPU, with weights reordered once into oneDNN's blocked
-layout. (MKL's sgemm behind `torch.mm` runs at half the speed of oneDNN on this machine's AMD CPU, so
-a gathered GEMM goes through oneDNN as well, as a 1x1 conv.)
+layout, and then writes the masked pixels' value act(BN(0)) over the masked pixels.
 
-The sparse path, for a channels_last input of one size:
-1. copy the input into a zero-padded NHWC buffer (the padding the conv would add);
-2. gather, for each kept output pixel, the input rows under the kernel: one index_select into a
-   preallocated (R, kh*kw*C) im2col matrix (a fresh tensor that large costs more in page faults
-   than the gather itself);
-3. multiply it by the weight as a 1x1 conv with the fused activation;
-4. expand to the full NHWC output, writing the masked pixels' value act(BN(0)) between the kept
-   rows (`rows.py`; the dense path writes that value over its masked pixels the same way).
+The sparse path computes the kept output pixels alone, with the compiled kernel of `native.py`
+(`rows_conv`): an implicit GEMM that reads each kept pixel's taps straight from the channels_last
+input (taps in the padding read a row of zeros, so the input is never padded or copied), and writes
+each kept row in place into the full NHWC output; the masked pixels' value goes between them after.
 When the conv's only consumer is a sparse 1x1 conv with the same mask (MobileNet's depthwise ->
 project pair), that consumer reads nothing but the kept pixels: `feeds_kept_only` then skips the
 fill of the masked pixels, and a sparse producer hands over its kept rows as they are (a 2-D
 tensor), with no scatter here and no gather there.
+Without the compiled kernels, the sparse path gathers the kept pixels' im2col rows into a
+preallocated buffer (one index_select), multiplies them by the weight as a oneDNN 1x1 conv and
+expands them into the output (`rows.py`). (MKL's sgemm behind `torch.mm` runs at half the speed of
+oneDNN on this machine's AMD CPU, so the gathered GEMM goes through oneDNN as well.)
 Depthwise and grouped convs have only the dense path: oneDNN's depthwise kernel runs 4-5x faster
 than a numba kernel over the kept pixels alone (measured), so there is nothing to gain.
 
@@ -130,7 +129,7 @@ class CompiledConv2d(nn.Module):
         self.native = self.sparse_capable and native.available()  # kept pixels by the compiled kernel
         if self.native:
             self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
-            self._offsets_by_batch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            self._kept_rows_by_batch: dict[tuple, native.KeptRows] = {}
         elif self.sparse_capable:  # else by oneDNN over gathered rows, with the im2col weight:
             # (out, kh*kw*in) in (tap, channel) order, as a 1x1 conv
             self.cols_weight = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1).contiguous(
@@ -235,46 +234,65 @@ class CompiledConv2d(nn.Module):
         return out.permute(0, 3, 1, 2)
 
     def _sparse_native(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
-        """The kept pixels straight from the (padded) NHWC input by the compiled kernel, written in
-        place into the full output; then the masked pixels' value (or, handing over, compact rows)."""
+        """The kept pixels straight from the NHWC input by the compiled kernel (taps in the padding
+        read zeros), written in place into the full output; then the masked pixels' value (or,
+        handing over, compact rows)."""
         kept = self.kept_pixels.numel()
         if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
             n, source = x.shape[0] // kept, x.contiguous()
         else:
             self._check(x)
-            n, source = x.shape[0], self._padded_rows(x, self.workspace.get(self._padded_numel(x)))
-        in_rows, taps, out_rows = self._offsets(n, x.dim() == 2)
+            n, source = x.shape[0], x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a view: x is channels_last
         shape = (n * kept, self.out_channels) if self.feeds_kept_only else (n, *self.output_hw, self.out_channels)
         out = torch.empty(shape)
         residual = _nhwc(identity) if identity is not None else None
-        native.rows_conv(source, self.taps_weight, self.taps_bias, out, in_rows, taps, out_rows, self.lo, self.hi,
-                         residual)
+        native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
+                         self.hi, residual)
         if self.feeds_kept_only:
             return out
         out = out.permute(0, 3, 1, 2)
         fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), self._residual(identity))
         return out
 
-    def _offsets(self, batch: int, rows_input: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For `batch` images, in floats: where each kept pixel's first tap starts in the padded input
-        (or its row, for kept-row input), each tap's offset from there, and where its output row goes."""
+    def _kept_rows(self, batch: int, rows_input: bool) -> native.KeptRows:
+        """For `batch` images: where the kernel reads each kept pixel's taps in the unpadded input (or
+        its row, for kept-row input), which of its taps lie inside the input, and where its output
+        row goes."""
         key = (batch, rows_input, self.feeds_kept_only)
-        if key not in self._offsets_by_batch:
-            top, bottom, left, right = self.pads
-            hp, wp = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        if key not in self._kept_rows_by_batch:
             kept, c, images = self.kept_pixels, self.in_channels, torch.arange(batch)[:, None]
             n_kept, (ho, wo) = kept.numel(), self.output_hw
-            if rows_input:
-                in_rows, taps = torch.arange(batch * n_kept) * c, torch.zeros(1, dtype=torch.long)
-            else:
-                base = (kept // wo * sh) * wp + kept % wo * sw
-                in_rows = ((images * hp * wp + base[None]) * c).reshape(-1)
-                taps = torch.tensor([(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)])
             rows = torch.arange(n_kept)[None] if self.feeds_kept_only else kept[None]
             out_rows = ((images * (n_kept if self.feeds_kept_only else ho * wo) + rows) * self.out_channels).reshape(-1)
-            self._offsets_by_batch[key] = (in_rows.contiguous(), taps, out_rows.contiguous())
-        return self._offsets_by_batch[key]
+            if rows_input:
+                in_rows = torch.arange(batch * n_kept) * c
+                self._kept_rows_by_batch[key] = native.KeptRows(in_rows, torch.zeros(1, dtype=torch.long),
+                                                                out_rows.contiguous())
+            else:
+                in_rows, taps, inside = self._taps_in_input(kept)
+                in_rows = ((images * self.input_hw[0] * self.input_hw[1]) * c + in_rows[None]).reshape(-1)
+                self._kept_rows_by_batch[key] = native.KeptRows(in_rows.contiguous(), taps, out_rows.contiguous(),
+                                                                inside.repeat(batch), self.kernel_size[1])
+        return self._kept_rows_by_batch[key]
+
+    def _taps_in_input(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the kept pixels of one image: the offset of each one's top-left tap in the unpadded
+        NHWC image (negative or past a row's end in the padding), each tap's offset from there, and
+        the packed range of kernel rows and columns that fall inside the image."""
+        top, _, left, _ = self.pads
+        (h, w), c = self.input_hw, self.in_channels
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        y0, x0 = kept // self.output_hw[1] * sh - top, kept % self.output_hw[1] * sw - left
+
+        def inside(start, size, dilation, length):  # [first, end) kernel index whose input is in [0, length)
+            first = ((-start).clamp(min=0) + dilation - 1) // dilation
+            end = ((length - start).clamp(min=0) + dilation - 1) // dilation
+            return first.clamp(max=size), end.clamp(max=size)
+
+        (i0, i1), (j0, j1) = inside(y0, kh, dh, h), inside(x0, kw, dw, w)
+        packed = i0 | i1 << 16 | j0 << 32 | j1 << 48
+        taps = torch.tensor([(i * dh * w + j * dw) * c for i in range(kh) for j in range(kw)])
+        return (y0 * w + x0) * c, taps, packed
 
     def _padded_numel(self, x: torch.Tensor) -> int:
         n, c, h, w = x.shape

@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +31,7 @@ ISAS = ("c", "avx2", "avx512")
 WORK_PER_THREAD = 1 << 21  # multiply-adds below which a second thread costs more than it saves
 TILE = 4  # pixels per register tile (kernels.c): thread shares start on a tile
 LIST_SLOTS, LIST_SLACK = TILE + 1, 17  # per tile: the union's list and each pixel's, each cin + 17 ints
+PANEL = 64  # output channels per panel of a `rows_conv` weight (kernels.c)
 _LOWERED_BY_TORCH = {"default": "c", "avx2": "avx2"}
 _F = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -45,8 +47,6 @@ def library() -> ctypes.CDLL | None:
     lib.actzip_sparse_conv1x1.argtypes = [_F, _F, _F, _F, _F, _F, _I64, _I64, _I64, _I64, _I64, ctypes.c_float,
                                           ctypes.c_float, ctypes.c_int]
     lib.actzip_sparse_conv1x1.restype = ctypes.c_int
-    lib.actzip_rows_conv.argtypes = [_F] * 8 + [_I64] * 6 + [ctypes.c_float, ctypes.c_float, ctypes.c_int]
-    lib.actzip_rows_conv.restype = ctypes.c_int
     lib.actzip_best_isa.restype = ctypes.c_int
     lib.actzip_share.argtypes = [_F]
     return lib
@@ -82,8 +82,9 @@ class Job(ctypes.Structure):
     """One kernel call as kernels.c's Job: its arguments and how to share its rows."""
 
     _fields_ = [("thread_num", _F), ("kernel", ctypes.c_int), ("threads", ctypes.c_int), ("isa", ctypes.c_int),
-                ("status", ctypes.c_int)] + [(n, _I64) for n in ("rows", "list_ints", "ntaps", "cin", "cout", "ldw")] \
-        + [(n, _F) for n in ("x", "w", "bias", "residual", "y", "lists", "in_rows", "taps", "out_rows")] \
+                ("status", ctypes.c_int)] + [(n, _I64) for n in ("rows", "list_ints", "ntaps", "kw", "cin", "cout", "ldw")] \
+        + [(n, _F) for n in ("x", "w", "bias", "residual", "zeros", "y", "lists", "in_rows", "taps", "out_rows",
+                             "inside", "geometry")] \
         + [("lo", ctypes.c_float), ("hi", ctypes.c_float)]
 
 
@@ -149,35 +150,78 @@ def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
 
 
 def packed_taps_weight(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (cout, cin, kh, kw) weight as the (kh * kw * cin, ldw) rows `rows_conv` reads, tap by tap,
-    and its bias, zero-padded to ldw = cout rounded up to 16."""
+    """A (cout, cin, kh, kw) weight as the rows `rows_conv` reads: panels of PANEL output channels,
+    each its (kh * kw * cin, PANEL) rows in (tap, channel) order, one after the other, so the kernel
+    streams a panel in order; and the bias. Both zero-padded to whole panels."""
     cout = weight.shape[0]
-    return packed_weight(weight.detach().permute(0, 2, 3, 1).reshape(cout, -1, 1, 1), bias)
+    panels = -(-cout // PANEL)
+    rows = weight.detach().permute(2, 3, 1, 0).reshape(-1, cout)  # (taps * cin, cout)
+    w = torch.zeros(rows.shape[0], panels * PANEL)
+    w[:, :cout] = rows
+    b = torch.zeros(panels * PANEL)
+    b[:cout] = bias.detach()
+    return w.view(rows.shape[0], panels, PANEL).transpose(0, 1).reshape(-1, PANEL).contiguous(), b
 
 
-def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, in_rows: torch.Tensor,
-              taps: torch.Tensor, out_rows: torch.Tensor, lo: float = -float("inf"), hi: float = float("inf"),
-              residual: torch.Tensor | None = None) -> torch.Tensor:
-    """The conv at the kept output pixels only, into `out` (see kernels.c: in_rows, taps and out_rows
-    are int64 offsets in floats into x, x again, and out). `weight` and `bias` from
-    `packed_taps_weight`; x is the zero-padded NHWC input (or kept rows), residual laid out as out.
-    The offsets are the caller's to get right: they are not checked here, beyond their tensors."""
-    cin = weight.shape[0] // taps.numel()
+class KeptRows(NamedTuple):
+    """Where `rows_conv` reads and writes, as int64 offsets in floats (see kernels.c): each kept
+    pixel's top-left tap in the NHWC input (in_rows), each tap's offset from there (taps), each output
+    row (out_rows); and, for pixels whose taps reach into the padding, the kernel rows and columns
+    inside the input (inside, uint64 as int64; None: every tap of every pixel is inside)."""
+
+    in_rows: torch.Tensor
+    taps: torch.Tensor
+    out_rows: torch.Tensor
+    inside: torch.Tensor | None = None
+    kw: int = 1
+
+
+@functools.cache
+def _zero_row(cin: int) -> torch.Tensor:
+    return torch.zeros(cin)
+
+
+def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, kept: KeptRows,
+              lo: float = -float("inf"), hi: float = float("inf"), residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The conv at the kept output pixels only, into `out`: x is the NHWC input (or kept rows),
+    `weight` and `bias` from `packed_taps_weight`, residual laid out as out. The offsets are the
+    caller's to get right: they are not checked here, beyond their tensors."""
+    rows, cout, ntaps = kept.in_rows.numel(), out.shape[-1], kept.taps.numel()
+    cin = weight.shape[0] // (ntaps * -(-cout // PANEL))
     for t in (x, weight, bias, out) + ((residual,) if residual is not None else ()):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError("rows_conv takes contiguous float32 tensors")
-    for t in (in_rows, taps, out_rows):
-        if t.dtype != torch.int64 or not t.is_contiguous():
-            raise ValueError("rows_conv takes contiguous int64 offsets")
-    if in_rows.numel() != out_rows.numel() or weight.shape[0] != taps.numel() * cin:
+    offsets = [kept.in_rows, kept.taps, kept.out_rows] + ([kept.inside] if kept.inside is not None else [])
+    if any(t.dtype != torch.int64 or not t.is_contiguous() for t in offsets):
+        raise ValueError("rows_conv takes contiguous int64 offsets")
+    if rows != kept.out_rows.numel() or weight.shape != (ntaps * cin * -(-cout // PANEL), PANEL) or \
+            (kept.inside is not None and kept.inside.numel() != rows) or ntaps % kept.kw:
         raise ValueError("rows_conv: shapes do not match")
-    rows, cout = in_rows.numel(), out.shape[-1]
-    job = Job(kernel=1, isa=ISAS.index(isa()), rows=rows, ntaps=taps.numel(), cin=cin, cout=cout, ldw=weight.shape[1],
-              x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
-              residual=residual.data_ptr() if residual is not None else None, in_rows=in_rows.data_ptr(),
-              taps=taps.data_ptr(), out_rows=out_rows.data_ptr(), lo=lo, hi=hi)
+    job = Job(kernel=1, isa=ISAS.index(isa()), rows=rows, ntaps=ntaps, kw=kept.kw, cin=cin, cout=cout,
+              ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
+              residual=residual.data_ptr() if residual is not None else None, zeros=_zero_row(cin).data_ptr(),
+              in_rows=kept.in_rows.data_ptr(), taps=kept.taps.data_ptr(), out_rows=kept.out_rows.data_ptr(),
+              inside=kept.inside.data_ptr() if kept.inside is not None else None, lo=lo, hi=hi)
     run_job(job, rows * weight.shape[0] * cout)
     return out
+
+
+def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """Max pooling of a channels_last float32 batch (no dilation, no ceil mode; NaN propagates), into
+    a new channels_last tensor."""
+    n, c, h, w = x.shape
+    if x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("max_pool takes a channels_last float32 batch")
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if ho < 1 or wo < 1 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError("max_pool: the window does not fit the input, or pads more than half of it")
+    out = torch.empty(n, ho, wo, c)
+    geometry = torch.tensor([n, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw], dtype=torch.int64)
+    job = Job(kernel=2, isa=ISAS.index(isa()), rows=n * ho, x=x.data_ptr(), y=out.data_ptr(),
+              geometry=geometry.data_ptr())
+    run_job(job, out.numel() * kh * kw)
+    return out.permute(0, 3, 1, 2)
 
 
 def lists_size(pixels: int, cin: int) -> int:

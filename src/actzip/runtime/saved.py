@@ -28,11 +28,13 @@ from ..fileio import atomic_write
 from .compile import CompiledModel, LayerChoice
 from .conv import CompiledConv2d, Workspace
 from .fold import MaskedConv2d
+from .pool import CompiledMaxPool2d
 
 FORMAT = "actzip.compiled/1"
 MODULES = {cls.__name__: cls for cls in (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
                                          nn.MaxPool2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
-                                         nn.Sigmoid, nn.SiLU, nn.Identity, nn.BatchNorm2d, nn.ZeroPad2d)}
+                                         nn.Sigmoid, nn.SiLU, nn.Identity, nn.BatchNorm2d, nn.ZeroPad2d,
+                                         CompiledMaxPool2d)}
 FUNCTION_HOMES = {"operator": operator, "torch": torch, "torch.nn.functional": F}
 
 
