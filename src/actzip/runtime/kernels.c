@@ -482,16 +482,27 @@ static int rows_conv(const Job *j, int64_t begin, int64_t end) {
     if (j->isa < 0 || j->isa > 2 || j->ldw != PANEL) return -1;
     RowsConv a = {j->x, j->w, j->bias, j->residual, j->zeros, j->y, j->in_rows, j->taps, j->out_rows, j->inside,
                   j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi};
-    const int64_t ntaps = j->ntaps, cout = j->cout;
-    /* taps per block: the block's panel rows (taps x cin x PANEL floats) within ~512 KB of L2 */
+    const int64_t ntaps = j->ntaps, cout = j->cout, panel_bytes = ntaps * j->cin * PANEL * 4;
+    if (j->isa != 2) {
+        for (int64_t k = begin; k < end; k += PIX)
+            for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
+                rows_tile_c(&a, k, end - k < PIX ? (int)(end - k) : PIX, c0, cout - c0 < PANEL ? cout - c0 : PANEL);
+        return 0;
+    }
+    if (panel_bytes * ((cout + PANEL - 1) / PANEL) <= (512 << 10)) {
+        /* the whole weight stays in L2: each tile writes its output rows whole, once */
+        for (int64_t k = begin; k < end; k += PIX)
+            for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
+                rows_tile_avx512(&a, k, end - k < PIX ? (int)(end - k) : PIX, c0, cout - c0 < PANEL ? cout - c0 : PANEL,
+                                 0, ntaps);
+        return 0;
+    }
+    /* else panel by panel, in blocks of taps whose panel rows (taps x cin x PANEL floats) stay
+       within ~512 KB of L2 while every tile passes over them */
     int64_t block = (512 << 10) / (j->cin * PANEL * 4);
     block = block < 1 ? 1 : block;
     for (int64_t c0 = 0; c0 < cout; c0 += PANEL) {
         int64_t width = cout - c0 < PANEL ? cout - c0 : PANEL;
-        if (j->isa != 2) {
-            for (int64_t k = begin; k < end; k += PIX) rows_tile_c(&a, k, end - k < PIX ? (int)(end - k) : PIX, c0, width);
-            continue;
-        }
         for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
             int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
             for (int64_t k = begin; k < end; k += PIX)
