@@ -101,7 +101,7 @@ def test_encode_refuses_bad_parameters_keys_and_shapes_before_writing(tmp_path):
     np.save(tmp_path / "deep.npy", np.zeros([1] * 40, np.float32))
     out = tmp_path / "x.azip"
     cases = [
-        (["encode", str(x), "--codec", "dctcm", "-p", "budget=abc"], "bad parameters"),
+        (["encode", str(x), "--codec", "dctcm", "-p", "budget=abc"], "error budget must be"),
         (["encode", str(x), "-p", "level=5"], "it takes k"),
         (["encode", str(x), "--codec", "ctx", "-p", "bits=4"], "clashes with --bits"),
         (["encode", str(x), "-p", "=3"], "key=value"),
@@ -149,3 +149,25 @@ def test_reading_a_stream_header_does_not_load_torch(tmp_path):
             "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; print('torch' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stdout + p.stderr
+
+
+def test_version_and_short_help():
+    from actzip import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"actzip {__version__}"
+    r = run("encode", "-h")
+    assert r.exit_code == 0 and "--codec" in r.output
+
+
+def test_train_options_are_the_fields_of_the_training_config():
+    """The CLI builds TrainConfig from its options by name: every field but the measurement's bits
+    and codecs is an option, and every option but the run folder and --resume is a field."""
+    import dataclasses
+    import inspect
+
+    from actzip.cli import train
+    from actzip.train import TrainConfig
+
+    options = set(inspect.signature(train).parameters) - {"out_dir", "resume"}
+    assert options == {f.name for f in dataclasses.fields(TrainConfig)} - {"bits", "codecs"}

@@ -65,9 +65,9 @@ def test_arbitrary_keep_masks_and_channels_not_divisible_by_the_group():
 
 def test_keeping_everything_at_step_one_is_nearly_lossless_and_pixel_mode_is_lossless():
     x = _relu_maps((2, 16, 6, 6))
-    dct = codecs.get("dctcm", group=8, step=1.0)
+    dct = codecs.get("dctcm", group=8, step=1.0, budget=None)  # no budget: exactly these settings
     assert np.abs(dct.decode(dct.encode(x)).astype(int) - x.ravel()).max() <= 1
-    pixel = codecs.get("dctcm", transform=False, step=1.0)
+    pixel = codecs.get("dctcm", transform=False, step=1.0, budget=None)
     assert np.array_equal(pixel.decode(pixel.encode(x)), x.ravel())
 
 
@@ -117,7 +117,7 @@ def test_container_and_config_round_trip():
     ({"group": 3}, "power of two"), ({"group": 0}, "power of two"), ({"group": 128}, "power of two"),
     ({"keep": [1, 0, 1]}, "entries"), ({"keep": 9}, "outside"), ({"keep": [0] * 8}, "no frequency"),
     ({"budget": 0.0}, r"\(0, 1\)"), ({"budget": 1.0}, r"\(0, 1\)"), ({"step": 0.0}, "step"),
-    ({"coder": "gzip"}, "coder"),
+    ({"coder": "gzip"}, "coder"), ({"budget": "abc"}, "'auto'"),
 ])
 def test_bad_settings_are_refused(params, message):
     with pytest.raises(ValueError, match=message):
@@ -126,7 +126,7 @@ def test_bad_settings_are_refused(params, message):
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="fewer than the DCT group"):
-        codecs.get("dctcm", group=16).encode(np.ones((1, 8, 4, 4), np.uint8))
+        codecs.get("dctcm", group=16, budget=None).encode(np.ones((1, 8, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="channel axis"):
         codecs.get("dctcm").encode(np.ones(40, np.uint8))
     with pytest.raises(ValueError, match="past 16 bits"):

@@ -29,6 +29,20 @@ Progress = Callable[[str, int, int], None]  # (phase, images done, images in pha
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
+    """What `analyze` measures, and how.
+
+    Args:
+        bits: the quantizer bit widths to measure, each 2..16.
+        batch_size: images per forward pass.
+        limit: analyze at most this many images (None: all).
+        calibration: how the quantizer range is set: "max" of |x| or a "percentile" of it.
+        percentile: the percentile of |x| for calibration="percentile".
+        per_channel: one quantizer scale per channel instead of one per site.
+        calibration_images: the first N images set the quantizers.
+        codecs: the codecs whose real streams are measured per site and batch (the default: the
+            paper's baseline and its coder, our fast coder, a general one; codecs.names() for all).
+    """
+
     bits: tuple[int, ...] = (8, 16)
     batch_size: int = 16
     limit: int | None = None
@@ -66,7 +80,7 @@ class Measurement:
     images: int
 
 
-def _batches(images: Dataset, count: int, batch_size: int, progress: Progress | None, phase: str,
+def batches(images: Dataset, count: int, batch_size: int, progress: Progress | None, phase: str,
              shard: tuple[int, int] = (0, 1)):
     """The batches of the first `count` images; with shard (rank, world), only every world-th batch
     from rank on, so that each batch is the one a single process would form."""
@@ -95,7 +109,7 @@ def calibrate(model: nn.Module, images: Dataset, config: AnalyzeConfig,
 
     count = min(len(images), config.limit or len(images), config.calibration_images)
     with capture(model, observe) as sites, torch.no_grad():
-        for x in _batches(images, count, config.batch_size, progress, "calibrate"):
+        for x in batches(images, count, config.batch_size, progress, "calibrate"):
             model(x)
     quantizers = {}
     for site in sites:
@@ -122,7 +136,7 @@ def measure(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeCo
 
     count = min(len(images), config.limit or len(images))
     with capture(model, observe), torch.no_grad():
-        for x in _batches(images, count, config.batch_size, progress, "measure", rank_and_world()):
+        for x in batches(images, count, config.batch_size, progress, "measure", rank_and_world()):
             model(x)
     if rank_and_world()[1] > 1:
         for s in stats.values():

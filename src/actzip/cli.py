@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import fields
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -16,9 +17,24 @@ from rich.table import Table
 from .errors import ActzipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Compress and accelerate the activation maps of CNNs.")
 out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get whole rows
 err = Console(stderr=True)
+
+
+def _show_version(value: bool):
+    if value:
+        from . import __version__
+
+        out.print(f"actzip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                          help="Show actzip's version and exit.")):
+    """Compress and accelerate the activation maps of CNNs."""
 
 
 def _one_line_warnings():
@@ -128,8 +144,23 @@ def _codec_table(report: dict) -> Table:
         t.add_column(f"{b}-bit", justify="right")
     for c, per_bits in tot["compression"].items():
         t.add_row(c + (" (bound)" if c not in report["codecs"]["streams"] else ""),
-                  *[f"{per_bits[b]:.3f}x" for b in bits])
+                  *[_ratio(per_bits[b]) for b in bits])
     return t
+
+
+def _ratio(r: float) -> str:
+    """A compression ratio, marked where the coded maps are larger than the raw ones."""
+    return f"{r:.3f}x" + (" (larger than raw)" if r < 1 else "")
+
+
+def _weights_note(model: str, weights: Optional[Path]) -> str | None:
+    """A line for the terminal where `model` runs with random weights, else None."""
+    from . import models
+
+    if models.has_trained_weights(model, weights):
+        return None
+    return (f"note: {model} runs with random weights (it ships none and no --weights was given): "
+            "the figures describe an untrained network")
 
 
 @app.command()
@@ -154,7 +185,7 @@ def analyze(
     from .analysis import AnalyzeConfig
     from .analysis import analyze as run_analysis
     from .data import open_images
-    from .fileio import writable_dir
+    from .fileio import output_dir
     from .report import write_report
 
     from . import codecs as codec_suite
@@ -165,17 +196,20 @@ def analyze(
     config = AnalyzeConfig(bits=_parse_bits(bits), batch_size=batch_size, limit=limit, calibration=calibration,
                            percentile=percentile, per_channel=per_channel, calibration_images=calibration_images,
                            codecs=tuple(chosen))
-    writable_dir(out_dir)  # fail now, not after the long run
     init_from_env()  # under torchrun: the ranks share the batches and all-reduce the statistics
     preprocess = models.preprocessing(model)
     net = broadcast_module(models.load(model, weights=weights))
     dataset = open_images(images, preprocess)
+    note = _weights_note(model, weights)
+    if note and is_main():
+        err.print(note)
     bar, update = _progress()
-    with bar:
+    with output_dir(out_dir), bar:  # the folder is checked before the long run, and gone if it fails
         report = run_analysis(net, dataset, config, model_name=model, preprocess=preprocess.to_dict(),
                               progress=update if is_main() else None)
     if not is_main():
         return
+    report["weights"] = "random (untrained)" if note else str(weights or "shipped")
     out.print(_site_table(report))
     out.print(_codec_table(report))
     tot = report["totals"]
@@ -266,6 +300,30 @@ def list_codecs():
         out.print(f"{name:<8} {codecs.summary(name)}")
 
 
+def _plain(value):
+    """A CLI value as the config takes it: paths as strings."""
+    return str(value) if isinstance(value, Path) else value
+
+
+def _training_progress():
+    """(a rich progress bar, the `progress` callback of `train` that drives it and prints epochs)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
+    tasks = {}
+
+    def update(phase: str, done: int, total: int, info: dict):
+        if phase == "evaluated":
+            out.print(f"epoch {done}/{total}: top-1 {100 * info['top1']:.2f} %, {100 * info['zeros']:.1f} % zeros")
+            return
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total, info="")
+        bar.update(tasks[phase], completed=done, info=f"loss {info['loss']:.4f}")
+
+    return bar, update
+
+
 @app.command()
 @_cli_errors
 def train(
@@ -297,30 +355,12 @@ def train(
     float64: bool = typer.Option(False, help="train in double precision (slower; results comparable across CPUs)"),
 ):
     """Train or fine-tune a model with activation sparsity; writes a run directory."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .train import TrainConfig
     from .train import train as run_training
 
-    config = TrainConfig(model=model, width=width, dataset=dataset, data_root=str(data_root) if data_root else None,
-                         download=download, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, seed=seed, init=str(init) if init else None, l1=l1,
-                         l1_normalize=l1_normalize, hoyer=hoyer, fatrelu=fatrelu, distill=distill,
-                         pixel_sparsity=pixel_sparsity, pixel_criterion=pixel_criterion,
-                         eval_images=eval_images, train_limit=train_limit, sync_batchnorm=sync_batchnorm,
-                         float64=float64)
-    bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
-    tasks = {}
-
-    def update(phase: str, done: int, total: int, info: dict):
-        if phase == "evaluated":
-            out.print(f"epoch {done}/{total}: top-1 {100 * info['top1']:.2f} %, {100 * info['zeros']:.1f} % zeros")
-            return
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total, info="")
-        bar.update(tasks[phase], completed=done, info=f"loss {info['loss']:.4f}")
-
+    given = locals()
+    config = TrainConfig(**{f.name: _plain(given[f.name]) for f in fields(TrainConfig) if f.name in given})
+    bar, update = _training_progress()
     with bar:
         report = run_training(config, out_dir, resume=resume, progress=update)
     from .dist import is_main
@@ -375,7 +415,7 @@ def evaluate(
 
     from . import models
     from .data import open_images
-    from .fileio import atomic_write, writable_dir
+    from .fileio import atomic_write, output_dir
     from .inloop import EvaluateConfig
     from .inloop import evaluate as run_evaluation
 
@@ -383,28 +423,36 @@ def evaluate(
                             limit=limit, calibration_images=calibration_images, output_budget=output_budget,
                             budget_by_sensitivity=by_sensitivity, agreement=agreement,
                             agreement_estimate=agreement_estimate, channel_weights=channel_weights, transform=transform)
-    writable_dir(out_file.parent)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))
     calibration = None if calibrate_on is None else open_images(calibrate_on, models.preprocessing(model))
     bar, update = _progress()
-    with bar:
+    with output_dir(out_file.parent), bar:  # checked before the long run, and gone if it fails
         report = run_evaluation(net, dataset, config, progress=update, calibration=calibration)
-    report["model"] = model
+        report["model"], note = model, _weights_note(model, weights)
+        report["weights"] = "random (untrained)" if note else str(weights or "shipped")
+        atomic_write(out_file, json.dumps(report, indent=1).encode())
+    _print_evaluation(report, note, out_file)
+
+
+def _print_evaluation(report: dict, note: str | None, out_file: Path) -> None:
+    if note:
+        out.print(note)
     if report["agreement_search"]:
         found = report["agreement_search"]
         out.print(f"output budget {found['output_budget']:.3g} keeps {100 * found['calibration_agreement']:.2f} % "
                   f"agreement on {found['calibration_images']} calibration images")
-    atomic_write(out_file, json.dumps(report, indent=1).encode())
     top1 = report["top1"]
-    if top1["float"] is not None:
+    if report["labelled"]:
         out.print(f"top-1 over {report['labelled']} labelled images: float {100 * top1['float']:.2f} %, "
                   f"quantized {100 * top1['quantized']:.2f} %, compressed {100 * top1['compressed']:.2f} %")
+    else:
+        out.print("top-1: no labels (these images have none), so only the agreement with the float model counts")
     out.print(f"top-1 agreement with the float model over {report['images']} images: "
               f"{100 * report['agreement']['compressed']:.2f} % ({100 * report['agreement']['quantized']:.2f} % "
               f"quantized only; {100 * report['expected_agreement']['compressed']:.2f} % expected from the "
               f"margins); output error {report['output_error']['compressed']:.2e}; "
-              f"compression {report['compression']:.2f}x vs {bits}-bit raw; wrote {out_file}")
+              f"compression {_ratio(report['compression'])} vs {report['bits']}-bit raw; wrote {out_file}")
 
 
 bench = typer.Typer(no_args_is_help=True, help="Measure actzip's runtime on this machine.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -41,3 +42,19 @@ def writable_dir(path: str | Path) -> Path:
     except OSError as e:
         raise ActzipError(f"cannot write to {str(path)!r}: {e.strerror or e}") from None
     return path
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path):
+    """`writable_dir(path)` for the length of a command: if the command fails, a folder it created
+    is removed again where it is still empty, so a failed run leaves nothing behind."""
+    path = Path(path)
+    created = not path.exists()
+    writable_dir(path)
+    try:
+        yield path
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty: never lose what the command did write
+        raise

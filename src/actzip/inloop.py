@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import budgets, codecs, importance
-from .analysis import AnalyzeConfig, Progress, _batches, calibrate
+from .analysis import AnalyzeConfig, Progress, batches, calibrate
 from .codecs import klt
 from .codecs.dctcm import as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error, step_grid
 from .errors import ActzipError
@@ -98,6 +98,27 @@ def agreement_chance(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """What `evaluate` compresses in the loop, and how its lossy settings are chosen.
+
+    Args:
+        codec: the codec of every site (see actzip.codecs.names(lossy=True)).
+        bits: the quantizer bit width, 2..16.
+        codec_params: the codec's settings, e.g. {"budget": 0.01, "group": 8, "coder": "rans"}.
+        batch_size: images per forward pass.
+        limit: evaluate at most this many images (None: all).
+        calibration_images: quantizers and codec settings are calibrated on the first N images.
+        output_budget: dctcm: a relative squared error of the model's output, split among the
+            sites by their measured sensitivity.
+        budget_by_sensitivity: dctcm with codec_params["budget"]: spend the output error that
+            budget at every site would cause where it saves the most bits.
+        agreement: dctcm: the top-1 agreement with the float model to keep on the calibration
+            images; the output budget is searched to meet it.
+        channel_weights: one step per channel, by its measured influence on the output.
+        transform: with channel weights, a conv site may take a channel transform fitted to it (klt).
+        agreement_estimate: how the agreement search measures agreement: "count" the flips, or
+            "margin" (the agreement expected from each image's logit margin and output noise).
+    """
+
     codec: str = "zvc"
     bits: int = 8
     codec_params: dict = field(default_factory=dict)  # e.g. {"budget": 0.01, "group": 8, "coder": "rans"}
@@ -196,7 +217,7 @@ def _calibration_sample(model: nn.Module, calibration_set: Dataset, config: Eval
                         ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
     """The calibration batches, and per site a sample of its codes over them, (1, channels, pixels)."""
     count = min(len(calibration_set), config.calibration_images)
-    calibration = [x for x in _batches(calibration_set, count, config.batch_size, progress, "load calibration images")]
+    calibration = [x for x in batches(calibration_set, count, config.batch_size, progress, "load calibration images")]
     samples: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
     per_batch = max(1, SAMPLE_VALUES // len(calibration))
 
@@ -498,6 +519,78 @@ def _quantizers(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
     return sites, {name: q[config.bits] for name, q in quantizers.items()}
 
 
+class _SiteCoding:
+    """The capture hook of `evaluate`: each site's maps quantized and, while `compress` is set,
+    coded and decoded, with the bytes, values and squared errors counted per site."""
+
+    def __init__(self, sites: list[Site], quantizers: dict, coders: dict[str, codecs.Codec]):
+        self.quantizers, self.coders, self.compress = quantizers, coders, True
+        self.bytes = {s.name: 0 for s in sites}
+        self.numel = {s.name: 0 for s in sites}
+        self.errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)
+
+    def __call__(self, site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q = self.quantizers[site.name]
+        codes = _codes(x, q)
+        if self.compress:
+            stream = self.coders[site.name].encode(codes)
+            decoded = self.coders[site.name].decode(stream).reshape(codes.shape)
+            self.bytes[site.name] += len(stream)
+            self.numel[site.name] += codes.size
+            err, energy = squared_error(codes.reshape(-1), decoded.reshape(-1))
+            self.errors[site.name][0] += err
+            self.errors[site.name][1] += energy
+            codes = decoded
+        return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
+
+    def per_site(self, sites: list[Site], bits: int, allocated: dict) -> list[dict]:
+        return [{"name": s.name, "shape": list(s.shape), "codec": self.coders[s.name].describe(),
+                 "numel": self.numel[s.name], "bytes": self.bytes[s.name],
+                 "compression": self.numel[s.name] * bits / (8 * self.bytes[s.name]),
+                 "relative_error": self.errors[s.name][0] / self.errors[s.name][1] if self.errors[s.name][1] else 0.0}
+                | allocated.get(s.name, {}) for s in sites]
+
+
+class _Tally:
+    """What `evaluate` counts over the batches: top-1 against labels (-1: none), agreement with
+    the float model, output error, and the margins for the expected agreement."""
+
+    def __init__(self):
+        self.labelled = self.total = 0
+        self.correct = {"float": 0, "quantized": 0, "compressed": 0}
+        self.agree = {"quantized": 0, "compressed": 0}
+        self.output_error = {"quantized": 0.0, "compressed": 0.0}
+        self.margins = {"quantized": [], "compressed": []}
+        self.output_energy = 0.0
+
+    def add(self, y: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        ref = outputs["float"]
+        self.output_energy += float(ref.double().square().sum())
+        logits = ref.reshape(len(y), -1).numpy()
+        has_label = y >= 0
+        self.labelled += int(has_label.sum())
+        self.total += len(y)
+        for kind, out in outputs.items():
+            self.correct[kind] += int((out.argmax(1) == y)[has_label].sum())
+            if kind != "float":
+                self.output_error[kind] += float((out - ref).double().square().sum())
+                self.margins[kind].append(margin_noise(logits, out.reshape(len(y), -1).numpy()))
+                self.agree[kind] += int((out.argmax(1) == ref.argmax(1)).sum())
+
+    def summary(self) -> dict:
+        total, margins = self.total, {k: np.concatenate(v, axis=1) if v else np.zeros((3, 0))
+                                      for k, v in self.margins.items()}
+        return {
+            "images": total, "labelled": self.labelled,
+            "top1": {k: v / self.labelled if self.labelled else None for k, v in self.correct.items()},
+            "agreement": {k: v / total for k, v in self.agree.items()} if total else None,
+            "expected_agreement": {k: float(chance_from_margins(v).mean()) for k, v in margins.items()} if total else None,
+            "margin_kappa": {k: margin_kappa(v) for k, v in margins.items()} if total else None,
+            "output_error": {k: v / self.output_energy if self.output_energy else 0.0
+                             for k, v in self.output_error.items()},
+        }
+
+
 def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = EvaluateConfig(),
              progress: Progress | None = None, calibration: Dataset | None = None,
              coders: dict[str, codecs.Codec] | None = None) -> dict:
@@ -518,82 +611,27 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         coders, allocated, search_result = site_codecs(model, calibration, config, sites, quantizers, progress)
     elif set(coders) != {s.name for s in sites}:
         raise ActzipError("the codecs given are not one per site of this model")
-    stream_bytes = {s.name: 0 for s in sites}
-    numel = {s.name: 0 for s in sites}
-    errors = {s.name: [0.0, 0.0] for s in sites}  # squared error, energy (in codes)
-    compress = True  # False: quantize only (the forward loop below switches it)
-
-    def replace(site: Site, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        q = quantizers[site.name]
-        codes = _codes(x, q)
-        if compress:
-            stream = coders[site.name].encode(codes)
-            decoded = coders[site.name].decode(stream).reshape(codes.shape)
-            stream_bytes[site.name] += len(stream)
-            numel[site.name] += codes.size
-            err, energy = squared_error(codes.reshape(-1), decoded.reshape(-1))
-            errors[site.name][0] += err
-            errors[site.name][1] += energy
-            codes = decoded
-        return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
-
-    labelled = correct_float = correct_quant = correct_comp = agree = agree_quant = total = 0
-    output_error = {"quantized": 0.0, "compressed": 0.0}
-    margins = {"quantized": [], "compressed": []}  # margin_noise per batch, for the expected agreement
-    output_energy = 0.0
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)),
-                                         batch_size=config.batch_size)
+    coding, tally = _SiteCoding(sites, quantizers, coders), _Tally()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(count)), batch_size=config.batch_size)
     with torch.no_grad():
         for x, y in loader:
-            ref_out = model(x)
-            with capture(model, replace):
-                compress = False
-                quant_out = model(x)
-                compress = True
-                comp_out = model(x)
-            output_energy += float(ref_out.double().square().sum())
-            output_error["quantized"] += float((quant_out - ref_out).double().square().sum())
-            output_error["compressed"] += float((comp_out - ref_out).double().square().sum())
-            logits = ref_out.reshape(len(x), -1).numpy()
-            margins["quantized"].append(margin_noise(logits, quant_out.reshape(len(x), -1).numpy()))
-            margins["compressed"].append(margin_noise(logits, comp_out.reshape(len(x), -1).numpy()))
-            ref, quant, comp = ref_out.argmax(1), quant_out.argmax(1), comp_out.argmax(1)
-            has_label = y >= 0
-            labelled += int(has_label.sum())
-            correct_float += int((ref == y)[has_label].sum())
-            correct_quant += int((quant == y)[has_label].sum())
-            correct_comp += int((comp == y)[has_label].sum())
-            agree += int((comp == ref).sum())
-            agree_quant += int((quant == ref).sum())
-            total += len(y)
+            outputs = {"float": model(x)}
+            with capture(model, coding):
+                coding.compress = False
+                outputs["quantized"] = model(x)
+                coding.compress = True
+                outputs["compressed"] = model(x)
+            tally.add(y, outputs)
             if progress:
-                progress("evaluate", total, count)
-    margins = {k: np.concatenate(v, axis=1) if v else np.zeros((3, 0)) for k, v in margins.items()}
-    per_site = [{"name": s.name, "shape": list(s.shape), "codec": coders[s.name].describe(),
-                 "numel": numel[s.name], "bytes": stream_bytes[s.name],
-                 "compression": numel[s.name] * config.bits / (8 * stream_bytes[s.name]),
-                 "relative_error": errors[s.name][0] / errors[s.name][1] if errors[s.name][1] else 0.0}
-                | allocated.get(s.name, {}) for s in sites]
-    all_values = sum(numel.values())
-    all_bytes = sum(stream_bytes.values())
-
-    def top1(correct: int) -> float | None:
-        return correct / labelled if labelled else None
-
+                progress("evaluate", tally.total, count)
+    all_values, all_bytes = sum(coding.numel.values()), sum(coding.bytes.values())
     return {
         "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
         "budget_by_sensitivity": config.budget_by_sensitivity, "channel_weights": config.channel_weights,
-        "transform": config.transform,
-        "agreement_target": config.agreement, "agreement_search": search_result,
-        "bits": config.bits,
-        "images": total, "labelled": labelled,
-        "top1": {"float": top1(correct_float), "quantized": top1(correct_quant), "compressed": top1(correct_comp)},
-        "agreement": {"quantized": agree_quant / total, "compressed": agree / total} if total else None,
-        "expected_agreement": {k: float(chance_from_margins(v).mean()) for k, v in margins.items()} if total else None,
-        "margin_kappa": {k: margin_kappa(v) for k, v in margins.items()} if total else None,
-        "output_error": {k: v / output_energy if output_energy else 0.0 for k, v in output_error.items()},
+        "transform": config.transform, "agreement_target": config.agreement, "agreement_search": search_result,
+        "bits": config.bits, **tally.summary(),
         "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
         # held by the decoder once, not sent with the maps: not in the compression above
         "side_bytes": sum(c.side_bytes for c in coders.values()),
-        "sites": per_site,
+        "sites": coding.per_site(sites, config.bits, allocated),
     }

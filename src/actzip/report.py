@@ -15,10 +15,14 @@ def _codecs(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
+    """report.md: the totals per codec, then a table per site and one of coded sizes per bit width
+    (each narrow enough to read; every figure is also in report.json)."""
     t = report["totals"]
     bits = [str(b) for b in report["bits"]]
+    weights = report.get("weights", "")
     lines = [
-        f"# actzip analysis of {report['model']}",
+        f"# actzip analysis of {report['model']}" + (" (random weights: an untrained network)"
+                                                     if weights.startswith("random") else ""),
         "",
         f"{report['images']} images from `{report['image_source']}`; {len(report['sites'])} activation sites; "
         f"{t['zero_fraction']:.1%} zeros; zero-skipping speedup {t['theoretical_speedup']:.2f}x "
@@ -28,16 +32,20 @@ def markdown(report: dict) -> str:
         "| --- | " + " | ".join("---:" for _ in bits) + " |",
     ]
     for c in _codecs(report):
-        lines.append(f"| {c} | " + " | ".join(f"{t['compression'][c][b]:.2f}x" for b in bits) + " |")
-    head = ["site", "shape", "zero %", "MACs/img (M)", "speedup"] + [f"{c} {b}b (bits/value)"
-                                                                     for c in _codecs(report) for b in bits]
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        ratios = [t["compression"][c][b] for b in bits]
+        lines.append(f"| {c} | " + " | ".join(f"{r:.2f}x" + (" (larger than raw)" if r < 1 else "") for r in ratios)
+                     + " |")
+    lines += ["", "## Sites", "", "| site | shape | zeros | MACs/img (M) | speedup |", "| --- | --- | ---: | ---: | ---: |"]
     for s in report["sites"]:
-        cells = [s["name"], "x".join(map(str, s["shape"])), f"{s['zero_fraction']:.1%}",
-                 f"{s['macs'] / 1e6 / max(report['images'], 1):.2f}",
-                 f"{s['macs'] / s['effective_macs']:.2f}x" if s["effective_macs"] else "inf"]
-        cells += [f"{s['bits'][c][b] / s['numel']:.2f}" for c in _codecs(report) for b in bits]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(f"| {s['name']} | {'x'.join(map(str, s['shape']))} | {s['zero_fraction']:.1%} | "
+                     f"{s['macs'] / 1e6 / max(report['images'], 1):.2f} | "
+                     + (f"{s['macs'] / s['effective_macs']:.2f}x |" if s["effective_macs"] else "inf |"))
+    for b in bits:
+        lines += ["", f"## Bits per value at {b} bits", "", "| site | " + " | ".join(_codecs(report)) + " |",
+                  "| --- |" + " ---: |" * len(_codecs(report))]
+        for s in report["sites"]:
+            lines.append(f"| {s['name']} | " + " | ".join(f"{s['bits'][c][b] / s['numel']:.2f}"
+                                                         for c in _codecs(report)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,38 @@ DISTILL_TEMPERATURE = 4.0
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A training or fine-tuning run with activation sparsity (`actzip train`).
+
+    Args:
+        model: a registered name, torchvision/<arch>, or module:factory.
+        width: the width multiplier of the small models (None: the model's default).
+        dataset: "fashion-mnist", "cifar10", or a folder with train/ and val/.
+        data_root: where the dataset lives.
+        download: allow downloading CIFAR-10.
+        epochs: passes over the training set.
+        batch_size: the global batch size (divided among the processes under torchrun).
+        optimizer: "sgd" (Nesterov momentum) or "adamw", with a cosine schedule either way.
+        lr: the learning rate (None: 0.05 for SGD, 1e-3 for AdamW).
+        weight_decay: the optimizer's weight decay.
+        seed: seeds the weights, the data order and the masks.
+        init: weights to fine-tune from (and the teacher for distillation).
+        l1: the L1 activation penalty strength (see L1).
+        l1_normalize: the L1 normalization: "mean", "sum" or "macs" (see L1).
+        hoyer: the Hoyer-square penalty strength.
+        fatrelu: the FATReLU target extra sparsity, in [0, 1).
+        distill: the weight of distillation from the init model, in [0, 1] (see the module doc).
+        pixel_sparsity: semi-structured pixel masks on conv outputs, the masked fraction (0: none).
+        pixel_criterion: which pixels to mask: "random", "magnitude", "spread" or "taylor".
+        eval_images: test images whose activations are measured each epoch.
+        bits: the bit widths the per-epoch measurement codes at.
+        codecs: the codecs the per-epoch measurement runs.
+        train_limit: use only the first N training images (quick runs).
+        sync_batchnorm: under torchrun, BatchNorm over the global batch (exactly one process's
+            training, but ~1.8x slower on CPU gloo); else per rank, as usual in DDP.
+        float64: train in double precision: slower, but its rounding noise (~1e-12) is far below
+            any real difference, so runs compare exactly across CPUs.
+    """
+
     model: str = "resnet20"
     width: float | None = None  # width multiplier of the small models (None: the model's default)
     dataset: str = "fashion-mnist"
@@ -165,6 +197,18 @@ def _checkpoint(run: Run, epoch: int) -> None:
     atomic_write(run.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics))
 
 
+def _optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    """The optimizer (SGD with Nesterov momentum, or AdamW) and its cosine schedule over the run."""
+    lr = config.lr if config.lr is not None else (0.05 if config.optimizer == "sgd" else 1e-3)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=config.weight_decay,
+                                    nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs * steps_per_epoch, 1))
+    return optimizer, scheduler
+
+
 def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
     if resume and not (out / "checkpoint.pt").is_file():
         raise ActzipError(f"{out} is not a training run (no checkpoint.pt and config.json) to resume")
@@ -203,14 +247,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> Run:
         broadcast_module(model)
         if config.sync_batchnorm:
             global_batchnorm(model)
-    lr = config.lr if config.lr is not None else (0.05 if config.optimizer == "sgd" else 1e-3)
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=config.weight_decay,
-                                    nesterov=True)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    steps = config.epochs * len(epoch_loader(train_set, config, 0))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    optimizer, scheduler = _optimizer(config, model, len(epoch_loader(train_set, config, 0)))
     run = Run(config, out, model, train_set, sets.test, optimizer, scheduler, masks=masks, teacher=teacher)
     run.net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if state is not None:

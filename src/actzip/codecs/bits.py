@@ -193,3 +193,31 @@ def window(words, pos):
 
 def packed_bytes(n_bits: int) -> int:
     return (n_bits + 7) // 8
+
+
+@njit(cache=True, inline="always")
+def bit_length(u):
+    """Significant bits of an unsigned integer (0 for 0)."""
+    m = 0
+    while u:
+        m += 1
+        u >>= 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def escape_symbol_counts(u, direct, n_symbols):
+    """Histogram of the escape alphabet of huffman and rans (u < 2^direct is its own symbol, a larger
+    u with m bits is symbol 2^direct + m - direct - 1) and the total number of escape bits."""
+    counts = np.zeros(n_symbols, np.int64)
+    extra = 0
+    limit = 1 << direct
+    for i in range(u.shape[0]):
+        x = u[i]
+        if x < limit:
+            counts[x] += 1
+        else:
+            m = bit_length(x)
+            counts[limit + m - direct - 1] += 1
+            extra += m - 1
+    return counts, extra

@@ -422,7 +422,16 @@ def layout(shape: tuple) -> tuple[int, int, int]:
 
 @register
 class Context(ChunkedCodec):
-    """Adaptive context modelling (neighbours, channel statistics) with a binary range coder."""
+    """Adaptive context modelling (neighbours, channel statistics) with a binary range coder.
+
+    Parameters:
+        bits: the values' bit width (None: taken from each input).
+        neighbours: use the causal neighbours as context.
+        channel: use the channel statistics as context.
+        repeats: code a repeat of the left neighbour with one flag.
+        prediction: code the residual from the median predictor where the left and upper
+            neighbours are non-zero (None: above 8 bits).
+    """
 
     codec_id = "ctx"
     values_per_bit = 64.0  # an adaptive coder can go far below a bit per value, not below 1/64

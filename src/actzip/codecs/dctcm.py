@@ -437,17 +437,37 @@ def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis
     return {"transform": best.transform, "group": group, "keep": list(best.keep), "step": best.step}
 
 
+DEFAULT_BUDGET = 1e-3  # relative squared error of a dctcm given no settings: ~0.1 % of the maps' energy
+
+
 @register
 class DCTCM(Codec):
-    """DCT-CM: channel-group DCT, frequency mask, re-quantization, zero-bitmap coding (lossy)."""
+    """DCT-CM: channel-group DCT, frequency mask, re-quantization, entropy coding (lossy).
+
+    Parameters:
+        bits: the codes' bit width (None: taken from each input).
+        group: DCT length G over the channels, a power of two in 2..MAX_GROUP.
+        keep: the frequencies kept: a count k (the k lowest) or a 0/1 mask of G entries; None keeps all.
+        step: re-quantization step of the coefficients (None: 1.0).
+        transform: False codes in the pixel domain (no DCT; step 1 is lossless there).
+        coder: the inner lossless coder: "zvc" (the paper's bitmap coding), "rans" or "ctxrans".
+        axis: the channel axis of the input.
+        budget: a relative squared error in (0, 1): each encode chooses transform, keep and step
+            itself to stay within it. "auto" (the default) means DEFAULT_BUDGET when none of keep,
+            step and channel_steps is given, else None; None codes with exactly the settings given.
+        channel_steps: one step per channel, in the pixel domain (transform=False, no budget).
+    """
 
     codec_id = "dctcm"
     lossless = False
 
-    def __init__(self, bits: int | None = None, group: int = 8, keep=None, step: float = 1.0,
-                 transform: bool = True, coder: str = "zvc", axis: int = 1, budget: float | None = None,
+    def __init__(self, bits: int | None = None, group: int = 8, keep=None, step: float | None = None,
+                 transform: bool = True, coder: str = "ctxrans", axis: int = 1, budget: float | str | None = "auto",
                  channel_steps=None):
         super().__init__(bits)
+        if isinstance(budget, str) and budget == "auto":  # no settings given: search within a modest error
+            budget = DEFAULT_BUDGET if keep is None and step is None and channel_steps is None else None
+        step = 1.0 if step is None else step
         if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 2 or group > MAX_GROUP \
                 or group & (group - 1):
             raise ValueError(f"group size must be a power of two in 2..{MAX_GROUP}, got {group!r}")
@@ -461,8 +481,8 @@ class DCTCM(Codec):
             raise ValueError(f"coder must be one of {', '.join(CODERS)}, got {coder!r}")
         self.coder = coder
         self.axis = int(axis)
-        if budget is not None and not 0 < budget < 1:
-            raise ValueError(f"error budget must be in (0, 1), got {budget}")
+        if budget is not None and (isinstance(budget, (bool, str)) or not 0 < budget < 1):
+            raise ValueError(f"error budget must be in (0, 1), None or 'auto', got {budget!r}")
         self.budget = budget
         self.channel_steps = tuple(float(v) for v in channel_steps) if channel_steps is not None else ()
         if channel_steps is not None:

@@ -36,7 +36,12 @@ def _from_bytes(raw: bytes, h: Header, what: str) -> np.ndarray:
 
 @register
 class Zstd(ChunkedCodec):
-    """zstd over the values laid out as bytes (a baseline)."""
+    """zstd over the values laid out as bytes (a baseline).
+
+    Parameters:
+        bits: the values' bit width (None: taken from each input).
+        level: the zstd level, -7..22.
+    """
 
     codec_id = "zstd"
     values_per_bit = 8192.0  # zstd's RLE blocks reach about 32768:1

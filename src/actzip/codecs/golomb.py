@@ -163,6 +163,13 @@ def _bits_per_k(counts: np.ndarray, sparse: bool) -> np.ndarray:
 
 
 class _Golomb(ChunkedCodec):
+    """The exp-Golomb codecs' shared parameters and coding (see ExpGolomb and SparseExpGolomb).
+
+    Parameters:
+        bits: the values' bit width (None: taken from each input).
+        k: the order of the exp-Golomb code, 0..MAX_K (None: the cheapest, chosen per stream).
+    """
+
     sparse: bool
 
     def __init__(self, bits: int | None = None, k: int | None = None):
@@ -221,7 +228,12 @@ class _Golomb(ChunkedCodec):
 
 @register
 class ExpGolomb(_Golomb):
-    """Order-k exp-Golomb of every value, k chosen per stream."""
+    """Order-k exp-Golomb of every value, k chosen per stream.
+
+    Parameters:
+        bits: the values' bit width (None: taken from each input).
+        k: the order, 0..MAX_K (None: chosen per stream).
+    """
 
     codec_id = "eg"
     sparse = False
@@ -230,7 +242,12 @@ class ExpGolomb(_Golomb):
 
 @register
 class SparseExpGolomb(_Golomb):
-    """Sparse exp-Golomb: a zero is 1 bit, a non-zero x is 1 bit + exp-Golomb(x - 1)."""
+    """Sparse exp-Golomb: a zero is 1 bit, a non-zero x is 1 bit + exp-Golomb(x - 1).
+
+    Parameters:
+        bits: the values' bit width (None: taken from each input).
+        k: the order of the code of x - 1, 0..MAX_K (None: chosen per stream).
+    """
 
     codec_id = "seg"
     sparse = True

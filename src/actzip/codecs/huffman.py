@@ -22,36 +22,10 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import packed_bytes, padded, peek
+from .bits import bit_length, escape_symbol_counts, packed_bytes, padded, peek
 
 MAX_LEN = 15
-DIRECT_BITS = 11
-
-
-@njit(cache=True, inline="always")
-def _bit_length(u):
-    m = 0
-    while u:
-        m += 1
-        u >>= 1
-    return m
-
-
-@njit(cache=True, nogil=True)
-def _symbol_counts(u, direct, n_symbols):
-    """Histogram of symbols and the total number of escape bits."""
-    counts = np.zeros(n_symbols, np.int64)
-    extra = 0
-    limit = 1 << direct
-    for i in range(u.shape[0]):
-        x = u[i]
-        if x < limit:
-            counts[x] += 1
-        else:
-            m = _bit_length(x)
-            counts[limit + m - direct - 1] += 1
-            extra += m - 1
-    return counts, extra
+DIRECT_BITS = 11  # values below 2^11 are their own symbol; larger ones escape (see the module doc)
 
 
 @njit(cache=True, nogil=True)
@@ -146,7 +120,7 @@ def _encode(u, direct, codes, lengths, out):
         if x < limit:
             code, length = codes[x], lengths[x]
         else:
-            m = _bit_length(x)
+            m = bit_length(x)
             s = limit + m - direct - 1
             # the escape's code, then the m - 1 bits below x's leading one
             code = (codes[s] << (m - 1)) | (x & ((1 << (m - 1)) - 1))
@@ -213,7 +187,7 @@ class Huffman(ChunkedCodec):
         u = zigzag(a)
         direct = min(bits, DIRECT_BITS)
         n_symbols = (1 << direct) + bits - direct
-        counts, extra = _symbol_counts(u, direct, n_symbols)
+        counts, extra = escape_symbol_counts(u, direct, n_symbols)
         lengths = _code_lengths(counts)
         codes = _canonical_codes(lengths)
         out = np.zeros(packed_bytes(int((counts * lengths).sum()) + extra), np.uint8)

@@ -215,7 +215,17 @@ def _array(value, dtype, what: str, channels: int | None = None, square: bool = 
 
 @register
 class KLT(Codec):
-    """KLT: a per-site learned channel transform with mean-error offsets, coded by ctxrans (lossy)."""
+    """KLT: a per-site learned channel transform with mean-error offsets, coded by ctxrans (lossy).
+
+    Parameters:
+        bits: the codes' bit width (None: taken from each input).
+        basis: the C x C orthonormal transform, fitted by `fit` (stored as float16).
+        mean: the per-channel mean removed before the transform.
+        offsets: per transformed channel, the mean rounding error added back (None: zeros).
+        step: the re-quantization step of the transformed channels.
+        axis: the channel axis of the input.
+        coder: the inner lossless coder, one of CODERS.
+    """
 
     codec_id = "klt"
     lossless = False

@@ -26,8 +26,8 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import packed_bytes, padded, peek, write_codes, zigzag_histogram
-from .huffman import DIRECT_BITS, _bit_length, _symbol_counts
+from .bits import bit_length, escape_symbol_counts, packed_bytes, padded, peek, write_codes, zigzag_histogram
+from .huffman import DIRECT_BITS
 
 
 @njit(cache=True, nogil=True)
@@ -42,7 +42,7 @@ def _split(u, direct):
         if x < limit:
             symbols[i] = x
         else:
-            m = _bit_length(x)
+            m = bit_length(x)
             symbols[i] = limit + m - direct - 1
             extra[i] = x & ((1 << (m - 1)) - 1)
             extra_len[i] = m - 1
@@ -135,7 +135,7 @@ class RANS(ChunkedCodec):
 
         u = zigzag(a)
         direct = min(bits, DIRECT_BITS)
-        counts, _ = _symbol_counts(u, direct, (1 << direct) + bits - direct)
+        counts, _ = escape_symbol_counts(u, direct, (1 << direct) + bits - direct)
         used = int(np.nonzero(counts)[0][-1]) + 1 if a.size else 0
         table = write_varint(used) + b"".join(write_varint(int(c)) for c in counts[:used])
         if used <= 1:  # nothing to code: the table says it all

@@ -129,7 +129,12 @@ def _decode(buf, total, r, bits, signed, out):
 
 @register
 class RLE(ChunkedCodec):
-    """Zero run-lengths: (run, value) tokens on r + b bits, r chosen per stream."""
+    """Zero run-lengths: (run, value) tokens on r + b bits, r chosen per stream.
+
+    Parameters:
+        bits: the values' bit width (None: taken from each input).
+        run_bits: r, the bits of a run length, 0..MAX_RUN_BITS (None: chosen per stream).
+    """
 
     codec_id = "rle"
     values_per_bit = float(1 << MAX_RUN_BITS) / (MAX_RUN_BITS + 1)

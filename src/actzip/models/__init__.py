@@ -64,6 +64,17 @@ def load(name: str, pretrained: bool | None = None, weights: str | Path | None =
     return model.eval()
 
 
+def has_trained_weights(name: str, weights: str | Path | None = None) -> bool:
+    """Whether `load(name, weights=weights)` gives trained weights: a weights file, a registered
+    model that ships weights, or a user's own factory (taken to build its weights); not a
+    torchvision model (no download here) nor a registered model without weights."""
+    if weights is not None or (":" in name and not name.startswith(TORCHVISION_PREFIX)):
+        return True
+    if name.startswith(TORCHVISION_PREFIX):
+        return False
+    return _entry(name).has_weights
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a state dict (or a checkpoint dict holding one under "model") into `model`, strictly."""
     path = Path(path)

@@ -27,6 +27,14 @@ N_BINS = (LOG2_HI - LOG2_LO) * BINS_PER_OCTAVE
 
 @dataclass(frozen=True)
 class FATReLU:
+    """FATReLU thresholds: per channel, the activation value below which it is set to zero.
+
+    Args:
+        extra_sparsity: the fraction of each channel's non-zero activations to zero, in [0, 1).
+        calibration_images: training images the thresholds are calibrated on.
+        batch_size: images per forward pass while calibrating.
+    """
+
     extra_sparsity: float = 0.1
     calibration_images: int = 256
     batch_size: int = 64

@@ -93,6 +93,15 @@ class _HoyerSquare(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class L1:
+    """The L1 penalty on activation maps (Georgiadis): alpha times each site's mean |x|.
+
+    Args:
+        alpha: the penalty strength of every site.
+        per_site: site name -> its own strength, overriding alpha.
+        normalize: "mean" |x| per site, "sum" (per sample), or "macs" (the mean, weighted by the
+            MACs of the layer that reads the site).
+    """
+
     alpha: float = 1e-4
     per_site: dict = field(default_factory=dict)  # site name -> alpha
     normalize: str = "mean"  # "mean", "sum" (per sample) or "macs" (mean, weighted by the reader's MACs)
@@ -110,6 +119,13 @@ class L1:
 
 @dataclass(frozen=True)
 class Hoyer:
+    """The Hoyer-square penalty on activation maps: (sum |x|)^2 / sum x^2 per site, scale-free.
+
+    Args:
+        alpha: the penalty strength of every site.
+        per_site: site name -> its own strength, overriding alpha.
+    """
+
     alpha: float = 1e-4
     per_site: dict = field(default_factory=dict)
 

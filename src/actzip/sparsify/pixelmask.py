@@ -45,6 +45,21 @@ DATA_CRITERIA = ("magnitude", "spread", "taylor")  # the criteria that need cali
 
 @dataclass(frozen=True)
 class PixelMask:
+    """Semi-structured pixel masks on conv outputs (Grimaldi et al.), ramped in during training.
+
+    Args:
+        sparsity: the fraction of output pixels masked in each selected conv, in [0, 1).
+        criterion: which pixels to mask: "random" (the published one), "magnitude", "spread" or "taylor".
+        skip_1x1: leave 1x1 convs unmasked.
+        skip_first: leave the first conv (the one that sees the image) dense.
+        include: a regex: only convs whose name matches.
+        exclude: a regex: no conv whose name matches.
+        warmup: the fraction of the training steps trained dense.
+        ramp_end: the fraction of the steps at which the target is reached and the masks freeze.
+        seed: seeds the random criterion.
+        calibration_images: images for the criteria that score positions on data.
+    """
+
     sparsity: float = 0.2  # fraction of output pixels masked in each selected conv, in [0, 1)
     criterion: str = "random"
     skip_1x1: bool = False
