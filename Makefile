@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 EXTRAS  := models,images,torchvision,runtime,dev
 
-.PHONY: install demo test test-isa test-slow bench clean data
+.PHONY: install demo test test-isa test-slow bench docs clean data
 
 install: $(STAMP) data
 
@@ -45,5 +45,10 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/analyze_speed.py
 
+# The results pages from the benchmarks' JSON, then the site (in site/) from docs/.
+docs: install
+	$(BIN)/python benchmarks/pages.py
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

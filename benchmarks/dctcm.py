@@ -57,6 +57,7 @@ from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
 from actzip.inloop import EvaluateConfig, evaluate
 from lite0_maps import lite0_streams
+from pages import write_page
 
 HERE = Path(__file__).parent
 BUDGETS = (1e-4, 1e-3, 1e-2)
@@ -307,7 +308,8 @@ def main():
     if args.speed or args.speed_only:
         results["speed"] = speed(args.repeats) | {"command": f"python benchmarks/dctcm.py --speed-only --repeats {args.repeats}"}
     atomic_write(args.out, json.dumps(results, indent=1))
-    atomic_write(HERE / "dctcm.md", markdown(results))
+    if args.out == HERE / "dctcm.json":
+        write_page("dctcm")
     print(markdown(results))
     print(json.dumps(results.get("speed"), indent=1))
 

@@ -9,7 +9,7 @@ Each at batch 1 and 8 and at each thread count. The JSON keeps every engine's ti
 the compiled model's speedup over onnxruntime and over the fastest dense engine.
 
     python benchmarks/runtime.py [--threads 1 2] [--batches 1 8] [--sparsities 0 0.2 0.3 0.5]
-    python benchmarks/runtime.py --table   # benchmarks/runtime.md from the JSON
+    python benchmarks/runtime.py --table   # docs/results/runtime.md from the JSON
 """
 
 from __future__ import annotations
@@ -97,11 +97,14 @@ def main():
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.2, 0.3, 0.5])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "runtime.json")
-    ap.add_argument("--table", action="store_true", help="only write runtime.md from the JSON")
+    ap.add_argument("--table", action="store_true", help="only write docs/results/runtime.md from the JSON")
     args = ap.parse_args()
     if not args.table:
         args.out.write_text(json.dumps(measure(args), indent=1))
-    (HERE / "runtime.md").write_text(table(json.loads(args.out.read_text())))
+    if args.out == HERE / "runtime.json":
+        from pages import write_page
+
+        print("wrote", write_page("runtime"))
 
 
 if __name__ == "__main__":

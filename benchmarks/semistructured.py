@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from actzip.train import TrainConfig, train
+from pages import write_page
 
 HERE = Path(__file__).parent
 TABLE_RUNS = Path("runs/sparsify_table")  # baselines shared with the L1 table
@@ -163,13 +164,13 @@ def main():
             commands.setdefault(model, [])
             if command not in commands[model]:
                 commands[model].append(command)
-        (HERE / "semistructured_accuracy.md").write_text(accuracy_markdown(results))
         path.write_text(json.dumps({"commands": commands, "models": results}, indent=1))
+        write_page("semistructured_accuracy")
         print(accuracy_markdown(results))
     else:
         rows = speed(args)
         (HERE / "semistructured_speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-        (HERE / "semistructured_speed.md").write_text(speed_markdown(rows))
+        write_page("semistructured_speed")
         print(speed_markdown(rows))
 
 

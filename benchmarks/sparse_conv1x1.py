@@ -12,7 +12,7 @@ Inputs:
   pixels (closer to real maps, whose neighbours share zero channels).
 
     python benchmarks/sparse_conv1x1.py [--threads 1] [--images 8] [--rounds 7]
-    python benchmarks/sparse_conv1x1.py --table   # sparse_conv1x1.md from the JSON
+    python benchmarks/sparse_conv1x1.py --table   # docs/results/sparse_conv1x1.md from the JSON
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from pages import write_page
 from torch import nn
 
 from actzip.runtime import native
@@ -133,10 +134,10 @@ def main():
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=HERE / "sparse_conv1x1.json")
-    ap.add_argument("--table", action="store_true", help="only write sparse_conv1x1.md from the JSON")
+    ap.add_argument("--table", action="store_true", help="only write docs/results/sparse_conv1x1.md from the JSON")
     args = ap.parse_args()
     if args.table:
-        (HERE / "sparse_conv1x1.md").write_text(table(json.loads(args.out.read_text())))
+        print("wrote", write_page("sparse_conv1x1"))
         return
     torch.set_num_threads(args.threads)
     if not native.available():
@@ -157,7 +158,8 @@ def main():
                 print(json.dumps({k: row[k] for k in ("case", "correlated", "zeros", "union4", "speedup")}),
                       flush=True)
     args.out.write_text(json.dumps(result, indent=1))
-    (HERE / "sparse_conv1x1.md").write_text(table(result))
+    if args.out == HERE / "sparse_conv1x1.json":
+        print("wrote", write_page("sparse_conv1x1"))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from actzip import codecs, models
 from actzip.fileio import atomic_write
 from actzip.report import write_report
 from actzip.train import TrainConfig, build_model, evaluate, train, training_sets
+from pages import write_page
 
 HERE = Path(__file__).parent
 
@@ -121,7 +122,8 @@ def main():
         kept = [r for r in results["models"].get(model, []) if r["run"] not in {x["run"] for x in rows}]
         results["models"][model] = sorted(kept + rows, key=lambda r: (r["run"] != "baseline", r["run"]))
         atomic_write(args.out, json.dumps(results, indent=1))
-    atomic_write(args.out.with_suffix(".md"), markdown(results))
+    if args.out == HERE / "sparsify_table.json":
+        write_page("sparsify_table")
     print(markdown(results))
 
 

@@ -33,8 +33,27 @@ def test_the_readme_has_what_a_newcomer_needs():
         assert (ROOT / link).is_file(), link
 
 
-@pytest.mark.parametrize("code", blocks("python"))
-def test_readme_python_blocks_run(code, tmp_path):
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def _doc_blocks(language: str) -> list[str]:
+    return [b for page in DOCS for b in re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), flags=re.M | re.S)]
+
+
+def test_results_pages_are_generated_from_the_current_json():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pages.py"), "--check"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr[-2000:]
+
+
+def test_the_docs_site_builds_with_every_link_resolved(tmp_path):
+    p = subprocess.run([str(BIN / "mkdocs"), "build", "--strict", "-q", "-d", str(tmp_path / "site")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+
+
+@pytest.mark.parametrize("code", blocks("python") + _doc_blocks("python"))
+def test_readme_and_docs_python_blocks_run(code, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout[-1000:] + p.stderr[-2000:]
 
