@@ -75,13 +75,25 @@ def test_unknown_codec_fails_before_work():
 def test_report_files(tiny, random_images, tmp_path):
     report = analyze(tiny, random_images, AnalyzeConfig(bits=(8, 16)))
     paths = write_report(report, tmp_path / "out")
-    assert {p.name for p in paths} == {"report.json", "report.md", "zero_fraction.png", "compression.png"}
+    assert {p.name for p in paths} == {"report.json", "report.md", "zero_fraction.png", "compression_8bit.png",
+                                       "compression_16bit.png"}
     loaded = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(loaded["sites"][0]) >= {"name", "module", "shape", "numel", "zero_fraction", "macs",
                                        "effective_macs", "bits"}
     assert set(loaded["totals"]["compression"]["zvc"]) == {"8", "16"}
     assert (tmp_path / "out" / "zero_fraction.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_a_chart_shows_at_most_six_codecs_the_best_first(tiny, random_images):
+    from actzip import codecs
+    from actzip.report import chart_codecs
+
+    report = analyze(tiny, random_images, AnalyzeConfig(bits=(8,), limit=2, codecs=tuple(codecs.names())))
+    shown = chart_codecs(report, "8")
+    ratios = report["totals"]["compression"]
+    assert len(shown) == 6 < len(ratios)
+    assert min(ratios[c]["8"] for c in shown) >= max(ratios[c]["8"] for c in ratios if c not in shown)
 
 
 @pytest.mark.parametrize("calibration,per_channel", [("percentile", False), ("max", True)])

@@ -67,6 +67,7 @@ def test_an_untrained_model_is_named_as_such(tmp_path):
                                  "--bits", "8", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "random weights" in r.output
+    assert "measure: 3/3 (" in r.output  # a plain progress line where the output is not a terminal
     assert json.loads((out / "report.json").read_text())["weights"] == "random (untrained)"
     assert "random weights" in (out / "report.md").read_text().splitlines()[0]
 

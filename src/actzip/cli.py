@@ -95,19 +95,31 @@ def _codec_params(pairs: list[str], options: tuple[str, ...] = ("bits",)) -> dic
     return params
 
 
+IMAGE_PHASES = ("calibrate", "measure", "evaluate", "load calibration images")  # the others count their own items
+PLAIN_EVERY = 30.0  # seconds between plain progress lines when stderr is not a terminal
+
+
 def _progress():
+    """(a rich progress bar, the `progress(phase, done, total)` callback that drives it). Phases
+    over images show images per second, the others (sites, budgets, transforms) their count alone.
+    Where stderr is not a terminal, a plain line per phase every PLAIN_EVERY seconds instead."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True)
-    tasks = {}
+    tasks, said = {}, {}
 
     def update(phase: str, done: int, total: int):
         if phase not in tasks:
             tasks[phase] = bar.add_task(phase, total=total, rate="")
         task = bar.tasks[tasks[phase]]
-        rate = f"{done / task.elapsed:.1f} img/s" if task.elapsed else ""
+        rate = f"{done / task.elapsed:.1f} img/s" if task.elapsed and phase in IMAGE_PHASES else ""
         bar.update(tasks[phase], completed=done, rate=rate)
+        if not err.is_terminal and (time.monotonic() - said.get(phase, 0) >= PLAIN_EVERY or done == total):
+            said[phase] = time.monotonic()
+            err.print(f"{phase}: {done}/{total}" + (f" ({rate})" if rate else ""), highlight=False)
 
     return bar, update
 

@@ -64,26 +64,46 @@ def _bar_charts(report: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(width, 4))
     ax.bar(x, [s["zero_fraction"] for s in sites], color="tab:blue")
     ax.set_ylabel("zero fraction")
+    ax.set_xlabel("activation site (the map each named module outputs)")
     ax.set_ylim(0, 1)
     ax.set_title(f"{report['model']}: zeros per activation site ({report['images']} images)")
     ax.set_xticks(x, labels, rotation=90, fontsize=6)
     fig.tight_layout()
     paths.append(_save(fig, out / "zero_fraction.png"))
 
-    series = [(c, b) for c in _codecs(report) for b in map(str, report["bits"])]
-    fig, ax = plt.subplots(figsize=(width, 4))
-    step = 0.8 / len(series)
-    for i, (c, b) in enumerate(series):
-        ratios = [s["numel"] * int(b) / s["bits"][c][b] if s["bits"][c][b] else 0 for s in sites]
-        ax.bar([v - 0.4 + step * (i + 0.5) for v in x], ratios, width=step, label=f"{c} {b}-bit")
-    ax.axhline(1, color="grey", lw=0.8)
-    ax.set_ylabel("compression ratio")
-    ax.set_title(f"{report['model']}: compression per activation site")
-    ax.set_xticks(x, labels, rotation=90, fontsize=6)
-    ax.legend(fontsize=7, ncol=min(4, len(series)))
-    fig.tight_layout()
-    paths.append(_save(fig, out / "compression.png"))
+    for b in map(str, report["bits"]):
+        paths.append(_compression_chart(report, b, width, out / f"compression_{b}bit.png"))
     return paths
+
+
+MAX_SERIES = 6  # bars per site a reader can tell apart
+
+
+def chart_codecs(report: dict, bits: str) -> list[str]:
+    """The codecs a compression chart shows: the MAX_SERIES with the best total ratio at `bits`."""
+    totals = report["totals"]["compression"]
+    return sorted(_codecs(report), key=lambda c: -totals[c][bits])[:MAX_SERIES]
+
+
+def _compression_chart(report: dict, b: str, width: float, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    sites, codecs = report["sites"], chart_codecs(report, b)
+    x = list(range(len(sites)))
+    fig, ax = plt.subplots(figsize=(width, 4))
+    step = 0.8 / len(codecs)
+    for i, c in enumerate(codecs):
+        ratios = [s["numel"] * int(b) / s["bits"][c][b] if s["bits"][c][b] else 0 for s in sites]
+        ax.bar([v - 0.4 + step * (i + 0.5) for v in x], ratios, width=step, label=c)
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_ylabel(f"compression ratio over raw {b}-bit codes")
+    ax.set_xlabel("activation site (the map each named module outputs)")
+    ax.set_title(f"{report['model']}: compression of each activation map at {b} bits"
+                 + (f" (the {len(codecs)} best codecs)" if len(codecs) < len(_codecs(report)) else ""))
+    ax.set_xticks(x, [s["name"] for s in sites], rotation=90, fontsize=6)
+    ax.legend(fontsize=7, ncol=min(6, len(codecs)))
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
