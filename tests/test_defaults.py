@@ -87,3 +87,26 @@ def test_images_without_labels_say_so_instead_of_zero_accuracy(tmp_path):
     assert r.exit_code == 0, r.output
     assert "no labels" in r.output and not re.search(r"(?<![\d.])0\.00 %", r.output)
     assert json.loads((tmp_path / "e.json").read_text())["top1"]["float"] is None
+
+
+def test_analyze_takes_a_plain_tensor_batch():
+    from tests.conftest import TinyNet
+
+    torch.manual_seed(0)
+    report = analyze(TinyNet(), torch.rand(5, 3, 12, 12), AnalyzeConfig(bits=(8,), codecs=("zvc",)))
+    assert report["images"] == 5 and report["image_source"] == "tensor"
+
+
+def test_cli_preprocessing_for_a_user_model(tmp_path):
+    images, out = _folder(tmp_path / "img"), tmp_path / "run"
+    args = ["analyze", "--model", "tests.conftest:TinyNet", "--images", str(images), "--codecs", "zvc", "--bits", "8",
+            "--out", str(out)]
+    r = CliRunner().invoke(app, args + ["--size", "20", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["preprocess"]["crop"] == 20 and report["preprocess"]["std"] == [0.25] * 3
+    assert report["sites"][0]["shape"][-1] == 20
+    for bad, message in ((["--mean", "a,b,c"], "comma-separated"), (["--std", "0,1,1"], "all > 0"),
+                         (["--mean", "0.5"], "as many values")):
+        r = CliRunner().invoke(app, args + bad)
+        assert r.exit_code == 2 and message in r.output, r.output

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__, codecs
 from .bitcount import HISTOGRAM_BOUNDS
+from .data import as_images
 from .dist import all_reduce_sum, rank_and_world
 from .errors import ActzipError
 from .quant import QuantParams, check_bits, params_for_range
@@ -123,7 +124,8 @@ def measure(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeCo
             progress: Progress | None = None) -> Measurement:
     """Calibrate, then stream every image through the model and measure each site. Under torchrun
     the batches are shared out between the ranks and the statistics all-reduced, so every rank
-    returns what a single process would."""
+    returns what a single process would. `images`: (image, label) pairs, or a tensor batch."""
+    images = as_images(images)
     if len(images) == 0:
         raise ActzipError("no images to analyze")
     model.eval()
@@ -198,7 +200,10 @@ def build_report(m: Measurement, model_name: str, image_source: str, preprocess:
 def analyze(model: nn.Module, images: Dataset, config: AnalyzeConfig = AnalyzeConfig(), *,
             model_name: str | None = None, preprocess: dict | None = None,
             progress: Progress | None = None) -> dict:
-    """Measure `model` over `images` and return the report dict (see build_report)."""
+    """Measure `model` over `images` and return the report dict (see build_report). `images`:
+    a dataset of (image, label) pairs (labels are not used here), or a tensor batch (N, C, H, W) of
+    images already preprocessed for the model."""
+    images = as_images(images)
     m = measure(model, images, config, progress)
     return build_report(m, model_name or type(model).__name__, getattr(images, "name", type(images).__name__),
                         preprocess, config)

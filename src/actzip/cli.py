@@ -160,6 +160,33 @@ def _codec_table(report: dict) -> Table:
     return t
 
 
+def _preprocessing(base, size: Optional[int], mean: Optional[str], std: Optional[str]):
+    """The model's preprocessing with the --size, --mean and --std given."""
+    import dataclasses
+
+    def floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
+        if text is None:
+            return None
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"--{name} takes comma-separated numbers, got {text!r}") from None
+        if len(values) not in (1, 3) or (name == "std" and min(values) <= 0):
+            raise ValueError(f"--{name} takes 1 (grayscale) or 3 values" + (", all > 0" if name == "std" else "")
+                             + f", got {text!r}")
+        return values
+
+    changes = {k: v for k, v in (("mean", floats(mean, "mean")), ("std", floats(std, "std"))) if v is not None}
+    if size is not None:
+        if size < 1:
+            raise ValueError(f"--size must be at least 1, got {size}")
+        changes |= {"resize": size, "crop": size}
+    result = dataclasses.replace(base, **changes)
+    if len(result.mean) != len(result.std):
+        raise ValueError(f"--mean and --std need as many values, got {len(result.mean)} and {len(result.std)}")
+    return dataclasses.replace(result, grayscale=len(result.mean) == 1)
+
+
 def _ratio(r: float) -> str:
     """A compression ratio, marked where the coded maps are larger than the raw ones."""
     return f"{r:.3f}x" + (" (larger than raw)" if r < 1 else "")
@@ -191,6 +218,11 @@ def analyze(
     codecs: str = typer.Option("zvc,seg,ctxrans,zstd", help="comma-separated codecs whose real streams are "
                                "measured, or 'all' (every lossless codec; slower)"),
     out_dir: Path = typer.Option(Path("runs/analyze"), "--out", help="folder for report.json/.md and plots"),
+    size: Optional[int] = typer.Option(None, help="your model's input size: the short side resized to it, "
+                                       "then a center crop (default: the model's own, or ImageNet's 224)"),
+    mean: Optional[str] = typer.Option(None, help="per-channel mean of [0, 1] pixels, e.g. 0.5,0.5,0.5 (one "
+                                       "value: grayscale)"),
+    std: Optional[str] = typer.Option(None, help="per-channel std, as --mean"),
 ):
     """Measure a model's activation maps: zeros, zero-skipping MACs, and coded size per site."""
     from . import models
@@ -209,7 +241,7 @@ def analyze(
                            percentile=percentile, per_channel=per_channel, calibration_images=calibration_images,
                            codecs=tuple(chosen))
     init_from_env()  # under torchrun: the ranks share the batches and all-reduce the statistics
-    preprocess = models.preprocessing(model)
+    preprocess = _preprocessing(models.preprocessing(model), size, mean, std)
     net = broadcast_module(models.load(model, weights=weights))
     dataset = open_images(images, preprocess)
     note = _weights_note(model, weights)

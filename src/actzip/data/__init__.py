@@ -35,5 +35,25 @@ def open_images(spec: str | Path | None, preprocess: Preprocess) -> torch.utils.
     return ImageSet(folder_images(path), preprocess, str(path))
 
 
-__all__ = ["FashionMNIST", "ImageItem", "ImageSet", "Preprocess", "IMAGENET", "EFFICIENTNET_LITE",
+class TensorImages(torch.utils.data.Dataset):
+    """A batch of preprocessed images (N, C, H, W) as a dataset of (image, -1): no labels."""
+
+    def __init__(self, batch: torch.Tensor, name: str = "tensor"):
+        if batch.dim() < 2:
+            raise ActzipError(f"a tensor of images is (N, C, H, W), got shape {tuple(batch.shape)}")
+        self.batch, self.name = batch, name
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getitem__(self, i: int):
+        return self.batch[i], -1
+
+
+def as_images(images) -> torch.utils.data.Dataset:
+    """A dataset of (image, label) pairs as it is; a tensor batch as unlabelled images."""
+    return TensorImages(images) if isinstance(images, torch.Tensor) else images
+
+
+__all__ = ["TensorImages", "as_images", "FashionMNIST", "ImageItem", "ImageSet", "Preprocess", "IMAGENET", "EFFICIENTNET_LITE",
            "FASHION_MNIST", "bundled_photos", "folder_images", "image_views", "open_images"]
