@@ -92,11 +92,14 @@ def test_cli_evaluate_with_an_output_budget_writes_its_report(tmp_path):
     # tests run before it (the split of the budget by linearized sensitivity overshoots on some nets)
     torch.manual_seed(0)
     r = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path),
-                                 "--output-budget", "0.01", "--out", str(tmp_path / "e.json")])
+                                 "--budget", "output:0.01", "--out", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["output_budget"] == 0.01 and report["output_error"]["compressed"] <= 0.01
     assert all("sensitivity" in s for s in report["sites"]) and "output error" in r.output
+    bad = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path),
+                                   "--budget", "volume:0.1", "--out", str(tmp_path / "x" / "e.json")])
+    assert bad.exit_code == 2 and "site:E, output:E or agreement:A" in bad.output and not (tmp_path / "x").exists()
     r = CliRunner().invoke(app, ["evaluate", "--model", "tests.conftest:TinyNet", "--images", str(tmp_path),
                                  "--output-budget", "0.01", "--channel-weights", "-p", "coder=ctxrans",
                                  "--out", str(tmp_path / "w.json")])
@@ -220,7 +223,7 @@ def test_channel_weights_spend_the_error_on_the_channels_the_output_does_not_rea
     found = evaluate(model, data, EvaluateConfig(codec="dctcm", bits=8, agreement=0.95, codec_params={"coder": "rans"},
                                                  channel_weights=True))
     assert found["agreement"]["compressed"] >= 0.95 and found["compression"] > plain["compression"]
-    for bad in (dict(codec_params={"coder": "rans"}), dict(output_budget=0.1),
+    for bad in (dict(codec_params={"coder": "rans"}), dict(output_budget=0.1, codec_params={"coder": "zvc"}),
                 dict(output_budget=0.1, codec_params={"coder": "rans", "transform": True})):
         with pytest.raises(ValueError, match="channel weights"):
             EvaluateConfig(codec="dctcm", channel_weights=True, **bad)
@@ -310,3 +313,28 @@ def test_the_report_expects_agreement_from_margins_and_the_search_can_use_it():
     assert [c.describe() for c in codecs_found.values()] == [s["codec"] for s in found["sites"]]
     with pytest.raises(ValueError, match="agreement estimate"):
         replace(config, agreement_estimate="vote")
+
+
+def test_typed_budgets_set_the_evaluation_and_check_themselves():
+    from dataclasses import replace
+
+    from actzip.lossy import AgreementTarget, OutputBudget, SiteBudget, parse_budget
+
+    assert parse_budget("site:1e-3") == SiteBudget(1e-3)
+    assert parse_budget("site:0.01:sensitivity") == SiteBudget(0.01, by_sensitivity=True)
+    assert parse_budget("output:0.1") == OutputBudget(0.1)
+    assert parse_budget("agreement:0.98:margin") == AgreementTarget(0.98, estimate="margin")
+    for bad in ("output", "output:x", "output:1.5", "volume:0.1", "site:0.1:margin", "agreement:0.98:guess"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+    config = EvaluateConfig(codec="dctcm", budget=OutputBudget(0.05), granularity="channel", allow_klt=True)
+    assert (config.output_budget, config.channel_weights, config.transform) == (0.05, True, True)
+    assert replace(config, limit=4).output_budget == 0.05  # replace passes both forms, which agree
+    site = EvaluateConfig(codec="dctcm", budget=SiteBudget(0.01, by_sensitivity=True))
+    assert site.codec_params["budget"] == 0.01 and site.budget_by_sensitivity
+    target = EvaluateConfig(codec="dctcm", budget=AgreementTarget(0.97, "margin"))
+    assert (target.agreement, target.agreement_estimate) == (0.97, "margin")
+    with pytest.raises(ValueError, match="once"):
+        EvaluateConfig(codec="dctcm", budget=OutputBudget(0.05), output_budget=0.1)
+    with pytest.raises(ValueError, match="granularity"):
+        EvaluateConfig(codec="dctcm", granularity="pixel")

@@ -427,25 +427,23 @@ def evaluate(
     bits: int = typer.Option(8, help="quantizer bit width, 2..16"),
     param: list[str] = typer.Option([], "--param", "-p",
                                     help="codec setting key=value; dctcm: budget, group, coder, keep, step"),
-    output_budget: Optional[float] = typer.Option(
-        None, help="dctcm: relative squared error of the model's output, split among the sites by their "
-                   "measured sensitivity (instead of -p budget=, the same error at every site)"),
-    by_sensitivity: bool = typer.Option(
-        False, "--by-sensitivity", help="dctcm with -p budget=E: spend the output error that E at every site "
-                                        "would cause where it saves the most bits"),
-    agreement: Optional[float] = typer.Option(
-        None, help="dctcm: top-1 agreement with the float model to keep on the calibration images; the "
-                   "output budget is searched to meet it"),
-    agreement_estimate: str = typer.Option(
-        "count", help="how the agreement search measures agreement: 'count' the flips, or 'margin': the "
-                      "agreement expected from each image's logit margin and output noise (smooth on few images)"),
-    channel_weights: bool = typer.Option(
-        False, "--channel-weights", help="dctcm with an output budget, an agreement or --by-sensitivity: one step "
-                                         "per channel, by how strongly it reaches the output (needs -p coder=rans "
-                                         "or ctxrans)"),
-    transform: bool = typer.Option(
-        False, "--transform", help="with --channel-weights: a conv site may take a channel transform fitted to "
-                                   "it (the klt codec) where that costs less"),
+    budget: Optional[str] = typer.Option(
+        None, help="dctcm's error budget: site:E (every site's codes within relative squared error E; "
+                   "site:E:sensitivity spends that much output error where it saves most), output:E (the "
+                   "model's output within E, split by sensitivity), or agreement:A (keep top-1 agreement A on "
+                   "the calibration images; agreement:A:margin estimates it from the logit margins)"),
+    granularity: str = typer.Option("site", help="with an output or agreement budget: one step per 'site', or "
+                                    "per 'channel' by how strongly it reaches the output"),
+    allow_klt: bool = typer.Option(False, "--allow-klt", help="with --granularity channel: a conv site may take a "
+                                   "channel transform fitted to it (the klt codec) where that costs less"),
+    output_budget: Optional[float] = typer.Option(None, hidden=True, help="older form of --budget output:E"),
+    by_sensitivity: bool = typer.Option(False, "--by-sensitivity", hidden=True,
+                                        help="older form of --budget site:E:sensitivity"),
+    agreement: Optional[float] = typer.Option(None, hidden=True, help="older form of --budget agreement:A"),
+    agreement_estimate: str = typer.Option("count", hidden=True, help="older form of --budget agreement:A:margin"),
+    channel_weights: bool = typer.Option(False, "--channel-weights", hidden=True,
+                                         help="older form of --granularity channel"),
+    transform: bool = typer.Option(False, "--transform", hidden=True, help="older form of --allow-klt"),
     calibrate_on: Optional[str] = typer.Option(
         None, help="calibrate on these images instead of the evaluated ones (same forms as --images, "
                    "e.g. fashion-mnist-train)"),
@@ -462,11 +460,14 @@ def evaluate(
     from .fileio import atomic_write, output_dir
     from .inloop import EvaluateConfig
     from .inloop import evaluate as run_evaluation
+    from .lossy import parse_budget
 
     config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
                             limit=limit, calibration_images=calibration_images, output_budget=output_budget,
                             budget_by_sensitivity=by_sensitivity, agreement=agreement,
-                            agreement_estimate=agreement_estimate, channel_weights=channel_weights, transform=transform)
+                            agreement_estimate=agreement_estimate, channel_weights=channel_weights, transform=transform,
+                            budget=parse_budget(budget) if budget else None, granularity=granularity,
+                            allow_klt=allow_klt)
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))
     calibration = None if calibrate_on is None else open_images(calibrate_on, models.preprocessing(model))

@@ -49,11 +49,11 @@ from .analysis import AnalyzeConfig, Progress, batches, calibrate
 from .codecs import klt
 from .codecs.dctcm import as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error, step_grid
 from .errors import ActzipError
+from .lossy.options import AGREEMENT_ESTIMATES, AgreementTarget, Budget, OutputBudget, SiteBudget
 from .quant import QuantParams, code_dtype, dequantize, quantize
 from .sites import Site, capture
 
 SAMPLE_VALUES = 1 << 20  # activation values per site kept for choosing a lossy codec's settings
-AGREEMENT_ESTIMATES = ("count", "margin")
 
 
 def margin_noise(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
@@ -117,6 +117,11 @@ class EvaluateConfig:
         transform: with channel weights, a conv site may take a channel transform fitted to it (klt).
         agreement_estimate: how the agreement search measures agreement: "count" the flips, or
             "margin" (the agreement expected from each image's logit margin and output noise).
+        budget: the error to spend, typed (actzip.lossy): SiteBudget, OutputBudget or
+            AgreementTarget. It sets the fields above that it stands for (codec_params["budget"],
+            budget_by_sensitivity, output_budget, agreement, agreement_estimate).
+        granularity: "site" (one step per site) or "channel" (one per channel: channel_weights).
+        allow_klt: a conv site may take a channel transform fitted to it (transform).
     """
 
     codec: str = "zvc"
@@ -131,8 +136,12 @@ class EvaluateConfig:
     channel_weights: bool = False  # one step per channel, by its measured influence on the output
     transform: bool = False  # with channel weights: a conv site may take its fitted channel transform (klt)
     agreement_estimate: str = "count"  # how the search measures agreement: "count" flips, or "margin" (agreement_chance)
+    budget: Budget | None = None
+    granularity: str = "site"
+    allow_klt: bool = False
 
     def __post_init__(self):
+        self._apply_typed_options()
         AnalyzeConfig(bits=(self.bits,), batch_size=self.batch_size, limit=self.limit,
                       calibration_images=self.calibration_images, codecs=())  # the shared checks
         codecs.get(self.codec, bits=self.bits, **self.codec_params)  # unknown codec or bad settings fail here
@@ -157,11 +166,36 @@ class EvaluateConfig:
                                  "spread by sensitivity")
             if self.codec_params.get("transform", False):
                 raise ValueError("channel weights give per-channel steps in the pixel domain: transform must be off")
-            if self.codec_params.get("coder", "zvc") == "zvc":
+            if self.codec_params.get("coder", "ctxrans") == "zvc":
                 raise ValueError("channel weights need an entropy coder (coder=rans or ctxrans): zvc packs every "
                                  "non-zero at the width of the largest, whatever its channel's step")
         if self.transform and not self.channel_weights:
             raise ValueError("a learned channel transform is a choice of the channel planner: it needs channel weights")
+
+    def _apply_typed_options(self) -> None:
+        """budget, granularity and allow_klt as the fields the evaluation reads (a field given too
+        must agree: dataclasses.replace passes both)."""
+        if self.granularity not in ("site", "channel"):
+            raise ValueError(f"granularity is 'site' or 'channel', got {self.granularity!r}")
+        changes: dict = {}
+        if isinstance(self.budget, SiteBudget):
+            changes = {"budget_by_sensitivity": self.budget.by_sensitivity}
+            if self.codec_params.get("budget", self.budget.error) != self.budget.error:
+                raise ValueError("give the error budget once: budget= or codec_params['budget'], not both")
+            object.__setattr__(self, "codec_params", {**self.codec_params, "budget": self.budget.error})
+        elif isinstance(self.budget, OutputBudget):
+            changes = {"output_budget": self.budget.error}
+        elif isinstance(self.budget, AgreementTarget):
+            changes = {"agreement": self.budget.agreement, "agreement_estimate": self.budget.estimate}
+        elif self.budget is not None:
+            raise ValueError(f"budget is a SiteBudget, OutputBudget or AgreementTarget, got {self.budget!r}")
+        for name, value in changes.items():
+            given = getattr(self, name)
+            if given != value and given != EvaluateConfig.__dataclass_fields__[name].default:
+                raise ValueError(f"give the error budget once: budget= or {name}=, not both")
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "channel_weights", self.channel_weights or self.granularity == "channel")
+        object.__setattr__(self, "transform", self.transform or self.allow_klt)
 
 
 def _codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
@@ -192,7 +226,7 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
         allocated, search_result = _allocate(model, calibration, config, sites, quantizers, sample, progress)
     if config.channel_weights:
         search_result.pop("reference", None)
-        coder = params.get("coder", "zvc")
+        coder = params.get("coder", "ctxrans")
         return ({s.name: allocated[s.name].pop("plan").codec(config.bits, s.batched_channel_axis, coder) for s in sites},
                 allocated, search_result)
     else:
