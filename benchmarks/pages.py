@@ -152,9 +152,11 @@ def render(name: str) -> str:
 
 
 def write_page(name: str) -> Path:
-    """Regenerate the page of benchmark `name` (its script calls this after writing the JSON)."""
+    """Regenerate the page of benchmark `name` and the index (its script calls this after writing
+    the JSON)."""
     path = PAGES / f"{name}.md"
     path.write_text(render(name))
+    (PAGES / "index.md").write_text(index())
     return path
 
 
