@@ -47,7 +47,8 @@ from torch.utils.data import Dataset
 from . import budgets, codecs, importance
 from .analysis import AnalyzeConfig, Progress, batches, calibrate
 from .codecs import klt
-from .codecs.dctcm import as_3d, channel_curves, choose, pixel_curve, sample_pixels, squared_error, step_grid
+from .codecs.dctcm import channel_curves, choose, pixel_curve, step_grid
+from .codecs.layout import as_3d, sample_pixels, squared_error
 from .errors import ActzipError
 from .lossy.options import AGREEMENT_ESTIMATES, AgreementTarget, Budget, OutputBudget, SiteBudget
 from .quant import QuantParams, code_dtype, dequantize, quantize

@@ -47,14 +47,14 @@ from numba import njit
 from ..errors import CorruptStreamError
 from .base import Codec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
 from .ctxrans import ContextRANS
+from .layout import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
+                     shape_3d, value_range, write_shape)
 from .rans import RANS
 from .zvc import ZVC
 
 MAX_GROUP = 64
-MAX_DIMS = 8
 CODERS = {"zvc": ZVC, "rans": RANS, "ctxrans": ContextRANS}
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
-STEP_RANGE = (2.0**-4, 2.0**20)
 STEPS_PER_OCTAVE = 4  # the grid channel steps live on: 2^(k/4), k in 0..MAX_STEP_INDEX
 MAX_STEP_INDEX = 80  # 2^20, the top of STEP_RANGE
 PIXEL, DCT, PIXEL_PER_CHANNEL = 0, 1, 2  # the stream's transform byte
@@ -145,32 +145,6 @@ def _dequantize_channels(q, steps, lo, hi, out):
                 out[a, c, b] = lo if v < lo else (hi if v > hi else v)
 
 
-@njit(cache=True, nogil=True)
-def squared_error(x, y):
-    """(sum((y - x)^2), sum(x^2)) over two flat arrays of the same size, in float64."""
-    err = energy = 0.0
-    for i in range(x.size):
-        v = np.float64(x[i])
-        d = np.float64(y[i]) - v
-        err += d * d
-        energy += v * v
-    return err, energy
-
-
-def relative_error(x, y) -> float:
-    """sum((y - x)^2) / sum(x^2): the error measure of every budget (0 when both are all zero, 1 for
-    any error on an all-zero x)."""
-    x, y = np.ravel(x), np.ravel(y)
-    if x.shape != y.shape:
-        raise ValueError(f"cannot compare {x.size} values with {y.size}")
-    err, energy = squared_error(x, y)
-    return err / energy if energy else float(err > 0)
-
-
-def value_range(dtype: np.dtype, bits: int) -> tuple[int, int]:
-    if dtype.kind == "i":
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
 
 
 def _keep_mask(keep, group: int) -> tuple[int, ...]:
@@ -189,48 +163,7 @@ def _keep_mask(keep, group: int) -> tuple[int, ...]:
     return mask
 
 
-def shape_3d(shape, axis: int) -> tuple[int, int, int]:
-    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
-
-def planes(c: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
-    """An inner stream c as (..., H, W) planes of the map's last two axes after the channel axis,
-    so a coder with spatial context (`ctxrans`) sees each coefficient's neighbours; as it is
-    when the map has no such plane."""
-    after = tuple(shape[axis % len(shape) + 1:])
-    if len(after) < 2 or c.size == 0:
-        return c
-    return c.reshape(-1, math.prod(after[:-1]), after[-1])
-
-
-def write_shape(shape: tuple) -> bytes:
-    """The map's shape as a stream records it: the dimension count, then each dimension."""
-    return write_varint(len(shape)) + b"".join(write_varint(d) for d in shape)
-
-
-def read_shape(buf: bytes, h, codec: str) -> tuple[list[int], int]:
-    """(shape, next position) of a `write_shape` field right after the header h; CorruptStreamError
-    unless it has 2..MAX_DIMS dimensions holding the header's value count."""
-    ndim, pos = read_varint(buf, h.size, "dimension count")
-    if not 2 <= ndim <= MAX_DIMS:
-        raise CorruptStreamError(f"{codec}: {ndim} dimensions")
-    shape = []
-    for _ in range(ndim):
-        d, pos = read_varint(buf, pos, "shape")
-        shape.append(d)
-    if math.prod(shape) != h.n:
-        raise CorruptStreamError(f"{codec}: shape {shape} does not hold the {h.n} values the header claims")
-    return shape, pos
-
-
-def as_3d(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
-    """a viewed as (outer, channels, inner) around the channel axis."""
-    if not 2 <= len(shape) <= MAX_DIMS:
-        raise ValueError(f"dctcm needs an array of 2..{MAX_DIMS} dimensions with a channel axis, "
-                         f"got shape {tuple(shape)}")
-    if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"channel axis {axis} does not exist in shape {tuple(shape)}")
-    return a.reshape(shape_3d(shape, axis % len(shape)))
 
 
 @dataclass(frozen=True)
@@ -294,21 +227,6 @@ def reconstruction(dc: np.ndarray, ac: np.ndarray, shape3: tuple, s: Settings, d
     return out
 
 
-def narrow(c: np.ndarray) -> tuple[np.ndarray, int]:
-    """c in the smallest 16-bit dtype and width that hold it; ValueError when 16 bits do not."""
-    if c.size == 0:
-        return c.astype(np.uint16), 1
-    lo, hi = int(c.min()), int(c.max())
-    if lo >= 0:
-        if hi >= 1 << 16:
-            raise ValueError(f"coefficients reach {hi}, past 16 bits: use a larger step")
-        return c.astype(np.uint16, copy=False), max(1, hi.bit_length())
-    width = max(hi.bit_length(), (-lo - 1).bit_length()) + 1
-    if width > 16:
-        raise ValueError(f"coefficients span [{lo}, {hi}], past 16 bits: use a larger step")
-    return c.astype(np.int16, copy=False), width
-
-
 def _estimated_bits(c: np.ndarray, coder: str) -> float:
     """What an inner stream of c costs, without coding it (zvc exactly up to padding; rans ~ its
     order-0 entropy, and so an upper bound for ctxrans)."""
@@ -333,18 +251,6 @@ def step_index(step: float) -> int:
     if not 0 <= k <= MAX_STEP_INDEX or abs(2.0 ** (k / STEPS_PER_OCTAVE) - step) > 1e-9 * step:
         raise ValueError(f"channel steps must be 2^(k/{STEPS_PER_OCTAVE}) for k in 0..{MAX_STEP_INDEX}, got {step!r}")
     return k
-
-
-def sample_pixels(x3: np.ndarray, max_values: int) -> np.ndarray:
-    """A regular subsample of the pixels of x3 (all channels kept) of at most about max_values values."""
-    A, C, B = x3.shape
-    if x3.size <= max_values:
-        return x3
-    pixels = max(1, max_values // C)
-    stride_a = max(1, -(-A // pixels))
-    x3 = x3[::stride_a]
-    stride_b = max(1, -(-(x3.shape[0] * B) // pixels))
-    return np.ascontiguousarray(x3[:, :, ::stride_b])
 
 
 def settings_cost(x3: np.ndarray, s: Settings, bits: int, coder: str) -> tuple[float, float]:
@@ -373,19 +279,6 @@ def pixel_curve(x, bits: int, coder: str = "zvc", axis: int = 1, max_values: int
         err, total = settings_cost(x3, Settings(False, 1, (1,), float(step)), bits, coder)
         points.append({"step": float(step), "error": err, "bits_per_value": total / max(x3.size, 1)})
     return points
-
-
-def channel_entropy(q3: np.ndarray) -> np.ndarray:
-    """Order-0 entropy in bits per value of each channel of q3 (A, C, B)."""
-    q = q3.transpose(1, 0, 2).reshape(q3.shape[1], -1).astype(np.int64)
-    C, n = q.shape
-    if n == 0:
-        return np.zeros(C)
-    q -= q.min()
-    width = int(q.max()) + 1
-    counts = np.bincount((q + width * np.arange(C)[:, None]).ravel(), minlength=C * width).reshape(C, width)
-    p = counts / n
-    return -(p * np.log2(np.where(counts > 0, p, 1.0))).sum(axis=1)
 
 
 def channel_curves(x, bits: int, axis: int = 1, max_values: int = 1 << 20) -> dict:

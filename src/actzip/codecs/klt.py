@@ -52,8 +52,8 @@ from numba import njit
 from ..errors import CorruptStreamError
 from .base import Codec, check_input, pack_header, parallel_map, parse_header, register, stream_bytes
 from .ctxrans import ContextRANS
-from .dctcm import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
-                    shape_3d, value_range, write_shape)
+from .layout import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
+                     shape_3d, value_range, write_shape)
 from .rans import RANS
 
 MAX_CHANNELS = 512  # the basis grows as C^2: 512 channels keep it (as float16, base64) under the container's header limit
