@@ -119,3 +119,11 @@ def test_every_codec_documents_each_of_its_parameters():
         assert doc, name
         missing = [p for p in params if f"{p}:" not in doc]
         assert not missing, (name, missing)
+
+
+def test_the_lossy_codecs_declare_their_reconstruction():
+    from actzip import codecs
+
+    lossy = {n for n, c in codecs.registry().items() if not c.lossless}
+    assert lossy == {n for n, c in codecs.registry().items() if issubclass(c, codecs.LossyCodec)} == {"dctcm", "klt"}
+    assert "reconstruct" in codecs.LossyCodec.__abstractmethods__

@@ -268,7 +268,7 @@ def _calibration_sample(model: nn.Module, calibration_set: Dataset, config: Eval
 
 
 def _outputs(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams],
-             coders: dict[str, codecs.Codec]) -> tuple[np.ndarray, float]:
+             coders: dict[str, codecs.LossyCodec]) -> tuple[np.ndarray, float]:
     """The model's outputs over the calibration batches with every site quantized and the sites in
     `coders` replaced by their codec's reconstruction, and the relative squared error at those sites."""
     error = [0.0, 0.0]

@@ -15,7 +15,7 @@ import inspect
 from ..errors import ActzipError
 # Import order is the listing order: the baseline first, the byte compressors last.
 from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, dctcm, klt  # noqa: F401,I001  (each registers its codec)
-from .base import Codec, registry
+from .base import Codec, LossyCodec, registry
 
 
 def names(lossy: bool = False) -> list[str]:
@@ -47,4 +47,4 @@ def from_config(config: dict) -> Codec:
     return get(config["id"], **{k: v for k, v in config.items() if k != "id"})
 
 
-__all__ = ["Codec", "from_config", "get", "names", "summary"]
+__all__ = ["Codec", "LossyCodec", "from_config", "get", "names", "summary"]

@@ -203,6 +203,19 @@ class Codec(ABC):
         return hash(repr(sorted(self.get_config().items())))
 
 
+class LossyCodec(Codec):
+    """A codec whose decode returns an approximation of its input: it also says what that will be
+    without coding (`reconstruct`), which the lossy searches call many times, and may need side
+    information held by the decoder (`side_bytes`, a learned transform)."""
+
+    lossless: ClassVar[bool] = False
+
+    @abstractmethod
+    def reconstruct(self, a_in) -> np.ndarray:
+        """decode(encode(a_in)) without the entropy coding: the same 1-D array, faster."""
+
+
+
 def stream_bytes(buf) -> bytes:
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode takes bytes, got {type(buf).__name__}")

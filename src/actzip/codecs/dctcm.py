@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
+from .base import Codec, LossyCodec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
 from .ctxrans import ContextRANS
 from .layout import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
                      shape_3d, value_range, write_shape)
@@ -334,7 +334,7 @@ DEFAULT_BUDGET = 1e-3  # relative squared error of a dctcm given no settings: ~0
 
 
 @register
-class DCTCM(Codec):
+class DCTCM(LossyCodec):
     """DCT-CM: channel-group DCT, frequency mask, re-quantization, entropy coding (lossy).
 
     Parameters:
@@ -352,7 +352,6 @@ class DCTCM(Codec):
     """
 
     codec_id = "dctcm"
-    lossless = False
 
     def __init__(self, bits: int | None = None, group: int = 8, keep=None, step: float | None = None,
                  transform: bool = True, coder: str = "ctxrans", axis: int = 1, budget: float | str | None = "auto",

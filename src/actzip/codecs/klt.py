@@ -50,7 +50,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import Codec, check_input, pack_header, parallel_map, parse_header, register, stream_bytes
+from .base import LossyCodec, check_input, pack_header, parallel_map, parse_header, register, stream_bytes
 from .ctxrans import ContextRANS
 from .layout import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
                      shape_3d, value_range, write_shape)
@@ -214,7 +214,7 @@ def _array(value, dtype, what: str, channels: int | None = None, square: bool = 
 
 
 @register
-class KLT(Codec):
+class KLT(LossyCodec):
     """KLT: a per-site learned channel transform with mean-error offsets, coded by ctxrans (lossy).
 
     Parameters:
@@ -228,7 +228,6 @@ class KLT(Codec):
     """
 
     codec_id = "klt"
-    lossless = False
 
     def __init__(self, bits: int | None = None, basis=None, mean=None, offsets=None, step: float = 1.0,
                  axis: int = 1, coder: str = "ctxrans"):
