@@ -171,3 +171,21 @@ def test_train_options_are_the_fields_of_the_training_config():
 
     options = set(inspect.signature(train).parameters) - {"out_dir", "resume"}
     assert options == {f.name for f in dataclasses.fields(TrainConfig)} - {"bits", "codecs"}
+
+
+def test_plot_draws_rate_against_distortion_across_evaluate_runs(tmp_path):
+    import json
+
+    for i, compression in enumerate((2.0, 3.0, 4.0)):
+        report = {"codec": "dctcm", "codec_params": {"coder": "ctxrans"}, "bits": 8, "compression": compression,
+                  "agreement": {"compressed": 1 - 0.01 * i}, "output_error": {"compressed": 1e-3 * (i + 1)}}
+        (tmp_path / f"e{i}.json").write_text(json.dumps(report))
+    out = tmp_path / "rd.png"
+    r = run("plot", *[str(tmp_path / f"e{i}.json") for i in range(3)], "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text(json.dumps({"totals": {}}))
+    r = run("plot", str(tmp_path / "bad.json"), "--out", str(tmp_path / "no.png"))
+    assert r.exit_code == 2 and "not an `actzip evaluate` report" in r.output and not (tmp_path / "no.png").exists()
+    r = run("plot", str(tmp_path / "missing.json"), "--out", str(tmp_path / "no.png"))
+    assert r.exit_code == 2 and "cannot read" in r.output

@@ -500,6 +500,28 @@ def _print_evaluation(report: dict, note: str | None, out_file: Path) -> None:
               f"compression {_ratio(report['compression'])} vs {report['bits']}-bit raw; wrote {out_file}")
 
 
+@app.command()
+@_cli_errors
+def plot(
+    reports: list[Path] = typer.Argument(..., help="JSON reports written by `actzip evaluate --out`"),
+    out_file: Path = typer.Option(Path("runs/rate_distortion.png"), "--out", help="the PNG to write"),
+):
+    """Draw rate against agreement and output error across `actzip evaluate` runs."""
+    import json
+
+    from .report import plot_runs
+
+    loaded = {}
+    for path in reports:
+        try:
+            loaded[str(path)] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ActzipError(f"cannot read {path}: {e}") from None
+    if not out_file.parent.exists():
+        raise ActzipError(f"the folder of --out, {out_file.parent}, does not exist")
+    out.print(f"wrote {plot_runs(loaded, out_file)}")
+
+
 bench = typer.Typer(no_args_is_help=True, help="Measure actzip's runtime on this machine.")
 app.add_typer(bench, name="bench")
 

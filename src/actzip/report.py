@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from .errors import ActzipError
 from .fileio import atomic_write, writable_dir
 
 
@@ -102,6 +103,42 @@ def _compression_chart(report: dict, b: str, width: float, path: Path) -> Path:
                  + (f" (the {len(codecs)} best codecs)" if len(codecs) < len(_codecs(report)) else ""))
     ax.set_xticks(x, [s["name"] for s in sites], rotation=90, fontsize=6)
     ax.legend(fontsize=7, ncol=min(6, len(codecs)))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+EVALUATE_KEYS = ("codec", "bits", "compression", "agreement", "output_error")
+
+
+def plot_runs(reports: dict[str, dict], path: Path) -> Path:
+    """Rate against distortion for `evaluate` reports (name: report), CompressAI-style: bits per
+    value (the bit width over the compression ratio) against the top-1 agreement with the float
+    model and against the output's relative squared error; the runs of one codec setting joined by
+    a line, in order of rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, r in reports.items():
+        missing = [k for k in EVALUATE_KEYS if k not in r]
+        if missing or not isinstance(r.get("agreement"), dict):
+            raise ActzipError(f"{name} is not an `actzip evaluate` report (no {', '.join(missing) or 'agreement'})")
+    groups: dict[str, list] = {}
+    for r in reports.values():
+        setting = r["codec"] + "".join(f" {k}={v}" for k, v in sorted(r.get("codec_params", {}).items()) if k != "budget")
+        groups.setdefault(setting, []).append((r["bits"] / r["compression"], 100 * r["agreement"]["compressed"],
+                                               r["output_error"]["compressed"]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for setting, points in list(groups.items())[:MAX_SERIES]:
+        rate, agreement, error = zip(*sorted(points))
+        left.plot(rate, agreement, marker="o", label=setting)
+        right.plot(rate, error, marker="o", label=setting)
+    left.set(xlabel="bits per activation value", ylabel="top-1 agreement with the float model (%)",
+             title="agreement against rate")
+    right.set(xlabel="bits per activation value", ylabel="relative squared error of the output", yscale="log",
+              title="output error against rate")
+    left.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
