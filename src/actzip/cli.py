@@ -207,7 +207,8 @@ def _weights_note(model: str, weights: Optional[Path]) -> str | None:
 def analyze(
     model: str = typer.Option("efficientnet-lite0", help="registered name, torchvision/<arch>, or module:factory"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load into the model"),
-    images: Optional[str] = typer.Option(None, help="image folder, 'photos' (default), or 'fashion-mnist'"),
+    images: Optional[str] = typer.Option(None, "--images", "--dataset",
+                                         help="image folder, 'photos' (default), or 'fashion-mnist'"),
     limit: Optional[int] = typer.Option(None, help="analyze at most this many images"),
     bits: str = typer.Option("8,16", help="comma-separated bit widths, 2..16"),
     batch_size: int = typer.Option(16, help="images per forward pass"),
@@ -587,6 +588,8 @@ def compile_model(
     batch: int = typer.Option(8, help="images per forward pass of the example (any batch runs later)"),
     size: Optional[int] = typer.Option(None, help="input height and width (default: the model's input size)"),
     threads: int = typer.Option(1, help="intra-op threads to measure and run with"),
+    standalone: bool = typer.Option(False, "--standalone", help="the model will run on its own, not among "
+                                    "PyTorch ops: onnxruntime, if chosen, keeps its threads spinning between calls"),
 ):
     """Compile a model for CPU inference, choosing each conv's path by measuring, and save it:
     `actzip.runtime.load(path)` runs it in another process without the original model."""
@@ -609,7 +612,7 @@ def compile_model(
             attach_pixel_masks(net, masks, example).update(1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no pixel masks": said in the summary below
-        compiled = compile_for(net, example)
+        compiled = compile_for(net, example, standalone=standalone)
     save(compiled, out_file)
     out.print(f"{model}: {compiled.note}; engine {compiled.engine}; wrote {out_file}")
 
