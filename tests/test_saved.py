@@ -106,13 +106,3 @@ def test_cli_compile_writes_a_model_that_loads(tmp_path):
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     r = CliRunner().invoke(app, ["compile", "--model", "resnet20", "--sparsity", "1.5", "--out", str(tmp_path / "x.azc")])
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "x.azc").exists()
-
-
-def test_a_standalone_model_keeps_onnxruntime_spinning_through_save_and_load(tmp_path):
-    x = torch.rand(2, 1, 28, 28)
-    for standalone in (False, True):
-        compiled = compile(_model(lambda: resnet20(width=0.5), 0.0, x), x, repeats=1, standalone=standalone)
-        assert compiled.onnxruntime.spinning is standalone
-        compiled.engine = "onnxruntime"
-        save(compiled, tmp_path / "m.azc")
-        assert load(tmp_path / "m.azc").onnxruntime.spinning is standalone

@@ -588,8 +588,6 @@ def compile_model(
     batch: int = typer.Option(8, help="images per forward pass of the example (any batch runs later)"),
     size: Optional[int] = typer.Option(None, help="input height and width (default: the model's input size)"),
     threads: int = typer.Option(1, help="intra-op threads to measure and run with"),
-    standalone: bool = typer.Option(False, "--standalone", help="the model will run on its own, not among "
-                                    "PyTorch ops: onnxruntime, if chosen, keeps its threads spinning between calls"),
 ):
     """Compile a model for CPU inference, choosing each conv's path by measuring, and save it:
     `actzip.runtime.load(path)` runs it in another process without the original model."""
@@ -612,7 +610,7 @@ def compile_model(
             attach_pixel_masks(net, masks, example).update(1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no pixel masks": said in the summary below
-        compiled = compile_for(net, example, standalone=standalone)
+        compiled = compile_for(net, example)
     save(compiled, out_file)
     out.print(f"{model}: {compiled.note}; engine {compiled.engine}; wrote {out_file}")
 

@@ -75,11 +75,10 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
     elif not mask_sparsity(model):
         raise ValueError("the model carries no pixel masks: give a sparsity to time random masks")
     sparsities = mask_sparsity(model)
-    compiled = compile(model, example, engines=engines, standalone=True)  # as the engines it is timed against
+    compiled = compile(model, example, engines=engines)
     runs = _dense_engines(model, example, torch_compile)
     if sparsities:
-        runs["compiled_dense"] = (compile(_open_masks(model), example, verify=False, engines=engines, standalone=True),
-                                  example)
+        runs["compiled_dense"] = (compile(_open_masks(model), example, verify=False, engines=engines), example)
     runs["compiled"] = (compiled, example)
     # actzip's own graph, also where the whole-model choice handed the model to onnxruntime
     runs["actzip_graph"] = (lambda x: compiled.graph_module(x.contiguous(memory_format=torch.channels_last)), example)

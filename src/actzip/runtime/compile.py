@@ -192,14 +192,12 @@ class CompiledModel(nn.Module):
 
 
 def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: bool = True,
-            hold_memory: bool = True, engines: tuple[str, ...] = ENGINES, standalone: bool = False) -> CompiledModel:
+            hold_memory: bool = True, engines: tuple[str, ...] = ENGINES) -> CompiledModel:
     """`model` (pixel masks from `actzip.sparsify.pixelmask`, or none) compiled for inputs shaped like
     `example`; each masked conv, and each 1x1 conv whose input has zeros, runs its faster path,
     measured here with `repeats` runs. With "onnxruntime" in `engines` (and onnxruntime installed),
     the whole masked model also runs in onnxruntime, and the faster of the two engines on the example
-    is kept (`CompiledModel.engine`). `hold_memory`: see the module doc. `standalone`: the model runs
-    on its own, not among PyTorch ops, so onnxruntime keeps its idle threads spinning as it does
-    standalone (faster at several threads) and is measured that way; else they sleep between calls."""
+    is kept (`CompiledModel.engine`). `hold_memory`: see the module doc."""
     unknown = set(engines) - set(ENGINES)
     if unknown or "actzip" not in engines:
         raise ValueError(f"engines are {ENGINES}, actzip's own always among them; got {engines}")
@@ -224,9 +222,8 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     _hand_over_kept_rows(gm, {c.name: c for c in layers})
     result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
     if "onnxruntime" in engines and onnx.available():
-        # spinning only standalone: among PyTorch's ops, spinning threads would take the cores they need
-        session = onnx.onnxruntime_session(fold_batchnorm(model), example, spinning=standalone)
-        result.choose_engine(session, example, repeats)
+        # not spinning: a compiled model runs among PyTorch's ops, whose threads need the cores
+        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example, spinning=False), example, repeats)
     if verify:
         with torch.no_grad():
             want, got = model(example), result(example)

@@ -50,7 +50,7 @@ class Session:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.onnx, self.spinning = onnx, spinning
+        self.onnx = onnx
         self.session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor):

@@ -48,7 +48,6 @@ def save(compiled: CompiledModel, path: str | Path) -> None:
             "layers": [asdict(c) for c in compiled.layers]}
     if compiled.engine == "onnxruntime":
         tensors["onnx"] = torch.frombuffer(bytearray(compiled.onnxruntime.onnx), dtype=torch.uint8)
-        meta["spinning"] = compiled.onnxruntime.spinning
     else:
         meta["modules"] = {name: _module_spec(name, m, tensors) for name, m in _leaves(compiled.graph_module)}
         meta["graph"] = [_node_spec(n) for n in compiled.graph_module.graph.nodes]
@@ -74,8 +73,7 @@ def load(path: str | Path) -> CompiledModel:
 
         graph = fx.GraphModule(nn.Module(), fx.Graph())
         result = CompiledModel(graph, layers, tuple(meta["input_shape"]), meta["note"])
-        result.engine = "onnxruntime"
-        result.onnxruntime = session_from_bytes(tensors["onnx"].numpy().tobytes(), bool(meta.get("spinning", False)))
+        result.engine, result.onnxruntime = "onnxruntime", session_from_bytes(tensors["onnx"].numpy().tobytes())
     else:
         result = CompiledModel(_graph(meta, tensors), layers, tuple(meta["input_shape"]), meta["note"])
     result.engine_ms, result.max_abs_error = meta["engine_ms"], meta["max_abs_error"]
