@@ -65,9 +65,9 @@ def _bar_charts(report: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(width, 4))
     ax.bar(x, [s["zero_fraction"] for s in sites], color="tab:blue")
     ax.set_ylabel("zero fraction")
-    ax.set_xlabel("activation site (the map each named module outputs)")
+    ax.set_xlabel("activation site: the input of the layer named")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{report['model']}: zeros per activation site ({report['images']} images)")
+    ax.set_title(f"{report['model']}: zeros in the input of each layer ({report['images']} images)")
     ax.set_xticks(x, labels, rotation=90, fontsize=6)
     fig.tight_layout()
     paths.append(_save(fig, out / "zero_fraction.png"))
@@ -98,8 +98,8 @@ def _compression_chart(report: dict, b: str, width: float, path: Path) -> Path:
         ax.bar([v - 0.4 + step * (i + 0.5) for v in x], ratios, width=step, label=c)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_ylabel(f"compression ratio over raw {b}-bit codes")
-    ax.set_xlabel("activation site (the map each named module outputs)")
-    ax.set_title(f"{report['model']}: compression of each activation map at {b} bits"
+    ax.set_xlabel("activation site: the input of the layer named")
+    ax.set_title(f"{report['model']}: compression of the input of each layer at {b} bits"
                  + (f" (the {len(codecs)} best codecs)" if len(codecs) < len(_codecs(report)) else ""))
     ax.set_xticks(x, [s["name"] for s in sites], rotation=90, fontsize=6)
     ax.legend(fontsize=7, ncol=min(6, len(codecs)))
