@@ -192,14 +192,15 @@ def _ratio(r: float) -> str:
     return f"{r:.3f}x" + (" (larger than raw)" if r < 1 else "")
 
 
-def _weights_note(model: str, weights: Optional[Path]) -> str | None:
-    """A line for the terminal where `model` runs with random weights, else None."""
+def _weights_note(model: str, weights: Optional[Path]) -> tuple[str | None, str]:
+    """(a line for the terminal where `model` runs with random weights, else None; the report's
+    "weights" field)."""
     from . import models
 
     if models.has_trained_weights(model, weights):
-        return None
+        return None, str(weights or "shipped")
     return (f"note: {model} runs with random weights (it ships none and no --weights was given): "
-            "the figures describe an untrained network")
+            "the figures describe an untrained network"), "random (untrained)"
 
 
 @app.command()
@@ -245,7 +246,7 @@ def analyze(
     preprocess = _preprocessing(models.preprocessing(model), size, mean, std)
     net = broadcast_module(models.load(model, weights=weights))
     dataset = open_images(images, preprocess)
-    note = _weights_note(model, weights)
+    note, weights_field = _weights_note(model, weights)
     if note and is_main():
         err.print(note)
     bar, update = _progress()
@@ -254,7 +255,7 @@ def analyze(
                               progress=update if is_main() else None)
     if not is_main():
         return
-    report["weights"] = "random (untrained)" if note else str(weights or "shipped")
+    report["weights"] = weights_field
     out.print(_site_table(report))
     out.print(_codec_table(report))
     tot = report["totals"]
@@ -475,8 +476,8 @@ def evaluate(
     bar, update = _progress()
     with output_dir(out_file.parent), bar:  # checked before the long run, and gone if it fails
         report = run_evaluation(net, dataset, config, progress=update, calibration=calibration)
-        report["model"], note = model, _weights_note(model, weights)
-        report["weights"] = "random (untrained)" if note else str(weights or "shipped")
+        note, report["weights"] = _weights_note(model, weights)
+        report["model"] = model
         atomic_write(out_file, json.dumps(report, indent=1).encode())
     _print_evaluation(report, note, out_file)
 
