@@ -185,3 +185,40 @@ def test_max_pool_falls_back_to_pytorch_where_the_kernel_does_not_fit():
         want = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)(x)
         assert torch.equal(pool(x), want)
     assert not CompiledMaxPool2d(3, 2, 1).fits(x)
+
+
+DEPTHWISE = [(17, 3, 1), (40, 5, 2), (100, 3, 1), (130, 3, 2), (64, 3, 1), (16, 1, 1)]  # channels, kernel, stride
+
+
+@pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
+def test_depthwise_kernel_reads_a_masked_input_as_its_value(monkeypatch, isa):
+    """The producer's masked pixels hold NaN here: the kernel must read its masked value instead."""
+    from actzip.runtime.conv import CompiledConv2d, Workspace
+    from actzip.runtime.fold import MaskedConv2d
+
+    if isa not in ISAS_HERE:
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ACTZIP_ISA", isa)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    for i, (c, k, stride) in enumerate(DEPTHWISE):
+        g = torch.Generator().manual_seed(i)
+        base = nn.Conv2d(c, c, k, stride, k // 2, groups=c)
+        ho, wo = (11 + 2 * (k // 2) - k) // stride + 1, (9 + 2 * (k // 2) - k) // stride + 1
+        mask = (torch.rand(1, 1, ho, wo, generator=g) > 0.4).float()
+        conv = MaskedConv2d(base, torch.randn(c, 1, k, k, generator=g), torch.randn(c, generator=g), mask,
+                            torch.randn(c, generator=g))
+        kept_in = (torch.rand(11 * 9, generator=g) > 0.3).nonzero().reshape(-1)
+        fill_in = torch.randn(c, generator=g)
+        x = torch.randn(2, c, 11, 9, generator=g).contiguous(memory_format=torch.channels_last)
+        keep = torch.zeros(11 * 9, dtype=torch.bool)
+        keep[kept_in] = True
+        with torch.no_grad():
+            want = conv(torch.where(keep.reshape(1, 1, 11, 9), x, fill_in.reshape(1, c, 1, 1))).clamp(0, 6)
+        x.permute(0, 2, 3, 1).reshape(2, -1, c)[:, ~keep] = float("nan")  # never written by the producer
+        fast = CompiledConv2d(conv, (0.0, 6.0), tuple(x.shape), Workspace())
+        fast.path = "sparse"
+        fast.read_masked_input(kept_in, fill_in)
+        compact = x.permute(0, 2, 3, 1).reshape(2, -1, c)[:, kept_in].reshape(-1, c)
+        for source in (x, compact):
+            got = fast(source)
+            assert not got.isnan().any() and (got - want).abs().max() <= 1e-5 * want.abs().max(), (c, k, stride)

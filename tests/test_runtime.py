@@ -58,7 +58,8 @@ def test_masked_pixels_carry_the_batchnorm_of_zero_not_zero():
 
 from actzip.errors import ActzipWarning  # noqa: E402
 from actzip.runtime import CompiledConv2d, compile  # noqa: E402
-from actzip.runtime.compile import _hand_over_kept_rows  # noqa: E402
+from actzip.runtime import native  # noqa: E402
+from actzip.runtime.compile import _chains, _hand_over, _hand_over_pairs  # noqa: E402
 from actzip.runtime.conv import Workspace  # noqa: E402
 
 OWN = ("actzip",)  # these tests check actzip's graph, not the whole-model engine choice
@@ -107,7 +108,7 @@ def test_both_paths_equal_the_masked_conv(name, bounds):
             assert (got - want).abs().max() <= 1e-4 * want.abs().max(), path.__name__
             got = path(x[:1].contiguous(memory_format=torch.channels_last))  # another batch size
             assert (got - want[:1]).abs().max() <= 1e-4 * want.abs().max(), path.__name__
-    assert fast.sparse_capable == (groups == 1)
+    assert fast.sparse_capable == (groups == 1 or groups == cin == cout and native.available())
 
 
 @pytest.mark.parametrize("name", ["1x1", "3x3", "3x3 stride 2"])
@@ -169,15 +170,21 @@ def test_compiled_model_equals_the_masked_model_on_either_path(build):
             m.path = "sparse" if m.sparse_capable else "dense"
             m.feeds_kept_only = False
         assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
-        # nor must handing kept rows from conv to 1x1 conv (MobileNet's depthwise -> pointwise pairs)
-        _hand_over_kept_rows(compiled.graph_module, {c.name: c for c in compiled.layers})
+        # nor must handing kept rows over (MobileNet's pointwise -> depthwise -> pointwise chains)
+        pairs = _hand_over_pairs(compiled.graph_module)
+        _hand_over(dict(compiled.graph_module.named_modules()), pairs)
         handing = [m for m in convs if m.feeds_kept_only]
         assert bool(handing) == any(m.groups > 1 for m in convs)
         assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
     report = compiled.report()
     assert report["convs"] == len(convs) and report["max_abs_error"] <= 1e-4 * float(want.abs().max())
-    chosen = [c for c in compiled.layers if c.dense_ms is not None]
-    assert chosen and all(c.path == ("sparse" if c.sparse_ms < c.dense_ms else "dense") for c in chosen)
+    chosen = {c.name: c for c in compiled.layers if c.dense_ms is not None}
+    chains = _chains(pairs, set(chosen))
+    for c in chosen.values():  # the faster path, of the conv alone or of its hand-over chain
+        timed = [chosen[n] for n in chains.get(c.name, [c.name])]
+        faster = sum(t.sparse_ms for t in timed) < sum(t.dense_ms for t in timed)
+        assert c.path == ("sparse" if faster else "dense"), c.name
+    assert chosen and (len(chains) > 0) == any(m.groups > 1 for m in convs)
     assert "masked convs run sparse" in compiled.summary()
 
 
@@ -265,12 +272,40 @@ def test_a_sparse_conv_hands_its_kept_rows_to_a_sparse_1x1_conv():
     compiled = compile(model, x, repeats=1, engines=OWN)
     first, second = [m for m in compiled.modules() if isinstance(m, CompiledConv2d)]
     first.path = second.path = "sparse"
-    _hand_over_kept_rows(compiled.graph_module, {c.name: c for c in compiled.layers})
+    _hand_over(dict(compiled.graph_module.named_modules()), _hand_over_pairs(compiled.graph_module))
     assert first.feeds_kept_only and not second.feeds_kept_only
     with torch.no_grad():
         assert first(x.contiguous(memory_format=torch.channels_last)).dim() == 2  # rows, not a map
         want = model(x)
         assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@pytest.mark.skipif(not native.available(), reason="the depthwise kept-pixel kernel is compiled")
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("expand_path", ["dense", "sparse"])
+def test_a_depthwise_conv_reads_only_the_kept_pixels_its_producer_writes(stride, expand_path):
+    """MobileNet's expand -> depthwise -> project: the expand conv writes its kept pixels alone (as
+    rows on the sparse path, in place on the dense one), the depthwise conv reads the others as their
+    masked value and hands its own kept rows to the project conv."""
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(
+        nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32), nn.ReLU6(), nn.Conv2d(32, 32, 3, stride, 1, groups=32),
+        nn.BatchNorm2d(32), nn.ReLU6(), nn.Conv2d(32, 12, 1), nn.BatchNorm2d(12)))
+    x = torch.rand(3, 8, 11, 13)
+    attach_pixel_masks(model, PixelMask(0.4), x).update(1.0)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    modules = dict(compiled.graph_module.named_modules())
+    expand, depthwise, project = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
+    expand.path, depthwise.path, project.path = expand_path, "sparse", "sparse"
+    assert len(_hand_over(modules, _hand_over_pairs(compiled.graph_module))) == 2
+    assert expand.feeds_kept_only and depthwise.feeds_kept_only and depthwise.input_kept_pixels is not None
+    with torch.no_grad():
+        rows = expand(x.contiguous(memory_format=torch.channels_last))
+        assert rows.dim() == (2 if expand_path == "sparse" else 4)
+        assert depthwise(rows).shape == (3 * depthwise.kept_pixels.numel(), 32)
+        want = model(x)
+        for batch in (3, 1):  # and another batch size
+            assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_a_compiled_model_leaves_the_thread_count_as_set():

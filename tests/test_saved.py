@@ -14,6 +14,7 @@ from actzip.errors import ActzipError
 from actzip.models.small import mobilenet_v1, resnet20
 from actzip.runtime.pool import CompiledMaxPool2d
 from actzip.runtime import compile, load, save
+from actzip.runtime.compile import _hand_over, _hand_over_pairs
 from actzip.sparsify import PixelMask, attach_pixel_masks
 
 LOAD_AND_RUN = """
@@ -61,6 +62,8 @@ def test_a_saved_model_runs_in_a_new_process(build, sparsity, engine, tmp_path):
         for m in compiled.modules():  # and every path of the graph
             if getattr(m, "sparse_capable", False) and m.masked:
                 m.path = "sparse"
+        gm = compiled.graph_module  # with every hand-over of kept pixels those paths allow
+        _hand_over(dict(gm.named_modules()), _hand_over_pairs(gm))
     save(compiled, tmp_path / "m.azc")
     np.save(tmp_path / "x.npy", x.numpy())
     p = subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(tmp_path / "m.azc"), str(tmp_path / "x.npy"),

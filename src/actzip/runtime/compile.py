@@ -97,10 +97,11 @@ def _residual_add(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 
 
 def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: torch.Tensor,
-                   repeats: int) -> dict[str, dict[str, float]]:
+                   repeats: int, pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
     """Median ms of each conv in `convs` on the dense path and on its own other path
     (`conv.alternative`), timed inside whole runs of the model with every conv of `convs` on the
-    same side (the runs alternate between the sides)."""
+    same side (the runs alternate between the sides), and the hand-over `pairs` on where they apply."""
+    modules = dict(gm.named_modules())
     times = {name: {"dense": [], conv.alternative: []} for name, conv in convs.items()}
     started: dict[str, float] = {}
     hooks = []
@@ -114,6 +115,7 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
                 for side in ("dense", "alternative"):
                     for conv in convs.values():
                         conv.path = "dense" if side == "dense" else conv.alternative
+                    _hand_over(modules, pairs)
                     gm(example)
                 if r == 0:
                     for t in times.values():
@@ -216,10 +218,15 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
             else None
         if conv.alternative:
             candidates[name] = conv
-    ms = _time_in_model(gm, candidates, example, repeats) if candidates else {}
-    layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], ms.get(name), zeros.get(name))
+    pairs = _hand_over_pairs(gm)
+    ms = _time_in_model(gm, candidates, example, repeats, pairs) if candidates else {}
+    chains = _chains(pairs, set(ms))
+    layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], ms.get(name), zeros.get(name),
+                                              [ms[n] for n in chains.get(name, [])])
               for name in order]
-    _hand_over_kept_rows(gm, {c.name: c for c in layers})
+    choices = {c.name: c for c in layers}
+    for producer, consumer in _hand_over(modules, pairs):
+        choices[producer].reason += f"; hands its kept pixels alone to {consumer}"
     result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
     if "onnxruntime" in engines and onnx.available():
         # not spinning: a compiled model runs among PyTorch's ops, whose threads need the cores
@@ -310,10 +317,12 @@ def _note(layers: list[LayerChoice]) -> str:
     return note + zeros_note
 
 
-def _hand_over_kept_rows(gm: fx.GraphModule, choices: dict[str, LayerChoice]) -> None:
-    """Mark each masked conv whose only consumer is a sparse 1x1 conv with the same mask: that
-    consumer reads the kept pixels alone, so the producer skips the masked ones (see conv.py)."""
-    modules = dict(gm.named_modules())
+def _hand_over_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """(producer, consumer) for each masked conv whose only consumer can read its kept pixels alone
+    when that consumer runs sparse, so that the producer may skip the masked ones (see conv.py): a 1x1
+    conv with the same mask, or a depthwise conv, which reads the producer's masked pixels as its
+    masked value."""
+    modules, pairs = dict(gm.named_modules()), []
     for node in gm.graph.nodes:
         producer = modules.get(node.target) if node.op == "call_module" else None
         if not isinstance(producer, CompiledConv2d) or not producer.masked or producer.residual \
@@ -321,12 +330,41 @@ def _hand_over_kept_rows(gm: fx.GraphModule, choices: dict[str, LayerChoice]) ->
             continue
         user = next(iter(node.users))
         consumer = modules.get(user.target) if user.op == "call_module" else None
-        if (isinstance(consumer, CompiledConv2d) and consumer.masked and consumer.path == "sparse"
-                and consumer.kernel_size == (1, 1) and consumer.stride == (1, 1) and consumer.pads == (0, 0, 0, 0)
-                and consumer.input_hw == producer.output_hw and user.args[0] is node
-                and torch.equal(consumer.kept_pixels, producer.kept_pixels)):
-            producer.feeds_kept_only = True
-            choices[node.target].reason += f"; hands its kept pixels alone to {user.target}"
+        if not (isinstance(consumer, CompiledConv2d) and consumer.masked and consumer.sparse_capable
+                and consumer.input_hw == producer.output_hw and user.args[0] is node):
+            continue
+        pointwise = consumer.kernel_size == (1, 1) and consumer.stride == (1, 1) and consumer.pads == (0, 0, 0, 0)
+        if consumer.depthwise and consumer.native or pointwise and not consumer.depthwise \
+                and torch.equal(consumer.kept_pixels, producer.kept_pixels):
+            pairs.append((node.target, user.target))
+    return pairs
+
+
+def _hand_over(modules: dict[str, nn.Module], pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Switch the hand-over of each pair on where its consumer runs sparse, off elsewhere; the pairs
+    switched on."""
+    on = []
+    for producer_name, consumer_name in pairs:
+        producer, consumer = modules[producer_name], modules[consumer_name]
+        sparse = consumer.path == "sparse"
+        producer.feeds_kept_only = sparse
+        if consumer.depthwise:
+            consumer.read_masked_input(producer.kept_pixels if sparse else None, producer.fill if sparse else None)
+        if sparse:
+            on.append((producer_name, consumer_name))
+    return on
+
+
+def _chains(pairs: list[tuple[str, str]], names: set[str]) -> dict[str, list[str]]:
+    """For each conv of `names` linked by hand-over pairs to others of `names`, its whole chain."""
+    chain_of: dict[str, list[str]] = {}
+    for producer, consumer in pairs:
+        if producer in names and consumer in names:
+            first, second = chain_of.get(producer, [producer]), chain_of.get(consumer, [consumer])
+            if first is not second:
+                for name in (joined := first + second):
+                    chain_of[name] = joined
+    return chain_of
 
 
 def _sparse_candidate(conv: CompiledConv2d) -> bool:
@@ -334,12 +372,20 @@ def _sparse_candidate(conv: CompiledConv2d) -> bool:
 
 
 def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: dict[str, float] | None,
-            zeros: float | None) -> LayerChoice:
+            zeros: float | None, chain: list[dict[str, float]]) -> LayerChoice:
+    """The path of one conv: the faster one as timed, or for a conv in a hand-over `chain` (the
+    timings of its convs), the one faster for the whole chain, since each conv's time there depends
+    on whether its neighbours hand over."""
     def choice(path, reason, dense_ms=None, sparse_ms=None):
         conv.path = path
         return LayerChoice(name, conv.kernel_size, conv.stride, conv.groups, input_shape, conv.macs(input_shape[0]),
                            conv.sparsity if conv.masked else None, dense_ms, sparse_ms, path, reason, zeros)
 
+    if chain:
+        dense_sum, sparse_sum = sum(t["dense"] for t in chain), sum(t["sparse"] for t in chain)
+        path = "sparse" if sparse_sum < dense_sum else "dense"
+        return choice(path, f"with its chain of {len(chain)} hand-over convs, sparse measured "
+                            f"{dense_sum / sparse_sum:.2f}x", ms["dense"], ms["sparse"])
     if ms is not None:  # timed against its other path
         dense_ms, other_ms = ms["dense"], ms[conv.alternative]
         what = "sparse" if conv.alternative == "sparse" else f"skipping {100 * zeros:.0f} % zeros"
@@ -349,5 +395,5 @@ def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: d
     if not conv.masked:
         return choice("dense", "no mask" + (f", {100 * zeros:.0f} % zeros in its input" if zeros is not None else ""))
     if not conv.sparse_capable:
-        return choice("dense", "grouped/depthwise: oneDNN's dense kernel beats any kept-pixel kernel here")
+        return choice("dense", "grouped: no kept-pixel kernel" if conv.groups > 1 else "no compiled kernels")
     return choice("dense", "mask keeps every pixel")

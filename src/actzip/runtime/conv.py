@@ -8,16 +8,19 @@ The sparse path computes the kept output pixels alone, with the compiled kernel 
 (`rows_conv`): an implicit GEMM that reads each kept pixel's taps straight from the channels_last
 input (taps in the padding read a row of zeros, so the input is never padded or copied), and writes
 each kept row in place into the full NHWC output; the masked pixels' value goes between them after.
-When the conv's only consumer is a sparse 1x1 conv with the same mask (MobileNet's depthwise ->
-project pair), that consumer reads nothing but the kept pixels: `feeds_kept_only` then skips the
-fill of the masked pixels, and a sparse producer hands over its kept rows as they are (a 2-D
-tensor), with no scatter here and no gather there.
+When the conv's only consumer reads nothing but its kept pixels, `feeds_kept_only` skips the fill
+of the masked ones, and a sparse producer hands over its kept rows as they are (a 2-D tensor), with
+no scatter here and no gather there. Two consumers do: a sparse 1x1 conv with the same mask
+(MobileNet's depthwise -> project pair), and a sparse depthwise conv (the expand -> depthwise pair),
+which reads the producer's masked pixels as the producer's masked value (`read_masked_input`), so
+the expanded map, the largest of the block, is never written whole.
+Depthwise convs have a kept-pixel kernel of their own (`native.depthwise_rows`): it reads each kept
+pixel's taps from the full map or from the producer's kept rows, through a per-image table.
 Without the compiled kernels, the sparse path gathers the kept pixels' im2col rows into a
 preallocated buffer (one index_select), multiplies them by the weight as a oneDNN 1x1 conv and
 expands them into the output (`rows.py`). (MKL's sgemm behind `torch.mm` runs at half the speed of
-oneDNN on this machine's AMD CPU, so the gathered GEMM goes through oneDNN as well.)
-Depthwise and grouped convs have only the dense path: oneDNN's depthwise kernel runs 4-5x faster
-than a numba kernel over the kept pixels alone (measured), so there is nothing to gain.
+oneDNN on this machine's AMD CPU, so the gathered GEMM goes through oneDNN as well.) Grouped convs
+other than depthwise, and depthwise convs without the compiled kernels, have only the dense path.
 
 A third path, "zeros", serves unstructured zeros in the input of an unmasked 1x1 conv (the input of
 MobileNet's and EfficientNet's project convs, after a ReLU): the compiled kernel of `native.py`
@@ -110,13 +113,15 @@ class CompiledConv2d(nn.Module):
         self.path = "dense"
         self.pad_buffer: torch.Tensor | None = None  # the zero-bordered input of an asymmetric pad
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
-        if not self.masked:
-            return
+        if self.masked:
+            self._set_mask(mask, conv.masked_value.reshape(-1))
+            self._prepare_sparse(weight, bias)
+
+    def _set_mask(self, mask: torch.Tensor, value: torch.Tensor) -> None:
+        """The kept and masked output pixels, and the masked pixels' value after the activation."""
         if tuple(mask.shape[-2:]) != self.output_hw:
             raise ValueError(f"pixel mask of {tuple(mask.shape[-2:])} does not fit the conv output {self.output_hw}")
-        fill = conv.masked_value.reshape(-1)
-        if not residual:  # with a residual the clamp follows the add
-            fill = fill.clamp(self.lo, self.hi)
+        fill = value if self.residual else value.clamp(self.lo, self.hi)  # with a residual the clamp follows the add
         self.register_buffer("fill", fill.clone())
         keep = mask.reshape(-1).bool()
         self.register_buffer("masked_pixels", (~keep).nonzero().reshape(-1))
@@ -125,9 +130,19 @@ class CompiledConv2d(nn.Module):
         self.register_buffer("slot", torch.full((keep.numel(),), -1, dtype=torch.long))
         self.slot[self.kept_pixels] = torch.arange(self.kept_pixels.numel())
         self.sparsity = 1 - self.kept_pixels.numel() / keep.numel()
-        self.sparse_capable = self.groups == 1
+
+    def _prepare_sparse(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """What the sparse path of this masked conv reads, where it has one."""
+        self.depthwise = self.groups == self.in_channels == self.out_channels and not self.residual
+        self.sparse_capable = self.groups == 1 or self.depthwise and native.available()
         self.native = self.sparse_capable and native.available()  # kept pixels by the compiled kernel
-        if self.native:
+        if self.native and self.depthwise:
+            self.taps_weight = weight.reshape(self.out_channels, -1).t().contiguous()  # (taps, channels)
+            self._depthwise_rows_by_input: dict[tuple, native.DepthwiseRows] = {}
+            self.register_buffer("input_kept_pixels", None)  # see read_masked_input
+            self.register_buffer("input_fill", None)
+            self._tables_input_mask: torch.Tensor | None = None  # the producer mask its tables are for
+        elif self.native:
             self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
             self._kept_rows_by_batch: dict[tuple, native.KeptRows] = {}
         elif self.sparse_capable:  # else by oneDNN over gathered rows, with the im2col weight:
@@ -202,7 +217,22 @@ class CompiledConv2d(nn.Module):
             fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), residual)
         return out
 
+    def read_masked_input(self, kept_pixels: torch.Tensor | None, fill: torch.Tensor | None) -> None:
+        """This depthwise conv's producer writes its kept pixels `kept_pixels` alone (as compact rows,
+        or in place in a full map whose other pixels it leaves unwritten): read the others as `fill`.
+        None: the producer writes every pixel."""
+        if not (self.native and self.depthwise):
+            raise ValueError("only a depthwise conv with the compiled kernels reads a masked input")
+        known = self._tables_input_mask
+        if kept_pixels is not None and (known is None or not torch.equal(known, kept_pixels)):
+            self._depthwise_rows_by_input.clear()  # tables of another producer mask
+            self._tables_input_mask = kept_pixels.clone()
+        self.input_kept_pixels = kept_pixels.clone() if kept_pixels is not None else None
+        self.input_fill = fill.clone() if fill is not None else None
+
     def sparse(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        if self.native and self.depthwise:
+            return self._sparse_depthwise(x)
         if self.native:
             return self._sparse_native(x, identity)
         if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
@@ -253,6 +283,51 @@ class CompiledConv2d(nn.Module):
         out = out.permute(0, 3, 1, 2)
         fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), self._residual(identity))
         return out
+
+    def _sparse_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept pixels of a depthwise conv by the compiled kernel, from a full NHWC map or from
+        its producer's kept rows; then the masked pixels' value (or, handing over, compact rows)."""
+        compact, kept = x.dim() == 2, self.kept_pixels.numel()
+        if compact:
+            n, source = x.shape[0] // self.input_kept_pixels.numel(), x.contiguous()
+        else:
+            self._check(x)
+            n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
+        out = torch.empty((n * kept, self.out_channels) if self.feeds_kept_only else (n, *self.output_hw,
+                                                                                      self.out_channels))
+        fill = self.input_fill if self.input_fill is not None else self.bias  # else no tap reads it
+        native.depthwise_rows(source, self.taps_weight, self.bias, out, self._depthwise_rows(compact), fill,
+                              self.lo, self.hi)
+        if self.feeds_kept_only:
+            return out
+        out = out.permute(0, 3, 1, 2)
+        fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy())
+        return out
+
+    def _depthwise_rows(self, compact: bool) -> native.DepthwiseRows:
+        """Where each kept pixel's taps lie in an input image (see `native.DepthwiseRows`): in the
+        full map, or with `compact` among the producer's kept rows."""
+        key = compact, self.feeds_kept_only, self.input_kept_pixels is not None
+        if key not in self._depthwise_rows_by_input:
+            (h, w), c, kept = self.input_hw, self.in_channels, self.kept_pixels
+            top, _, left, _ = self.pads
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+            y = (kept // self.output_hw[1] * sh - top)[:, None] + (torch.arange(kh) * dh).repeat_interleave(kw)
+            x = (kept % self.output_hw[1] * sw - left)[:, None] + (torch.arange(kw) * dw).repeat(kh)
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            pixel = y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
+            in_image = h * w
+            if self.input_kept_pixels is not None:  # the producer's masked pixels read its fill
+                slot = torch.full((h * w,), -1, dtype=torch.long)
+                slot[self.input_kept_pixels] = torch.arange(self.input_kept_pixels.numel())
+                pixel = torch.where(slot[pixel] >= 0, slot[pixel] if compact else pixel, -2)
+                in_image = self.input_kept_pixels.numel() if compact else in_image
+            rows = torch.where(inside, torch.where(pixel >= 0, pixel * c, pixel), -1)
+            n_out = kept.numel() if self.feeds_kept_only else self.output_hw[0] * self.output_hw[1]
+            out_rows = (torch.arange(kept.numel()) if self.feeds_kept_only else kept) * c
+            self._depthwise_rows_by_input[key] = native.DepthwiseRows(
+                rows.reshape(-1).contiguous(), out_rows.contiguous(), in_image * c, n_out * c)
+        return self._depthwise_rows_by_input[key]
 
     def _kept_rows(self, batch: int, rows_input: bool) -> native.KeptRows:
         """For `batch` images: where the kernel reads each kept pixel's taps in the unpadded input (or

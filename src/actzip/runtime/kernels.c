@@ -32,6 +32,25 @@ typedef struct {
     float lo, hi;
 } Conv1x1;
 
+/* Vectors of the `left` floats at p, at most 16. Only a partial vector goes under a mask: masked loads
+   and stores measured several times slower than plain ones on AMD Zen 5, even with every lane set. */
+static inline __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 load_part(const float *p, int64_t left) {
+    return left >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(tail_mask(left), p);
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline void store_part(float *p, __m512 v, int64_t left) {
+    if (left >= 16)
+        _mm512_storeu_ps(p, v);
+    else
+        _mm512_mask_storeu_ps(p, tail_mask(left), v);
+}
+
 /* The union of the non-zero channels of `rows` pixels starting at row `p`, written to list[1..],
    with its length in list[0]. */
 static int64_t union_list_c(const Conv1x1 *a, int64_t p, int rows, int32_t *list) {
@@ -81,7 +100,7 @@ static int64_t union_list_avx512(const Conv1x1 *a, int64_t p, int rows, int32_t 
         __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
         __mmask16 nz = 0;
         for (int j = 0; j < rows; j++) {
-            __mmask16 m = _mm512_mask_cmp_ps_mask(valid, _mm512_maskz_loadu_ps(valid, a->x + (p + j) * a->cin + c),
+            __mmask16 m = _mm512_mask_cmp_ps_mask(valid, load_part(a->x + (p + j) * a->cin + c, left),
                                                   _mm512_setzero_ps(), _CMP_NEQ_UQ);
             own += __builtin_popcount(m);
             nz |= m;
@@ -201,11 +220,9 @@ static inline void store_pixel_avx512(const Conv1x1 *a, int64_t p, int64_t c0, i
     float *out = a->y + p * a->cout + c0;
     const float *res = a->residual ? a->residual + p * a->cout + c0 : NULL;
     for (int r = 0; r < R; r++) {
-        int64_t left = width - 16 * r;
-        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
         __m512 v = acc[r];
-        if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + 16 * r));
-        _mm512_mask_storeu_ps(out + 16 * r, m, _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+        if (res) v = _mm512_add_ps(v, load_part(res + 16 * r, width - 16 * r));
+        store_part(out + 16 * r, _mm512_min_ps(hi, _mm512_max_ps(lo, v)), width - 16 * r);
     }
 }
 
@@ -382,10 +399,6 @@ static inline const float *tap_row(const RowsConv *a, int64_t k, int64_t t, int6
     return a->x + (a->in_rows[k] + a->taps[t]);
 }
 
-static inline __mmask16 tail_mask(int64_t left) {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
-
 /* Taps [t0, t1) of up to PIX kept pixels from row k on the panel at c0 (R vectors wide): taps come
    in blocks whose panel rows stay in L2 while every tile passes over them. The first block starts
    from the bias, later ones from the sums the block before stored; only the last adds the residual
@@ -399,8 +412,7 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
     for (int j = 0; j < PIX; j++) {
         for (int r = 0; r < R; r++)
             acc[j][r] = first || j >= rows ? _mm512_loadu_ps(a->bias + c0 + 16 * r)
-                                           : _mm512_maskz_loadu_ps(tail_mask(width - 16 * r),
-                                                                   a->y + a->out_rows[k + j] + c0 + 16 * r);
+                                           : load_part(a->y + a->out_rows[k + j] + c0 + 16 * r, width - 16 * r);
     }
     /* a tile whose pixels have every tap inside (most) skips the per-tap check */
     const uint64_t every_tap = (uint64_t)(a->ntaps / a->kw) << 16 | (uint64_t)a->kw << 48;
@@ -437,11 +449,10 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
         float *out = a->y + a->out_rows[k + j] + c0;
         const float *res = a->residual && last ? a->residual + a->out_rows[k + j] + c0 : NULL;
         for (int r = 0; r < R; r++) {
-            __mmask16 m = tail_mask(width - 16 * r);
             __m512 v = acc[j][r];
-            if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + 16 * r));
+            if (res) v = _mm512_add_ps(v, load_part(res + 16 * r, width - 16 * r));
             if (last) v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
-            _mm512_mask_storeu_ps(out + 16 * r, m, v);
+            store_part(out + 16 * r, v, width - 16 * r);
         }
     }
 }
@@ -480,7 +491,7 @@ static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int6
    count stays as the user set it; `thread_num` is that runtime's omp_get_thread_num. */
 typedef struct {
     int (*thread_num)(void);
-    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool */
+    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows */
     int threads, isa, status;
     int64_t rows, list_ints, ntaps, kw, cin, cout, ldw;
     const float *x, *w, *bias, *residual, *zeros;
@@ -488,8 +499,9 @@ typedef struct {
     int32_t *lists;
     const int64_t *in_rows, *taps, *out_rows;
     const uint64_t *inside;
-    const int64_t *geometry;  /* max_pool: n, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw */
+    const int64_t *geometry;  /* max_pool: n, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw; depthwise: see there */
     float lo, hi;
+    const float *fill;        /* depthwise: the row a masked input pixel reads */
 } Job;
 
 /* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
@@ -562,6 +574,116 @@ static void max_pool_c(const Job *j, int64_t begin, int64_t end) { max_pool_rows
 __attribute__((target("avx512f")))
 static void max_pool_avx512(const Job *j, int64_t begin, int64_t end) { max_pool_rows(j, begin, end); }
 
+/* Kept output pixels of a depthwise conv, each read from its input rows wherever they are:
+
+   y[out_rows[k] + c] = clamp(bias[c] + sum over taps t of w[t * C + c] * row(k, t)[c], lo, hi)
+
+   for kept pixel k of each image, where in_rows[k * T + t] says where tap t reads: an offset in floats
+   within the image's input (its full NHWC map, or the producer's compact kept rows), -1 for a tap in
+   the padding (a row of zeros) or -2 for an input pixel its producer masked and never wrote (the
+   producer's masked value, `fill`). geometry: kept pixels per image, taps T, floats per input image,
+   floats per output image. Output rows [begin, end) of n * kept; channels go 64 at a time. The
+   portable path runs one pixel at a time; AVX-512's (below) runs tiles of pixels. */
+#define DW_MAX_TAPS 64
+__attribute__((always_inline))
+static inline void depthwise_rows_plain(const Job *j, int64_t begin, int64_t end) {
+    const int64_t kept = j->geometry[0], T = j->geometry[1], in_image = j->geometry[2], out_image = j->geometry[3];
+    const int64_t C = j->cin;
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t img = r / kept, k = r % kept;
+        const float *src[DW_MAX_TAPS];
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t o = j->in_rows[k * T + t];
+            src[t] = o >= 0 ? j->x + img * in_image + o : o == -1 ? j->zeros : j->fill;
+        }
+        float *restrict out = j->y + img * out_image + j->out_rows[k];
+        for (int64_t c0 = 0; c0 < C; c0 += 64) {
+            const int64_t width = C - c0 < 64 ? C - c0 : 64;
+            float acc[64];
+            for (int64_t c = 0; c < width; c++) acc[c] = j->bias[c0 + c];
+            for (int64_t t = 0; t < T; t++) {
+                const float *restrict s = src[t] + c0, *restrict w = j->w + t * C + c0;
+                for (int64_t c = 0; c < width; c++) acc[c] += s[c] * w[c];
+            }
+            for (int64_t c = 0; c < width; c++) out[c0 + c] = clampf(acc[c], j->lo, j->hi);
+        }
+    }
+}
+
+static void depthwise_rows_c(const Job *j, int64_t begin, int64_t end) { depthwise_rows_plain(j, begin, end); }
+
+__attribute__((target("avx2,fma")))
+static void depthwise_rows_avx2(const Job *j, int64_t begin, int64_t end) { depthwise_rows_plain(j, begin, end); }
+
+/* The same, PIX kept pixels at a time with up to 64 sums each in R registers, so that each weight
+   vector is loaded once for PIX pixels. Only a partial last vector (MASKED) goes under a mask (see
+   load_part). A short tile computes its missing pixels on its first pixel's input and drops them. */
+#define DW_LOAD(r, p) (MASKED && r == R - 1 ? _mm512_maskz_loadu_ps(tail, p) : _mm512_loadu_ps(p))
+#define DW_FMA(p, r) if (R > r) a##p##r = _mm512_fmadd_ps(DW_LOAD(r, s##p + 16 * r), w##r, a##p##r);
+#define DW_TAP(r) if (R > r) { w##r = DW_LOAD(r, w + 16 * r); DW_FMA(0, r) DW_FMA(1, r) DW_FMA(2, r) DW_FMA(3, r) }
+__attribute__((target("avx512f"), always_inline))
+static inline void depthwise_tile_avx512(const Job *j, const float *const (*src)[DW_MAX_TAPS], float *const *out,
+                                         int rows, int64_t c0, __mmask16 tail, const int R, const int MASKED) {
+    const int64_t T = j->geometry[1], C = j->cin;
+    const float *b = j->bias + c0;
+    __m512 w0 = DW_LOAD(0, b), w1 = R > 1 ? DW_LOAD(1, b + 16) : w0, w2 = R > 2 ? DW_LOAD(2, b + 32) : w0;
+    __m512 w3 = R > 3 ? DW_LOAD(3, b + 48) : w0;
+    __m512 a00 = w0, a01 = w1, a02 = w2, a03 = w3, a10 = w0, a11 = w1, a12 = w2, a13 = w3;
+    __m512 a20 = w0, a21 = w1, a22 = w2, a23 = w3, a30 = w0, a31 = w1, a32 = w2, a33 = w3;
+    for (int64_t t = 0; t < T; t++) {
+        const float *w = j->w + t * C + c0, *s0 = src[0][t] + c0, *s1 = src[1][t] + c0, *s2 = src[2][t] + c0,
+                    *s3 = src[3][t] + c0;
+        DW_TAP(0) DW_TAP(1) DW_TAP(2) DW_TAP(3)
+    }
+    const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
+    __m512 acc[PIX][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+    for (int p = 0; p < rows; p++) {
+        for (int r = 0; r < R; r++) {
+            const __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[p][r]));
+            if (MASKED && r == R - 1)
+                _mm512_mask_storeu_ps(out[p] + c0 + 16 * r, tail, v);
+            else
+                _mm512_storeu_ps(out[p] + c0 + 16 * r, v);
+        }
+    }
+}
+#undef DW_TAP
+#undef DW_FMA
+#undef DW_LOAD
+
+__attribute__((target("avx512f")))
+static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
+    const int64_t kept = j->geometry[0], T = j->geometry[1], in_image = j->geometry[2], out_image = j->geometry[3];
+    const int64_t C = j->cin;
+    for (int64_t r0 = begin; r0 < end; r0 += PIX) {
+        const int rows = end - r0 < PIX ? (int)(end - r0) : PIX;
+        const float *src[PIX][DW_MAX_TAPS];
+        float *out[PIX];
+        for (int p = 0; p < PIX; p++) {
+            const int64_t r = r0 + (p < rows ? p : 0), img = r / kept, k = r % kept;
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t o = j->in_rows[k * T + t];
+                src[p][t] = o >= 0 ? j->x + img * in_image + o : o == -1 ? j->zeros : j->fill;
+            }
+            out[p] = j->y + img * out_image + j->out_rows[k];
+        }
+        int64_t c0 = 0;
+        for (; c0 + 64 <= C; c0 += 64) depthwise_tile_avx512(j, src, out, rows, c0, 0xFFFF, 4, 0);
+        const int64_t left = C - c0, R = (left + 15) / 16;
+        const __mmask16 tail = tail_mask(left - 16 * (R - 1));
+        switch (R + 4 * (left % 16 != 0)) {
+            case 1: depthwise_tile_avx512(j, src, out, rows, c0, tail, 1, 0); break;
+            case 2: depthwise_tile_avx512(j, src, out, rows, c0, tail, 2, 0); break;
+            case 3: depthwise_tile_avx512(j, src, out, rows, c0, tail, 3, 0); break;
+            case 5: depthwise_tile_avx512(j, src, out, rows, c0, tail, 1, 1); break;
+            case 6: depthwise_tile_avx512(j, src, out, rows, c0, tail, 2, 1); break;
+            case 7: depthwise_tile_avx512(j, src, out, rows, c0, tail, 3, 1); break;
+            case 8: depthwise_tile_avx512(j, src, out, rows, c0, tail, 4, 1); break;
+            default: break;  /* no channels left */
+        }
+    }
+}
+
 /* thread_num where the kernels run on the calling thread alone (no libgomp found) */
 int actzip_thread_zero(void) { return 0; }
 
@@ -576,6 +698,10 @@ void actzip_share(void *p) {
                                        begin, end, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
     else if (j->kernel == 1)
         status = rows_conv(j, begin, end);
+    else if (j->kernel == 3 && j->ntaps > DW_MAX_TAPS)
+        status = -1;
+    else if (j->kernel == 3)
+        (j->isa == 2 ? depthwise_rows_avx512 : j->isa == 1 ? depthwise_rows_avx2 : depthwise_rows_c)(j, begin, end);
     else if (j->isa == 2)
         max_pool_avx512(j, begin, end);
     else

@@ -85,7 +85,7 @@ class Job(ctypes.Structure):
                 ("status", ctypes.c_int)] + [(n, _I64) for n in ("rows", "list_ints", "ntaps", "kw", "cin", "cout", "ldw")] \
         + [(n, _F) for n in ("x", "w", "bias", "residual", "zeros", "y", "lists", "in_rows", "taps", "out_rows",
                              "inside", "geometry")] \
-        + [("lo", ctypes.c_float), ("hi", ctypes.c_float)]
+        + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F)]
 
 
 @functools.cache
@@ -222,6 +222,45 @@ def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], 
               geometry=geometry.data_ptr())
     run_job(job, out.numel() * kh * kw)
     return out.permute(0, 3, 1, 2)
+
+
+class DepthwiseRows(NamedTuple):
+    """Where `depthwise_rows` reads and writes, per image, as int64 offsets in floats (see kernels.c):
+    for each kept pixel and tap, its input row (-1: the padding, -2: a pixel the producer masked), and
+    each kept pixel's output row; and the floats of one input and one output image."""
+
+    in_rows: torch.Tensor
+    out_rows: torch.Tensor
+    in_image: int
+    out_image: int
+
+
+def depthwise_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
+                   kept: DepthwiseRows, fill: torch.Tensor, lo: float = -float("inf"),
+                   hi: float = float("inf")) -> torch.Tensor:
+    """A depthwise conv at the kept output pixels only, into `out`: x the input images (full NHWC
+    maps or a producer's kept rows), `weight` (taps, C), `fill` the row a masked input pixel reads.
+    The offsets are the caller's to get right: they are not checked here, beyond their tensors."""
+    taps, channels = weight.shape
+    pixels = kept.out_rows.numel()
+    for t in (x, weight, bias, out, fill):
+        if t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError("depthwise_rows takes contiguous float32 tensors")
+    if any(t.dtype != torch.int64 or not t.is_contiguous() for t in (kept.in_rows, kept.out_rows)):
+        raise ValueError("depthwise_rows takes contiguous int64 offsets")
+    images = x.numel() // kept.in_image
+    if (kept.in_rows.numel() != pixels * taps or bias.numel() != channels or fill.numel() != channels
+            or x.numel() != images * kept.in_image or out.numel() != images * kept.out_image):
+        raise ValueError("depthwise_rows: shapes do not match")
+    geometry = torch.tensor([pixels, taps, kept.in_image, kept.out_image], dtype=torch.int64)
+    job = Job(kernel=3, isa=ISAS.index(isa()), rows=images * pixels, ntaps=taps, cin=channels, x=x.data_ptr(),
+              w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(), zeros=_zero_row(channels).data_ptr(),
+              fill=fill.data_ptr(), in_rows=kept.in_rows.data_ptr(), out_rows=kept.out_rows.data_ptr(),
+              geometry=geometry.data_ptr(), lo=lo, hi=hi)
+    run_job(job, images * pixels * taps * channels)
+    if job.status:
+        raise ValueError(f"depthwise_rows: at most 64 taps, got {taps}")
+    return out
 
 
 def lists_size(pixels: int, cin: int) -> int:

@@ -180,6 +180,8 @@ def _module(spec: dict, state: dict, workspace: Workspace) -> nn.Module:
         fast = CompiledConv2d(conv, tuple(spec["bounds"]) if spec["bounds"] else None, tuple(spec["input_shape"]),
                               workspace, spec["residual"])
         fast.path, fast.feeds_kept_only = spec["path"], spec["feeds_kept_only"]
+        if "input_kept_pixels" in state:  # a depthwise conv whose producer hands over its kept pixels
+            fast.read_masked_input(state["input_kept_pixels"], state["input_fill"])
         return fast
     if spec["kind"] not in MODULES:
         raise ActzipError(f"a saved graph holds a {spec['kind']!r}, which actzip does not load")
