@@ -282,11 +282,12 @@ def test_a_sparse_conv_hands_its_kept_rows_to_a_sparse_1x1_conv():
 
 @pytest.mark.skipif(not native.available(), reason="the depthwise kept-pixel kernel is compiled")
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("expand_path", ["dense", "sparse"])
+@pytest.mark.parametrize("expand_path", ["dense", "sparse", "fused"])
 def test_a_depthwise_conv_reads_only_the_kept_pixels_its_producer_writes(stride, expand_path):
     """MobileNet's expand -> depthwise -> project: the expand conv writes its kept pixels alone (as
-    rows on the sparse path, in place on the dense one), the depthwise conv reads the others as their
-    masked value and hands its own kept rows to the project conv."""
+    rows on the sparse path, in place on the dense one; fused, in bands into a ring that the
+    depthwise conv reads), the depthwise conv reads the others as their masked value and hands its
+    own kept rows to the project conv."""
     torch.manual_seed(0)
     model = _randomize_batchnorm(nn.Sequential(
         nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32), nn.ReLU6(), nn.Conv2d(32, 32, 3, stride, 1, groups=32),
@@ -296,16 +297,54 @@ def test_a_depthwise_conv_reads_only_the_kept_pixels_its_producer_writes(stride,
     compiled = compile(model, x, repeats=1, engines=OWN)
     modules = dict(compiled.graph_module.named_modules())
     expand, depthwise, project = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
-    expand.path, depthwise.path, project.path = expand_path, "sparse", "sparse"
+    expand.path, depthwise.path, project.path = "dense" if expand_path == "dense" else "sparse", "sparse", "sparse"
     assert len(_hand_over(modules, _hand_over_pairs(compiled.graph_module))) == 2
     assert expand.feeds_kept_only and depthwise.feeds_kept_only and depthwise.input_kept_pixels is not None
+    assert (depthwise.fused_producer is expand) == expand.passes_input == (expand_path != "dense")
+    if expand_path == "sparse":
+        depthwise.fuse_producer(None)
     with torch.no_grad():
         rows = expand(x.contiguous(memory_format=torch.channels_last))
-        assert rows.dim() == (2 if expand_path == "sparse" else 4)
+        assert rows.dim() == (2 if expand_path == "sparse" else 4) and (rows.shape[1] == 8) == (expand_path == "fused")
         assert depthwise(rows).shape == (3 * depthwise.kept_pixels.numel(), 32)
         want = model(x)
         for batch in (3, 1):  # and another batch size
             assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_producers_equal_the_model_over_many_bands(threads):
+    """A stem-like 3x3 stride-2 conv fused into a depthwise conv, and a 1x1 expand conv that reads
+    its producer's kept rows, fused into a 5x5 stride-2 depthwise conv: maps of many bands each."""
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24),
+        nn.Conv2d(24, 72, 1), nn.BatchNorm2d(72), nn.ReLU6(),
+        nn.Conv2d(72, 72, 5, 2, 2, groups=72), nn.BatchNorm2d(72), nn.ReLU6(),
+        nn.Conv2d(72, 40, 1), nn.BatchNorm2d(40)))
+    x = torch.rand(3, 3, 70, 58)
+    attach_pixel_masks(model, PixelMask(0.35), x).update(1.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        compiled = compile(model, x, repeats=1, engines=OWN)
+        modules = dict(compiled.graph_module.named_modules())
+        convs = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
+        for m in convs:
+            m.path = "sparse"
+        _hand_over(modules, _hand_over_pairs(compiled.graph_module))
+        stem, first, project, expand, second, _ = convs
+        assert first.fused_producer is stem and second.fused_producer is expand and project.feeds_kept_only
+        assert len(second._ring_plan(True)[1].ends) > 8  # many bands
+        with torch.no_grad():
+            want = model(x)
+            for batch in (3, 1):
+                assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_compiled_model_leaves_the_thread_count_as_set():

@@ -341,7 +341,8 @@ def _hand_over_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
 
 
 def _hand_over(modules: dict[str, nn.Module], pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Switch the hand-over of each pair on where its consumer runs sparse, off elsewhere; the pairs
+    """Switch the hand-over of each pair on where its consumer runs sparse, off elsewhere, and fuse
+    a sparse producer into its sparse depthwise consumer where the compiled kernel can; the pairs
     switched on."""
     on = []
     for producer_name, consumer_name in pairs:
@@ -350,9 +351,17 @@ def _hand_over(modules: dict[str, nn.Module], pairs: list[tuple[str, str]]) -> l
         producer.feeds_kept_only = sparse
         if consumer.depthwise:
             consumer.read_masked_input(producer.kept_pixels if sparse else None, producer.fill if sparse else None)
+            fusable = sparse and producer.path == "sparse" and producer.native and not producer.depthwise
+            consumer.fuse_producer(producer if fusable else None)
         if sparse:
             on.append((producer_name, consumer_name))
     return on
+
+
+def link_kept_rows(gm: fx.GraphModule) -> None:
+    """Hand kept rows over between the convs of a compiled graph as their paths allow (what
+    `compile` does after choosing them, and `load` after reading them)."""
+    _hand_over(dict(gm.named_modules()), _hand_over_pairs(gm))
 
 
 def _chains(pairs: list[tuple[str, str]], names: set[str]) -> dict[str, list[str]]:

@@ -37,6 +37,7 @@ from .fold import MaskedConv2d
 from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
+DEPTHWISE_BAND = 32  # depthwise kept pixels per band of a fused producer (`native.producer_depthwise`)
 _pointwise = torch.ops.mkldnn._convolution_pointwise
 _reorder = torch.ops.mkldnn._reorder_convolution_weight
 
@@ -113,6 +114,7 @@ class CompiledConv2d(nn.Module):
         self.path = "dense"
         self.pad_buffer: torch.Tensor | None = None  # the zero-bordered input of an asymmetric pad
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
+        self.passes_input = False  # set by compile: its depthwise consumer runs it (`fuse_producer`)
         if self.masked:
             self._set_mask(mask, conv.masked_value.reshape(-1))
             self._prepare_sparse(weight, bias)
@@ -142,6 +144,8 @@ class CompiledConv2d(nn.Module):
             self.register_buffer("input_kept_pixels", None)  # see read_masked_input
             self.register_buffer("input_fill", None)
             self._tables_input_mask: torch.Tensor | None = None  # the producer mask its tables are for
+            self.fused_producer: CompiledConv2d | None = None
+            self._ring_plans: dict[tuple, tuple] = {}
         elif self.native:
             self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
             self._kept_rows_by_batch: dict[tuple, native.KeptRows] = {}
@@ -226,11 +230,27 @@ class CompiledConv2d(nn.Module):
         known = self._tables_input_mask
         if kept_pixels is not None and (known is None or not torch.equal(known, kept_pixels)):
             self._depthwise_rows_by_input.clear()  # tables of another producer mask
+            self._ring_plans.clear()
             self._tables_input_mask = kept_pixels.clone()
         self.input_kept_pixels = kept_pixels.clone() if kept_pixels is not None else None
         self.input_fill = fill.clone() if fill is not None else None
 
+    def fuse_producer(self, producer: CompiledConv2d | None) -> None:
+        """Run `producer`, a sparse conv by the compiled kernel whose kept pixels this sparse depthwise
+        conv reads (`read_masked_input`), band by band with this conv (`native.producer_depthwise`):
+        the producer then passes its input through, and this conv reads that. None: undo."""
+        if self.fused_producer is not None:
+            self.fused_producer.passes_input = False
+        if producer is not None and (producer.depthwise or not producer.native or producer.residual
+                                     or self.input_kept_pixels is None):
+            raise ValueError("a fused producer is a sparse conv by the compiled kernel with a masked depthwise consumer")
+        self.fused_producer = producer
+        if producer is not None:
+            producer.passes_input = True
+
     def sparse(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        if self.native and self.depthwise and self.fused_producer is not None:
+            return self._fused_depthwise(x)
         if self.native and self.depthwise:
             return self._sparse_depthwise(x)
         if self.native:
@@ -287,47 +307,115 @@ class CompiledConv2d(nn.Module):
     def _sparse_depthwise(self, x: torch.Tensor) -> torch.Tensor:
         """The kept pixels of a depthwise conv by the compiled kernel, from a full NHWC map or from
         its producer's kept rows; then the masked pixels' value (or, handing over, compact rows)."""
-        compact, kept = x.dim() == 2, self.kept_pixels.numel()
+        compact = x.dim() == 2
         if compact:
             n, source = x.shape[0] // self.input_kept_pixels.numel(), x.contiguous()
         else:
             self._check(x)
             n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
-        out = torch.empty((n * kept, self.out_channels) if self.feeds_kept_only else (n, *self.output_hw,
-                                                                                      self.out_channels))
+        out = self._depthwise_output(n)
         fill = self.input_fill if self.input_fill is not None else self.bias  # else no tap reads it
         native.depthwise_rows(source, self.taps_weight, self.bias, out, self._depthwise_rows(compact), fill,
                               self.lo, self.hi)
+        return self._finish_depthwise(out)
+
+    def _fused_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """This depthwise conv and its fused producer band by band over each image: x is the
+        producer's input (a full map, or its own producer's kept rows)."""
+        producer, rows_input = self.fused_producer, x.dim() == 2
+        if rows_input:  # a 1x1 producer with the mask of its own producer
+            per_image = producer.kept_pixels.numel() * producer.in_channels
+            n, source = x.shape[0] * x.shape[1] // per_image, x.contiguous()
+        else:
+            producer._check(x)
+            per_image = producer.input_hw[0] * producer.input_hw[1] * producer.in_channels
+            n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
+        table, bands, producer_rows = self._ring_plan(rows_input)
+        out, ring = self._depthwise_output(n), torch.empty(0, producer.out_channels)  # the ring is the kernel's
+        first = native.rows_conv_job(source, producer.taps_weight, producer.taps_bias, ring, producer_rows,
+                                     producer.lo, producer.hi)
+        second, geometry = native.depthwise_job(ring, self.taps_weight, self.bias, out, table, producer.fill,
+                                                self.lo, self.hi, n)
+        native.producer_depthwise(first, second, bands, n, per_image)
+        return self._finish_depthwise(out)
+
+    def _depthwise_output(self, n: int) -> torch.Tensor:
+        shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
+            (n, *self.output_hw, self.out_channels)
+        return torch.empty(shape)
+
+    def _finish_depthwise(self, out: torch.Tensor) -> torch.Tensor:
+        """Kept rows as they are for a consumer that reads them alone, else the full map, filled."""
         if self.feeds_kept_only:
             return out
         out = out.permute(0, 3, 1, 2)
         fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy())
         return out
 
+    def _tap_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept pixels, taps): each tap's pixel in the input map (clamped into it), and whether it
+        lies inside the map rather than in the padding."""
+        (h, w), kept = self.input_hw, self.kept_pixels
+        top, _, left, _ = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        y = (kept // self.output_hw[1] * sh - top)[:, None] + (torch.arange(kh) * dh).repeat_interleave(kw)
+        x = (kept % self.output_hw[1] * sw - left)[:, None] + (torch.arange(kw) * dw).repeat(kh)
+        return y.clamp(0, h - 1) * w + x.clamp(0, w - 1), (y >= 0) & (y < h) & (x >= 0) & (x < w)
+
+    def _producer_slots(self) -> torch.Tensor:
+        """(kept pixels, taps): the producer's kept row each tap reads, -2 for a pixel the producer
+        masked, -1 in the padding."""
+        pixel, inside = self._tap_pixels()
+        slot = torch.full((self.input_hw[0] * self.input_hw[1],), -2, dtype=torch.long)
+        slot[self.input_kept_pixels] = torch.arange(self.input_kept_pixels.numel())
+        return torch.where(inside, slot[pixel], -1)
+
+    def _out_rows(self) -> tuple[torch.Tensor, int]:
+        """Each kept pixel's output row offset in an image, and the floats of an output image."""
+        kept, c = self.kept_pixels, self.out_channels
+        if self.feeds_kept_only:
+            return torch.arange(kept.numel()) * c, kept.numel() * c
+        return kept * c, self.output_hw[0] * self.output_hw[1] * c
+
     def _depthwise_rows(self, compact: bool) -> native.DepthwiseRows:
         """Where each kept pixel's taps lie in an input image (see `native.DepthwiseRows`): in the
         full map, or with `compact` among the producer's kept rows."""
         key = compact, self.feeds_kept_only, self.input_kept_pixels is not None
         if key not in self._depthwise_rows_by_input:
-            (h, w), c, kept = self.input_hw, self.in_channels, self.kept_pixels
-            top, _, left, _ = self.pads
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-            y = (kept // self.output_hw[1] * sh - top)[:, None] + (torch.arange(kh) * dh).repeat_interleave(kw)
-            x = (kept % self.output_hw[1] * sw - left)[:, None] + (torch.arange(kw) * dw).repeat(kh)
-            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-            pixel = y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
-            in_image = h * w
+            c, in_image = self.in_channels, self.input_hw[0] * self.input_hw[1]
+            pixel, inside = self._tap_pixels()
+            rows = torch.where(inside, pixel * c, -1)
             if self.input_kept_pixels is not None:  # the producer's masked pixels read its fill
-                slot = torch.full((h * w,), -1, dtype=torch.long)
-                slot[self.input_kept_pixels] = torch.arange(self.input_kept_pixels.numel())
-                pixel = torch.where(slot[pixel] >= 0, slot[pixel] if compact else pixel, -2)
+                slots = self._producer_slots()
+                rows = torch.where(slots >= 0, slots * c if compact else rows, slots)
                 in_image = self.input_kept_pixels.numel() if compact else in_image
-            rows = torch.where(inside, torch.where(pixel >= 0, pixel * c, pixel), -1)
-            n_out = kept.numel() if self.feeds_kept_only else self.output_hw[0] * self.output_hw[1]
-            out_rows = (torch.arange(kept.numel()) if self.feeds_kept_only else kept) * c
+            out_rows, out_image = self._out_rows()
             self._depthwise_rows_by_input[key] = native.DepthwiseRows(
-                rows.reshape(-1).contiguous(), out_rows.contiguous(), in_image * c, n_out * c)
+                rows.reshape(-1).contiguous(), out_rows.contiguous(), in_image * c, out_image)
         return self._depthwise_rows_by_input[key]
+
+    def _ring_plan(self, rows_input: bool) -> tuple[native.DepthwiseRows, native.Bands, native.KeptRows]:
+        """For the fused producer: this conv's table into the ring, the bands, the producer's rows."""
+        key = rows_input, self.feeds_kept_only
+        if key not in self._ring_plans:
+            slots = self._producer_slots()
+            valid = slots >= 0
+            needs_to = torch.where(valid, slots, -1).max(1).values.cummax(0).values + 1
+            needs_from = torch.where(valid, slots, slots.new_tensor(2**62)).min(1).values
+            ends, ring = [], 1
+            for start in range(0, slots.shape[0], DEPTHWISE_BAND):
+                stop = min(start + DEPTHWISE_BAND, slots.shape[0])
+                made = int(needs_to[stop - 1])
+                ring = max(ring, made - int(needs_from[start:stop].min().clamp(max=made)))
+                ends += [made, stop]
+            out_rows, out_image = self._out_rows()
+            table = native.DepthwiseRows(torch.where(valid, slots % ring * self.in_channels, slots).reshape(-1),
+                                         out_rows.contiguous(), 0, out_image)
+            producer = self.fused_producer
+            kept = producer.kept_pixels.numel()
+            rows = producer._kept_rows(1, rows_input)._replace(out_rows=torch.arange(kept) % ring * producer.out_channels)
+            self._ring_plans[key] = table, native.Bands(torch.tensor(ends, dtype=torch.long), ring), rows
+        return self._ring_plans[key]
 
     def _kept_rows(self, batch: int, rows_input: bool) -> native.KeptRows:
         """For `batch` images: where the kernel reads each kept pixel's taps in the unpadded input (or
@@ -408,6 +496,8 @@ class CompiledConv2d(nn.Module):
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         if (identity is not None) != self.residual:
             raise ValueError("a residual conv takes the tensor to add, and only a residual conv does")
+        if self.passes_input:  # its depthwise consumer runs it
+            return x
         if x.dim() == 2:
             return self.sparse(x, identity)
         if not x.is_contiguous(memory_format=CHANNELS_LAST):

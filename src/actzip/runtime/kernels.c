@@ -489,9 +489,9 @@ static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int6
 /* One call of either kernel, shared between the threads of an OpenMP team: the caller starts the
    team through PyTorch's own libgomp (GOMP_parallel), so the threads are PyTorch's and its thread
    count stays as the user set it; `thread_num` is that runtime's omp_get_thread_num. */
-typedef struct {
+typedef struct Job {
     int (*thread_num)(void);
-    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows */
+    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows, 4: producer_depthwise */
     int threads, isa, status;
     int64_t rows, list_ints, ntaps, kw, cin, cout, ldw;
     const float *x, *w, *bias, *residual, *zeros;
@@ -502,6 +502,11 @@ typedef struct {
     const int64_t *geometry;  /* max_pool: n, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw; depthwise: see there */
     float lo, hi;
     const float *fill;        /* depthwise: the row a masked input pixel reads */
+    /* producer_depthwise: two jobs, a ring of rows per thread and the band schedule (see there) */
+    const struct Job *producer, *consumer;
+    const int64_t *bands;
+    float *ring;
+    int64_t nbands, ring_floats, in_image;
 } Job;
 
 /* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
@@ -684,12 +689,45 @@ static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
     }
 }
 
+static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
+    if (j->ntaps > DW_MAX_TAPS) return -1;
+    (j->isa == 2 ? depthwise_rows_avx512 : j->isa == 1 ? depthwise_rows_avx2 : depthwise_rows_c)(j, begin, end);
+    return 0;
+}
+
+/* A rows-conv producer and the depthwise conv that consumes it, image by image, in bands: images
+   [begin, end). Band b first computes the producer's kept rows up to bands[2b] (of one image), then
+   the consumer's kept rows up to bands[2b + 1], which read no producer row past the first. The
+   producer writes its row k to row k % (ring rows) of a ring small enough to stay in L2 (the caller
+   sizes it so that no band reads a row the ring has dropped, and gives the consumer ring offsets in
+   its table), so the producer's map, the largest of an inverted residual block, never reaches
+   memory. The producer job covers one image (its x is moved to each image here); the consumer job
+   reads the ring (no per-image input offset) and writes each image's rows. */
+static int producer_depthwise(const Job *j, int64_t begin, int64_t end) {
+    Job producer = *j->producer, consumer = *j->consumer;
+    consumer.x = producer.y = j->ring + j->thread_num() * j->ring_floats;
+    const int64_t kept = consumer.geometry[0];
+    for (int64_t img = begin; img < end; img++) {
+        producer.x = j->producer->x + img * j->in_image;
+        int64_t made = 0, used = 0;
+        for (int64_t b = 0; b < j->nbands; b++) {
+            const int64_t make = j->bands[2 * b], use = j->bands[2 * b + 1];
+            if (make > made && rows_conv(&producer, made, make)) return -1;
+            made = make > made ? make : made;
+            if (use > used && depthwise_rows(&consumer, img * kept + used, img * kept + use)) return -1;
+            used = use > used ? use : used;
+        }
+    }
+    return 0;
+}
+
 /* thread_num where the kernels run on the calling thread alone (no libgomp found) */
 int actzip_thread_zero(void) { return 0; }
 
 void actzip_share(void *p) {
     Job *j = p;
-    int64_t share = ((j->rows + j->threads - 1) / j->threads + TILE - 1) / TILE * TILE;
+    const int64_t unit = j->kernel == 4 ? 1 : TILE;  /* producer_depthwise shares whole images */
+    int64_t share = ((j->rows + j->threads - 1) / j->threads + unit - 1) / unit * unit;
     int64_t begin = j->thread_num() * share, end = begin + share < j->rows ? begin + share : j->rows;
     if (begin >= end) return;
     int status = 0;
@@ -698,10 +736,10 @@ void actzip_share(void *p) {
                                        begin, end, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
     else if (j->kernel == 1)
         status = rows_conv(j, begin, end);
-    else if (j->kernel == 3 && j->ntaps > DW_MAX_TAPS)
-        status = -1;
     else if (j->kernel == 3)
-        (j->isa == 2 ? depthwise_rows_avx512 : j->isa == 1 ? depthwise_rows_avx2 : depthwise_rows_c)(j, begin, end);
+        status = depthwise_rows(j, begin, end);
+    else if (j->kernel == 4)
+        status = producer_depthwise(j, begin, end);
     else if (j->isa == 2)
         max_pool_avx512(j, begin, end);
     else

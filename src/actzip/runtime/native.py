@@ -85,7 +85,8 @@ class Job(ctypes.Structure):
                 ("status", ctypes.c_int)] + [(n, _I64) for n in ("rows", "list_ints", "ntaps", "kw", "cin", "cout", "ldw")] \
         + [(n, _F) for n in ("x", "w", "bias", "residual", "zeros", "y", "lists", "in_rows", "taps", "out_rows",
                              "inside", "geometry")] \
-        + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F)]
+        + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F), ("producer", _F), ("consumer", _F),
+           ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "ring_floats", "in_image")]
 
 
 @functools.cache
@@ -103,7 +104,8 @@ def _openmp() -> tuple[ctypes.CDLL, int] | None:
 def run_job(job: Job, work: int) -> None:
     """job's rows in tile-aligned shares, one per thread (see the module doc)."""
     lib, openmp = library(), _openmp()
-    threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, -(-job.rows // TILE)))
+    unit = 1 if job.kernel == 4 else TILE  # producer_depthwise shares whole images
+    threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, -(-job.rows // unit)))
     if openmp is None or threads == 1:
         job.threads, job.thread_num = 1, ctypes.cast(lib.actzip_thread_zero, _F).value
         lib.actzip_share(ctypes.byref(job))
@@ -186,6 +188,14 @@ def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: to
     """The conv at the kept output pixels only, into `out`: x is the NHWC input (or kept rows),
     `weight` and `bias` from `packed_taps_weight`, residual laid out as out. The offsets are the
     caller's to get right: they are not checked here, beyond their tensors."""
+    job = rows_conv_job(x, weight, bias, out, kept, lo, hi, residual)
+    run_job(job, job.rows * weight.shape[0] * out.shape[-1])
+    return out
+
+
+def rows_conv_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, kept: KeptRows,
+                  lo: float, hi: float, residual: torch.Tensor | None = None) -> Job:
+    """The Job of `rows_conv`, its tensors checked; the tensors must outlive it."""
     rows, cout, ntaps = kept.in_rows.numel(), out.shape[-1], kept.taps.numel()
     cin = weight.shape[0] // (ntaps * -(-cout // PANEL))
     for t in (x, weight, bias, out) + ((residual,) if residual is not None else ()):
@@ -197,13 +207,11 @@ def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: to
     if rows != kept.out_rows.numel() or weight.shape != (ntaps * cin * -(-cout // PANEL), PANEL) or \
             (kept.inside is not None and kept.inside.numel() != rows) or ntaps % kept.kw:
         raise ValueError("rows_conv: shapes do not match")
-    job = Job(kernel=1, isa=ISAS.index(isa()), rows=rows, ntaps=ntaps, kw=kept.kw, cin=cin, cout=cout,
-              ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
-              residual=residual.data_ptr() if residual is not None else None, zeros=_zero_row(cin).data_ptr(),
-              in_rows=kept.in_rows.data_ptr(), taps=kept.taps.data_ptr(), out_rows=kept.out_rows.data_ptr(),
-              inside=kept.inside.data_ptr() if kept.inside is not None else None, lo=lo, hi=hi)
-    run_job(job, rows * weight.shape[0] * cout)
-    return out
+    return Job(kernel=1, isa=ISAS.index(isa()), rows=rows, ntaps=ntaps, kw=kept.kw, cin=cin, cout=cout,
+               ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
+               residual=residual.data_ptr() if residual is not None else None, zeros=_zero_row(cin).data_ptr(),
+               in_rows=kept.in_rows.data_ptr(), taps=kept.taps.data_ptr(), out_rows=kept.out_rows.data_ptr(),
+               inside=kept.inside.data_ptr() if kept.inside is not None else None, lo=lo, hi=hi)
 
 
 def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
@@ -241,6 +249,18 @@ def depthwise_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
     """A depthwise conv at the kept output pixels only, into `out`: x the input images (full NHWC
     maps or a producer's kept rows), `weight` (taps, C), `fill` the row a masked input pixel reads.
     The offsets are the caller's to get right: they are not checked here, beyond their tensors."""
+    images = x.numel() // kept.in_image
+    if x.numel() != images * kept.in_image:
+        raise ValueError("depthwise_rows: shapes do not match")
+    job, geometry = depthwise_job(x, weight, bias, out, kept, fill, lo, hi, images)
+    run_job(job, job.rows * weight.numel())
+    return out
+
+
+def depthwise_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
+                  kept: DepthwiseRows, fill: torch.Tensor, lo: float, hi: float, images: int) -> tuple[Job, torch.Tensor]:
+    """The Job of `depthwise_rows` over `images` images, its tensors checked, and the geometry tensor
+    it points to; the tensors must outlive it. `kept.in_image` 0: every image reads the same x."""
     taps, channels = weight.shape
     pixels = kept.out_rows.numel()
     for t in (x, weight, bias, out, fill):
@@ -248,19 +268,37 @@ def depthwise_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
             raise ValueError("depthwise_rows takes contiguous float32 tensors")
     if any(t.dtype != torch.int64 or not t.is_contiguous() for t in (kept.in_rows, kept.out_rows)):
         raise ValueError("depthwise_rows takes contiguous int64 offsets")
-    images = x.numel() // kept.in_image
     if (kept.in_rows.numel() != pixels * taps or bias.numel() != channels or fill.numel() != channels
-            or x.numel() != images * kept.in_image or out.numel() != images * kept.out_image):
-        raise ValueError("depthwise_rows: shapes do not match")
+            or out.numel() != images * kept.out_image or taps > 64):
+        raise ValueError("depthwise_rows: shapes do not match, or more than 64 taps")
     geometry = torch.tensor([pixels, taps, kept.in_image, kept.out_image], dtype=torch.int64)
     job = Job(kernel=3, isa=ISAS.index(isa()), rows=images * pixels, ntaps=taps, cin=channels, x=x.data_ptr(),
               w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(), zeros=_zero_row(channels).data_ptr(),
               fill=fill.data_ptr(), in_rows=kept.in_rows.data_ptr(), out_rows=kept.out_rows.data_ptr(),
               geometry=geometry.data_ptr(), lo=lo, hi=hi)
-    run_job(job, images * pixels * taps * channels)
-    if job.status:
-        raise ValueError(f"depthwise_rows: at most 64 taps, got {taps}")
-    return out
+    return job, geometry
+
+
+class Bands(NamedTuple):
+    """How `producer_depthwise` interleaves one image's producer and depthwise rows: per band, the
+    producer rows made and the depthwise rows done by its end (int64, flat pairs), and the rows of
+    the ring the producer writes (the table of the depthwise conv reads row k at k % ring_rows)."""
+
+    ends: torch.Tensor
+    ring_rows: int
+
+
+def producer_depthwise(producer: Job, consumer: Job, bands: Bands, images: int, in_image: int) -> None:
+    """Run a rows-conv producer (its job over one image, `in_image` floats apart in x) and the
+    depthwise conv reading its kept rows from a ring (its job over `images` images) band by band,
+    so that the producer's rows never leave the cache (see kernels.c)."""
+    threads = max(1, min(torch.get_num_threads(), images))
+    ring = torch.empty(threads * bands.ring_rows * producer.cout)
+    job = Job(kernel=4, isa=producer.isa, rows=images, producer=ctypes.addressof(producer),
+              consumer=ctypes.addressof(consumer), bands=bands.ends.data_ptr(), nbands=bands.ends.numel() // 2,
+              ring=ring.data_ptr(), ring_floats=bands.ring_rows * producer.cout, in_image=in_image)
+    run_job(job, images * (producer.rows * producer.ntaps * producer.cin * producer.cout + consumer.rows // images
+                           * consumer.ntaps * consumer.cin))
 
 
 def lists_size(pixels: int, cin: int) -> int:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ActzipError
 from ..fileio import atomic_write
-from .compile import CompiledModel, LayerChoice
+from .compile import CompiledModel, LayerChoice, link_kept_rows
 from .conv import CompiledConv2d, Workspace
 from .fold import MaskedConv2d
 from .pool import CompiledMaxPool2d
@@ -75,7 +75,9 @@ def load(path: str | Path) -> CompiledModel:
         result = CompiledModel(graph, layers, tuple(meta["input_shape"]), meta["note"])
         result.engine, result.onnxruntime = "onnxruntime", session_from_bytes(tensors["onnx"].numpy().tobytes())
     else:
-        result = CompiledModel(_graph(meta, tensors), layers, tuple(meta["input_shape"]), meta["note"])
+        graph = _graph(meta, tensors)
+        link_kept_rows(graph)  # the hand-over of kept rows follows from the saved paths
+        result = CompiledModel(graph, layers, tuple(meta["input_shape"]), meta["note"])
     result.engine_ms, result.max_abs_error = meta["engine_ms"], meta["max_abs_error"]
     return result
 
@@ -180,8 +182,6 @@ def _module(spec: dict, state: dict, workspace: Workspace) -> nn.Module:
         fast = CompiledConv2d(conv, tuple(spec["bounds"]) if spec["bounds"] else None, tuple(spec["input_shape"]),
                               workspace, spec["residual"])
         fast.path, fast.feeds_kept_only = spec["path"], spec["feeds_kept_only"]
-        if "input_kept_pixels" in state:  # a depthwise conv whose producer hands over its kept pixels
-            fast.read_masked_input(state["input_kept_pixels"], state["input_fill"])
         return fast
     if spec["kind"] not in MODULES:
         raise ActzipError(f"a saved graph holds a {spec['kind']!r}, which actzip does not load")
