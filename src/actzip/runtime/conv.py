@@ -402,19 +402,21 @@ class CompiledConv2d(nn.Module):
             valid = slots >= 0
             needs_to = torch.where(valid, slots, -1).max(1).values.cummax(0).values + 1
             needs_from = torch.where(valid, slots, slots.new_tensor(2**62)).min(1).values
-            ends, ring = [], 1
-            for start in range(0, slots.shape[0], DEPTHWISE_BAND):
-                stop = min(start + DEPTHWISE_BAND, slots.shape[0])
-                made = int(needs_to[stop - 1])
-                ring = max(ring, made - int(needs_from[start:stop].min().clamp(max=made)))
-                ends += [made, stop]
+            starts = range(0, slots.shape[0], DEPTHWISE_BAND)
+            stops = torch.tensor([min(start + DEPTHWISE_BAND, slots.shape[0]) for start in starts], dtype=torch.long)
+            made = needs_to[stops - 1]
+            first = torch.tensor([int(needs_from[start:stop].min()) for start, stop in zip(starts, stops)],
+                                 dtype=torch.long)
+            first = torch.minimum(first.flip(0).cummin(0).values.flip(0), made)  # what this band or a later one reads
+            ring = max([1] + (made - first).tolist())
+            ends = torch.stack([made, stops, first], 1).reshape(-1)
             out_rows, out_image = self._out_rows()
             table = native.DepthwiseRows(torch.where(valid, slots % ring * self.in_channels, slots).reshape(-1),
                                          out_rows.contiguous(), 0, out_image)
             producer = self.fused_producer
             kept = producer.kept_pixels.numel()
             rows = producer._kept_rows(1, rows_input)._replace(out_rows=torch.arange(kept) % ring * producer.out_channels)
-            self._ring_plans[key] = table, native.Bands(torch.tensor(ends, dtype=torch.long), ring), rows
+            self._ring_plans[key] = table, native.Bands(ends.contiguous(), ring), rows
         return self._ring_plans[key]
 
     def _kept_rows(self, batch: int, rows_input: bool) -> native.KeptRows:

@@ -506,7 +506,7 @@ typedef struct Job {
     const struct Job *producer, *consumer;
     const int64_t *bands;
     float *ring;
-    int64_t nbands, ring_floats, in_image;
+    int64_t nbands, nparts, ring_floats, in_image;
 } Job;
 
 /* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
@@ -695,23 +695,29 @@ static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
     return 0;
 }
 
-/* A rows-conv producer and the depthwise conv that consumes it, image by image, in bands: images
-   [begin, end). Band b first computes the producer's kept rows up to bands[2b] (of one image), then
-   the consumer's kept rows up to bands[2b + 1], which read no producer row past the first. The
-   producer writes its row k to row k % (ring rows) of a ring small enough to stay in L2 (the caller
-   sizes it so that no band reads a row the ring has dropped, and gives the consumer ring offsets in
-   its table), so the producer's map, the largest of an inverted residual block, never reaches
-   memory. The producer job covers one image (its x is moved to each image here); the consumer job
-   reads the ring (no per-image input offset) and writes each image's rows. */
+/* A rows-conv producer and the depthwise conv that consumes it, image by image, in bands. Work unit
+   u of [begin, end) is part u % nparts of image u / nparts: its share of the bands (parts let
+   several threads share one image). Band b (bands[3b .. 3b + 2]) first computes the producer's kept
+   rows of one image up to bands[3b], then the consumer's kept rows up to bands[3b + 1], which read
+   no producer row past the first, nor one before bands[3b + 2], the first row this band or a later
+   one reads (a part starts computing there). The producer writes its row k to row k % (ring rows)
+   of a ring small enough to stay in L2 (the caller sizes it so that no band reads a row the ring
+   has dropped, and gives the consumer ring offsets in its table), so the producer's map, the
+   largest of an inverted residual block, never reaches memory. The producer job covers one image
+   (its x is moved to each image here); the consumer job reads the ring (no per-image input offset)
+   and writes each image's rows. */
 static int producer_depthwise(const Job *j, int64_t begin, int64_t end) {
     Job producer = *j->producer, consumer = *j->consumer;
     consumer.x = producer.y = j->ring + j->thread_num() * j->ring_floats;
-    const int64_t kept = consumer.geometry[0];
-    for (int64_t img = begin; img < end; img++) {
+    const int64_t kept = consumer.geometry[0], *bands = j->bands;
+    for (int64_t u = begin; u < end; u++) {
+        const int64_t img = u / j->nparts, part = u % j->nparts;
+        const int64_t b0 = part * j->nbands / j->nparts, b1 = (part + 1) * j->nbands / j->nparts;
+        if (b0 >= b1) continue;
         producer.x = j->producer->x + img * j->in_image;
-        int64_t made = 0, used = 0;
-        for (int64_t b = 0; b < j->nbands; b++) {
-            const int64_t make = j->bands[2 * b], use = j->bands[2 * b + 1];
+        int64_t made = b0 ? bands[3 * b0 + 2] : 0, used = b0 ? bands[3 * b0 - 2] : 0;
+        for (int64_t b = b0; b < b1; b++) {
+            const int64_t make = bands[3 * b], use = bands[3 * b + 1];
             if (make > made && rows_conv(&producer, made, make)) return -1;
             made = make > made ? make : made;
             if (use > used && depthwise_rows(&consumer, img * kept + used, img * kept + use)) return -1;

@@ -86,7 +86,7 @@ class Job(ctypes.Structure):
         + [(n, _F) for n in ("x", "w", "bias", "residual", "zeros", "y", "lists", "in_rows", "taps", "out_rows",
                              "inside", "geometry")] \
         + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F), ("producer", _F), ("consumer", _F),
-           ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "ring_floats", "in_image")]
+           ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "nparts", "ring_floats", "in_image")]
 
 
 @functools.cache
@@ -281,8 +281,9 @@ def depthwise_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out
 
 class Bands(NamedTuple):
     """How `producer_depthwise` interleaves one image's producer and depthwise rows: per band, the
-    producer rows made and the depthwise rows done by its end (int64, flat pairs), and the rows of
-    the ring the producer writes (the table of the depthwise conv reads row k at k % ring_rows)."""
+    producer rows made and the depthwise rows done by its end, and the first producer row it or a
+    later band reads (int64, flat triples); and the rows of the ring the producer writes (the table
+    of the depthwise conv reads row k at k % ring_rows)."""
 
     ends: torch.Tensor
     ring_rows: int
@@ -291,12 +292,14 @@ class Bands(NamedTuple):
 def producer_depthwise(producer: Job, consumer: Job, bands: Bands, images: int, in_image: int) -> None:
     """Run a rows-conv producer (its job over one image, `in_image` floats apart in x) and the
     depthwise conv reading its kept rows from a ring (its job over `images` images) band by band,
-    so that the producer's rows never leave the cache (see kernels.c)."""
-    threads = max(1, min(torch.get_num_threads(), images))
+    so that the producer's rows never leave the cache (see kernels.c). With fewer images than
+    threads, each image's bands are shared between threads."""
+    threads = torch.get_num_threads()
+    parts = 1 if images >= threads else -(-threads // images)
     ring = torch.empty(threads * bands.ring_rows * producer.cout)
-    job = Job(kernel=4, isa=producer.isa, rows=images, producer=ctypes.addressof(producer),
-              consumer=ctypes.addressof(consumer), bands=bands.ends.data_ptr(), nbands=bands.ends.numel() // 2,
-              ring=ring.data_ptr(), ring_floats=bands.ring_rows * producer.cout, in_image=in_image)
+    job = Job(kernel=4, isa=producer.isa, rows=images * parts, producer=ctypes.addressof(producer),
+              consumer=ctypes.addressof(consumer), bands=bands.ends.data_ptr(), nbands=bands.ends.numel() // 3,
+              nparts=parts, ring=ring.data_ptr(), ring_floats=bands.ring_rows * producer.cout, in_image=in_image)
     run_job(job, images * (producer.rows * producer.ntaps * producer.cin * producer.cout + consumer.rows // images
                            * consumer.ntaps * consumer.cin))
 
