@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-EXTRAS  := models,images,torchvision,runtime,dev
+EXTRAS  := models,images,torchvision,runtime,peers,dev
 
 .PHONY: install demo test test-isa test-slow bench docs clean data
 

@@ -130,6 +130,9 @@ PAGES_BY_JSON = {
                   _from_script("dctcm", "markdown")),
     "codecs": Page("Codecs on real activation maps", "Every codec beside plain zstd and lz4, "
                    "`python benchmarks/codecs.py`.", _codecs),
+    "codec_peers": Page("Lossless coders against JPEG-XL, JPEG-LS, WebP, blosc2 and zstd",
+                        "On the same real maps, `python benchmarks/codec_peers.py`.",
+                        _from_script("codec_peers", "table")),
     "analyze_speed": Page("Speed of `actzip analyze`", "`python benchmarks/analyze_speed.py`.", _analyze_speed),
     "channel_klt": Page("Channel transforms (klt) against the pixel domain", "`python benchmarks/channel_klt.py`.",
                         _channel_klt),

@@ -4,11 +4,15 @@ Rows (each a call of `actzip.runtime.bench.benchmark_runtime`, engines timed in 
 - semi-structured: torchvision ResNet18 and MobileNetV2 (random weights: latency does not depend on
   them) and pretrained EfficientNet-Lite0 at 224x224 with random pixel masks at each sparsity; s = 0
   is the model compiled with no masks, the "masks open" row;
-- unstructured: pretrained Lite0 on the bundled photos, no masks: only the zeros its ReLU6 leaves.
+- unstructured: pretrained Lite0 on the bundled photos, no masks: only the zeros its ReLU6 leaves;
+- L1-sparsified (`--l1-runs DIR...`): trained runs of benchmarks/sparsify_table.py (a folder with
+  report.json and weights.pt each) on their dataset's first test images at their trained input size,
+  batch 64 (`--l1-batch`), the zeros their activation penalty left.
 Each at batch 1 and 8 and at each thread count. The JSON keeps every engine's time; the table gives
 the compiled model's speedup over onnxruntime and over the fastest dense engine.
 
     python benchmarks/runtime.py [--threads 1 2] [--batches 1 8] [--sparsities 0 0.2 0.3 0.5]
+    python benchmarks/runtime.py --l1-runs runs/sparsify_table/mobilenet-v1-l1-0.3-kd0.5-30ep --threads 1 2
     python benchmarks/runtime.py --table   # docs/results/runtime.md from the JSON
 """
 
@@ -44,6 +48,32 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
     r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros")}
     del r["compile"]["layers"]
     return r
+
+
+def trained_run(folder: Path, batch: int):
+    """(model, its first `batch` test images, label) of a finished run of benchmarks/sparsify_table.py."""
+    from actzip import models
+    from actzip.train import TrainConfig, build_model, training_sets
+
+    report = json.loads((folder / "report.json").read_text())
+    config = TrainConfig.from_dict(report["training"]["config"])
+    sets = training_sets(config.dataset, config.data_root, False)
+    model = build_model(config, sets.in_channels, sets.num_classes)
+    models.load_weights(model, folder / "weights.pt")
+    x = torch.stack([sets.test[i][0] for i in range(batch)])
+    return model.eval(), x, f"{config.model} {folder.name}"
+
+
+def measure_l1_runs(args) -> list[dict]:
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for folder in args.l1_runs:
+            model, x, label = trained_run(folder, args.l1_batch)
+            rows.append({"kind": "L1-sparsified", "model": label, "batch": args.l1_batch, "threads": threads,
+                         **one(model, x, 0.0, args.rounds)})
+            print(summary(rows[-1]), flush=True)
+    return rows
 
 
 def measure(args) -> list[dict]:
@@ -97,9 +127,17 @@ def main():
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.2, 0.3, 0.5])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "runtime.json")
+    ap.add_argument("--l1-runs", nargs="+", type=Path, default=[],
+                    help="time these trained runs instead (rows of the same kind and model in the JSON are replaced)")
+    ap.add_argument("--l1-batch", type=int, default=64)
     ap.add_argument("--table", action="store_true", help="only write docs/results/runtime.md from the JSON")
     args = ap.parse_args()
-    if not args.table:
+    if args.l1_runs and not args.table:
+        fresh = measure_l1_runs(args)
+        keep = [r for r in (json.loads(args.out.read_text()) if args.out.is_file() else [])
+                if (r["kind"], r["model"]) not in {(f["kind"], f["model"]) for f in fresh}]
+        args.out.write_text(json.dumps(keep + fresh, indent=1))
+    elif not args.table:
         args.out.write_text(json.dumps(measure(args), indent=1))
     if args.out == HERE / "runtime.json":
         from pages import write_page

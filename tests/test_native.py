@@ -14,6 +14,14 @@ BEST = native.ISAS.index(native.best_isa()) if native.available() else 0  # the 
 ISAS_HERE = native.ISAS[:BEST + 1]
 
 
+def _use_isa(monkeypatch, isa: str) -> None:
+    """Run the kernels with `isa` for this test (skipped where the CPU lacks it)."""
+    if isa not in ISAS_HERE:
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ACTZIP_ISA", isa)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+
+
 def _reference(x, weight, bias, lo, hi, residual):
     """float64 x @ weight + bias (+ residual), clamped."""
     out = x.double() @ weight.reshape(weight.shape[0], -1).t().double() + bias.double()
@@ -48,10 +56,7 @@ SHAPES = [(1, 3, 5), (7, 5, 3), (33, 40, 200), (64, 96, 24), (130, 1152, 192), (
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.8, 1.0])
 @pytest.mark.parametrize("correlated", [False, True])
 def test_kernel_equals_the_dense_product(monkeypatch, isa, zeros, correlated):
-    if isa not in ISAS_HERE:
-        pytest.skip(f"this CPU has no {isa}")
-    monkeypatch.setenv("ACTZIP_ISA", isa)
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    _use_isa(monkeypatch, isa)
     assert native.isa() == isa
     for i, (pixels, cin, cout) in enumerate(SHAPES):
         x = _maps(pixels, cin, zeros, i, correlated)
@@ -162,10 +167,7 @@ POOLS = [((8, 64, 20, 20), 3, 2, 1), ((3, 5, 9, 7), 2, 2, 0), ((2, 20, 11, 13), 
 def test_max_pool_equals_pytorch_nan_included(monkeypatch, isa):
     from actzip.runtime.pool import CompiledMaxPool2d
 
-    if isa not in ISAS_HERE:
-        pytest.skip(f"this CPU has no {isa}")
-    monkeypatch.setenv("ACTZIP_ISA", isa)
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    _use_isa(monkeypatch, isa)
     for i, (shape, k, s, p) in enumerate(POOLS):
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(i)).contiguous(memory_format=torch.channels_last)
         x[0, 0, 0, 0] = float("nan")  # a NaN reaches every window over it, as in PyTorch
@@ -196,10 +198,7 @@ def test_depthwise_kernel_reads_a_masked_input_as_its_value(monkeypatch, isa):
     from actzip.runtime.conv import CompiledConv2d, Workspace
     from actzip.runtime.fold import MaskedConv2d
 
-    if isa not in ISAS_HERE:
-        pytest.skip(f"this CPU has no {isa}")
-    monkeypatch.setenv("ACTZIP_ISA", isa)
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    _use_isa(monkeypatch, isa)
     for i, (c, k, stride) in enumerate(DEPTHWISE):
         g = torch.Generator().manual_seed(i)
         base = nn.Conv2d(c, c, k, stride, k // 2, groups=c)
