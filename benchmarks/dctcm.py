@@ -10,7 +10,7 @@ Per model, 8-bit activation maps, every site compressed and decoded inside the f
 - dctcm G16+ctxrans at the per-site budget 1e-3 spread by sensitivity (`budget_by_sensitivity`:
   the output error that 1e-3 at every site would cause, spent where it saves the most bits);
 - dctcm with one budget on the model's output (relative squared error of the logits) split among
-  the sites by their measured sensitivity (`actzip.budgets`), at three output budgets, and at the
+  the sites by their measured sensitivity (`actzip.lossy.budgets`), at three output budgets, and at the
   middle one the same attribution steps; and for Lite0 a few of these on 8 views of every photo
   (reframed and mirrored, `photo-views`), calibrated on the plain photos, where one flip is 0.5 %
   rather than 3.7 % of the agreement;

@@ -12,7 +12,7 @@ are pooled as well.
 
 Why a sweep as well as an agreement target: on 112 views one flip is ~1 pt, and 8-bit
 quantization alone already flips one or two of them, so counting flips on the calibration views
-lets the search (`actzip.budgets.budget_for_agreement`) settle on whichever budget's noise
+lets the search (`actzip.lossy.budgets.budget_for_agreement`) settle on whichever budget's noise
 happens to miss their near-ties. The search is run both ways: counting flips, and with the
 agreement expected from each view's logit margin and output noise (`inloop.agreement_chance`),
 which is smooth in the budget. Every row also reports the expected agreement on the evaluated

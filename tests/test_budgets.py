@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from actzip.budgets import (OUTPUT_BUDGET_RANGE, allocate, budget_for_agreement, choose_options, probe_point,
+from actzip.lossy.budgets import (OUTPUT_BUDGET_RANGE, allocate, budget_for_agreement, choose_options, probe_point,
                             sensitivities)
 
 

@@ -8,7 +8,7 @@ squared error in that channel costs. It is estimated without forming J: for a ra
 u with unit-variance entries, E (J^T u)_v^2 = (J^T J)_vv, and J^T u is one backward pass of
 (u . output). This is the squared-error counterpart of the Fisher information (which would
 weigh the output by the softmax's curvature), so it fits the relative squared output error that
-`actzip.budgets` allocates.
+`actzip.lossy.budgets` allocates.
 
 The weights are relative within a site (mean 1 over its channels); the site's own sensitivity,
 measured by re-quantizing it, keeps the scale. The gradient is a linearization: a channel it

@@ -12,7 +12,7 @@ A lossy codec with an error budget (dctcm) is calibrated first: its settings are
 from the activation maps of the calibration images, then fixed for the whole run. The budget is
 the same relative error at every site (`codec_params["budget"]`); or one relative error of the
 model's output (`output_budget`), split among the sites by their measured sensitivity
-(`actzip.budgets`); or, with `budget_by_sensitivity`, the per-site budget e turned into the output
+(`actzip.lossy.budgets`); or, with `budget_by_sensitivity`, the per-site budget e turned into the output
 error it would cause at every site, e * sum of the sensitivities, and that split by sensitivity:
 the same estimated damage to the output, spent where it saves the most bits; or a top-1 agreement
 with the float model to keep on the calibration images (`agreement`), for which the output budget
@@ -44,7 +44,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import budgets, codecs, importance
+from . import codecs, importance
+from .lossy import budgets
 from .analysis import AnalyzeConfig, Progress, batches, calibrate
 from .codecs import klt
 from .codecs.dctcm import channel_curves, choose, pixel_curve, step_grid
@@ -395,7 +396,7 @@ def _channel_planner(model: nn.Module, calibration: list[torch.Tensor], sites: l
                      sample: dict[str, np.ndarray], site_curves: list[list[dict]], sensitivity: list[float],
                      bits: int, transforms: dict[str, dict]):
     """plan_for(output budget) -> a plan per site with one step per channel: the channels of all
-    conv inputs are the units of one allocation (see actzip.budgets). A Linear input stays one
+    conv inputs are the units of one allocation (see actzip.lossy.budgets). A Linear input stays one
     unit with one step: its "channels" are features seen once per image, too few values each to
     measure a rate from, and a step byte per feature would cost more than it saves. A site in
     `transforms` (see _transform_options) may instead take its channel transform, one unit with
@@ -478,7 +479,7 @@ def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: Evaluat
     """Per site: its error budget from config.output_budget (from the per-site budget's output
     error with budget_by_sensitivity, or searched for config.agreement), its sensitivity and the
     step of the curve point taken, or with channel weights the dctcm settings of its channel steps
-    (see actzip.budgets); and for an agreement target, the output budget found, the calibration
+    (see actzip.lossy.budgets); and for an agreement target, the output budget found, the calibration
     agreement it gave and the float model's predictions."""
     plan_for, sensitivity, transforms = _planner(model, calibration, config, sites, quantizers, sample, progress)
     search_result = {}

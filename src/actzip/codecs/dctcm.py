@@ -285,7 +285,7 @@ def channel_curves(x, bits: int, axis: int = 1, max_values: int = 1 << 20) -> di
     """Per channel of codes like x, the rate-distortion points of pixel-domain re-quantization at
     every step of the grid: "steps" (S,), "error" (C, S) squared error summed over the channel's
     values, "energy" (C,) their sum of squares, "bits_per_value" (C, S) the channel's order-0
-    entropy (what a per-channel step plan is chosen by, in `actzip.budgets`)."""
+    entropy (what a per-channel step plan is chosen by, in `actzip.lossy.budgets`)."""
     x3, bits = _sample(x, bits, axis, max_values)
     steps = step_grid(bits)
     values = x3.astype(np.float64)

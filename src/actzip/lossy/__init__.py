@@ -1,4 +1,5 @@
-"""Lossy coding in the loop: its typed targets (`options`)."""
+"""Lossy coding in the loop: its typed targets (`options`) and the per-site budgets they come to
+(`budgets`)."""
 
 from .options import AgreementTarget, Budget, OutputBudget, SiteBudget, parse_budget
 
