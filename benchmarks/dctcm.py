@@ -94,7 +94,7 @@ def variants() -> list[tuple[str, dict]]:
     for a in AGREEMENTS:
         out.append((f"dctcm G16+ctxrans @agreement {a:g}",
                     {"codec": "dctcm", "agreement": a, "codec_params": {"group": 16, "coder": "ctxrans"}}))
-    # one step per channel, weighted by how strongly each channel reaches the output (actzip.importance)
+    # one step per channel, weighted by how strongly each channel reaches the output (actzip.lossy.importance)
     for b in OUTPUT_BUDGETS:
         out.append((f"channel steps+ctxrans @output {b:g}",
                     {"codec": "dctcm", "output_budget": b, "channel_weights": True,

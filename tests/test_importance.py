@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from actzip.importance import WEIGHT_FLOOR, channel_weights
+from actzip.lossy.importance import WEIGHT_FLOOR, channel_weights
 from actzip.sites import find_sites
 
 

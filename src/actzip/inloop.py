@@ -22,7 +22,7 @@ outputs show (`agreement_chance`): on a hundred images one near-tie decides a pe
 expectation does not hinge on whether its noise happened to fall one way or the other. The
 search can count flips (`agreement_estimate="count"`) or use the expectation ("margin"). With any of
 the last three, `channel_weights` gives every channel of a site its own pixel-domain step, the
-error spread over the channels by how strongly each reaches the output (`actzip.importance`);
+error spread over the channels by how strongly each reaches the output (`actzip.lossy.importance`);
 and with `transform` as well, a conv site may instead take a channel transform fitted to its
 calibration maps (`actzip.codecs.klt`, one step), where that costs it fewer bits at the same
 multiplier.
@@ -44,8 +44,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import codecs, importance
-from .lossy import budgets
+from . import codecs
+from .lossy import budgets, importance
 from .analysis import AnalyzeConfig, Progress, batches, calibrate
 from .codecs import klt
 from .codecs.dctcm import channel_curves, choose, pixel_curve, step_grid

@@ -14,7 +14,7 @@ for late layers that are already sparse after ReLU, where a channel DCT would sm
 `step=1, transform=False` is lossless. In the pixel domain each channel can have its own step
 (`channel_steps`, on the quarter-octave grid 2^(k/4) the searches walk, one byte each in the
 stream): the channels of one map matter very differently to the model's output, and
-`actzip.importance` measures by how much. Given an error `budget`, each encode chooses transform or
+`actzip.lossy.importance` measures by how much. Given an error `budget`, each encode chooses transform or
 not, keep mask and step itself (`choose`; transform=False then restricts it to the pixel domain).
 
 Cost: the header (about 20 bytes) plus the two inner streams, i.e. for zvc

@@ -1,5 +1,5 @@
-"""Lossy coding in the loop: its typed targets (`options`) and the per-site budgets they come to
-(`budgets`)."""
+"""Lossy coding in the loop: its typed targets (`options`), the per-site budgets they come to
+(`budgets`), and how strongly each channel of a site reaches the output (`importance`)."""
 
 from .options import AgreementTarget, Budget, OutputBudget, SiteBudget, parse_budget
 

@@ -13,7 +13,7 @@ uniform per-site budget spends most of its error where it hurts most. Here
 - the budgets minimise the total bits subject to sum_i s_i * e_i <= the output budget (errors of
   different sites add at the output about independently), through one Lagrange multiplier found
   by bisection; each site then searches dctcm's full settings (DCT, keep mask) within its e_i;
-- or, with channel weights (`actzip.importance`: how strongly each channel of a site reaches the
+- or, with channel weights (`actzip.lossy.importance`: how strongly each channel of a site reaches the
   output, averaging 1 over the site), the units are channels: channel c of site i has
   sensitivity s_i * w_c and, as its error, its squared error over the whole site's energy (so
   that noise spread evenly costs what the site's probe measured), and the same multiplier picks

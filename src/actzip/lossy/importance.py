@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .sites import Site, capture
+from ..sites import Site, capture
 
 DIRECTIONS = 2  # random output directions per batch
 WEIGHT_FLOOR = 1e-2  # the smallest weight, as a fraction of the site's mean
