@@ -158,7 +158,7 @@ def lossy_candidates(s: np.ndarray) -> dict[str, list[tuple[int, float]]]:
 
     image, out = tiled(s, 8), {}
     out["JPEG-LS near-lossless"] = [(len(b), relative_error(s, untiled(ic.jpegls_decode(b), s)))
-                                    for b in (ic.jpegls_encode(image, level=near) for near in range(0, 13))]
+                                    for b in (ic.jpegls_encode(image, level=near) for near in NEARS)]
     jxl = [ic.jpegxl_encode(image, distance=d, effort=7, numthreads=1) for d in JXL_DISTANCES]
     out["JPEG-XL lossy e7"] = [(len(b), relative_error(s, untiled(ic.jpegxl_decode(b, numthreads=1), s))) for b in jxl]
     out["JPEG-XL lossy e7"].append((len(ic.jpegxl_encode(image, lossless=True, effort=7, numthreads=1)), 0.0))
@@ -166,7 +166,8 @@ def lossy_candidates(s: np.ndarray) -> dict[str, list[tuple[int, float]]]:
 
 
 MATCHED_ERRORS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
-JXL_DISTANCES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+NEARS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)  # JPEG-LS near-lossless settings tried
+JXL_DISTANCES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0)
 
 
 def lossy(streams: list[np.ndarray], ceilings: list[float]) -> list[dict]:
