@@ -71,8 +71,14 @@ def isa() -> str:
     """The instruction set the kernels run with here (see the module doc)."""
     if not available():
         return "none"
+    return _isa_for(os.environ.get("ATEN_CPU_CAPABILITY", ""), os.environ.get("ACTZIP_ISA"))
+
+
+@functools.cache
+def _isa_for(torch_capability: str, asked: str | None) -> str:
+    """isa() for these settings of the environment (cached: every kernel call asks)."""
     best = ISAS.index(best_isa())
-    for cap in (_LOWERED_BY_TORCH.get(os.environ.get("ATEN_CPU_CAPABILITY", "")), os.environ.get("ACTZIP_ISA")):
+    for cap in (_LOWERED_BY_TORCH.get(torch_capability), asked):
         if cap in ISAS:
             best = min(best, ISAS.index(cap))
     return ISAS[best]
