@@ -173,6 +173,18 @@ def test_train_options_are_the_fields_of_the_training_config():
     assert options == {f.name for f in dataclasses.fields(TrainConfig)} - {"bits", "codecs"}
 
 
+def test_analyze_options_cover_the_fields_of_the_analysis_config():
+    """The CLI builds AnalyzeConfig from its options by name: each field is an option."""
+    import dataclasses
+    import inspect
+
+    from actzip.analysis import AnalyzeConfig
+    from actzip.cli import analyze
+
+    options = set(inspect.signature(analyze).parameters)
+    assert {f.name for f in dataclasses.fields(AnalyzeConfig)} <= options
+
+
 def test_plot_draws_rate_against_distortion_across_evaluate_runs(tmp_path):
     import json
 

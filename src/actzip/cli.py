@@ -235,13 +235,11 @@ def analyze(
     from .report import write_report
 
     from . import codecs as codec_suite
-
-    chosen = codec_suite.names() if codecs == "all" else [c.strip() for c in codecs.split(",") if c.strip()]
     from .dist import broadcast_module, init_from_env, is_main
 
-    config = AnalyzeConfig(bits=_parse_bits(bits), batch_size=batch_size, limit=limit, calibration=calibration,
-                           percentile=percentile, per_channel=per_channel, calibration_images=calibration_images,
-                           codecs=tuple(chosen))
+    chosen = codec_suite.names() if codecs == "all" else [c.strip() for c in codecs.split(",") if c.strip()]
+    given = locals() | {"bits": _parse_bits(bits), "codecs": tuple(chosen)}
+    config = AnalyzeConfig(**{f.name: given[f.name] for f in fields(AnalyzeConfig)})
     init_from_env()  # under torchrun: the ranks share the batches and all-reduce the statistics
     preprocess = _preprocessing(models.preprocessing(model), size, mean, std)
     net = broadcast_module(models.load(model, weights=weights))
