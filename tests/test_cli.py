@@ -185,6 +185,19 @@ def test_analyze_options_cover_the_fields_of_the_analysis_config():
     assert {f.name for f in dataclasses.fields(AnalyzeConfig)} <= options
 
 
+def test_evaluate_options_cover_the_fields_of_the_evaluation_config():
+    """The CLI builds EvaluateConfig from its options by name: each field is an option, but the
+    codec settings, which come from the repeated --param."""
+    import dataclasses
+    import inspect
+
+    from actzip.cli import evaluate
+    from actzip.inloop import EvaluateConfig
+
+    options = set(inspect.signature(evaluate).parameters)
+    assert {f.name for f in dataclasses.fields(EvaluateConfig)} - {"codec_params"} <= options
+
+
 def test_plot_draws_rate_against_distortion_across_evaluate_runs(tmp_path):
     import json
 

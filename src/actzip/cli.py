@@ -437,8 +437,8 @@ def evaluate(
     allow_klt: bool = typer.Option(False, "--allow-klt", help="with --granularity channel: a conv site may take a "
                                    "channel transform fitted to it (the klt codec) where that costs less"),
     output_budget: Optional[float] = typer.Option(None, hidden=True, help="older form of --budget output:E"),
-    by_sensitivity: bool = typer.Option(False, "--by-sensitivity", hidden=True,
-                                        help="older form of --budget site:E:sensitivity"),
+    budget_by_sensitivity: bool = typer.Option(False, "--by-sensitivity", hidden=True,
+                                               help="older form of --budget site:E:sensitivity"),
     agreement: Optional[float] = typer.Option(None, hidden=True, help="older form of --budget agreement:A"),
     agreement_estimate: str = typer.Option("count", hidden=True, help="older form of --budget agreement:A:margin"),
     channel_weights: bool = typer.Option(False, "--channel-weights", hidden=True,
@@ -462,12 +462,8 @@ def evaluate(
     from .inloop import evaluate as run_evaluation
     from .lossy import parse_budget
 
-    config = EvaluateConfig(codec=codec, bits=bits, codec_params=_codec_params(param), batch_size=batch_size,
-                            limit=limit, calibration_images=calibration_images, output_budget=output_budget,
-                            budget_by_sensitivity=by_sensitivity, agreement=agreement,
-                            agreement_estimate=agreement_estimate, channel_weights=channel_weights, transform=transform,
-                            budget=parse_budget(budget) if budget else None, granularity=granularity,
-                            allow_klt=allow_klt)
+    given = locals() | {"codec_params": _codec_params(param), "budget": parse_budget(budget) if budget else None}
+    config = EvaluateConfig(**{f.name: given[f.name] for f in fields(EvaluateConfig)})
     net = models.load(model, weights=weights)
     dataset = open_images(images, models.preprocessing(model))
     calibration = None if calibrate_on is None else open_images(calibrate_on, models.preprocessing(model))
