@@ -3,7 +3,7 @@ the Fashion-MNIST networks at the same settings, on test images their calibratio
 
 The 27 bundled photos in 8 views each (reframed, mirrored) are cut in two folds by photo (even
 and odd numbered, `dctcm.photo_split`). Each fold is calibrated on once (quantizers,
-sensitivities, channel weights, fitted channel transforms: `actzip.inloop.planner`) and the
+sensitivities, channel weights, fitted channel transforms: `actzip.lossy.evaluate.planner`) and the
 other fold's views are evaluated at every output budget, 8-bit, in the loop. Two variants: one
 pixel-domain step per channel (`channel_weights`), and the same with a fitted channel transform
 (klt) as a per-site choice (`transform`). Each fold measures about 104 views of 13 photos: one
@@ -14,7 +14,7 @@ Why a sweep as well as an agreement target: on 112 views one flip is ~1 pt, and 
 quantization alone already flips one or two of them, so counting flips on the calibration views
 lets the search (`actzip.lossy.budgets.budget_for_agreement`) settle on whichever budget's noise
 happens to miss their near-ties. The search is run both ways: counting flips, and with the
-agreement expected from each view's logit margin and output noise (`inloop.agreement_chance`),
+agreement expected from each view's logit margin and output noise (`lossy.evaluate.agreement_chance`),
 which is smooth in the budget. Every row also reports the expected agreement on the evaluated
 views next to the counted one, and "near_ties" says how fragile each fold's views are from the
 float logits alone.
@@ -45,7 +45,7 @@ from actzip import models
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
-from actzip.inloop import EvaluateConfig, chance_from_margins, evaluate, margin_noise, planner
+from actzip.lossy.evaluate import EvaluateConfig, chance_from_margins, evaluate, margin_noise, planner
 from dctcm import FMNIST_CALIBRATION, photo_split, summary
 
 HERE = Path(__file__).parent

@@ -458,8 +458,8 @@ def evaluate(
     from . import models
     from .data import open_images
     from .fileio import atomic_write, output_dir
-    from .inloop import EvaluateConfig
-    from .inloop import evaluate as run_evaluation
+    from .lossy.evaluate import EvaluateConfig
+    from .lossy.evaluate import evaluate as run_evaluation
     from .lossy import parse_budget
 
     given = locals() | {"codec_params": _codec_params(param), "budget": parse_budget(budget) if budget else None}

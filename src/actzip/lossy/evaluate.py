@@ -44,16 +44,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import codecs
-from .lossy import budgets, importance
-from .analysis import AnalyzeConfig, Progress, batches, calibrate
-from .codecs import klt
-from .codecs.dctcm import channel_curves, choose, pixel_curve, step_grid
-from .codecs.layout import as_3d, sample_pixels, squared_error
-from .errors import ActzipError
-from .lossy.options import AGREEMENT_ESTIMATES, AgreementTarget, Budget, OutputBudget, SiteBudget
-from .quant import QuantParams, code_dtype, dequantize, quantize
-from .sites import Site, capture
+from .. import codecs
+from ..analysis import AnalyzeConfig, Progress, batches, calibrate
+from ..codecs import klt
+from ..codecs.dctcm import channel_curves, choose, pixel_curve, step_grid
+from ..codecs.layout import as_3d, sample_pixels, squared_error
+from ..errors import ActzipError
+from ..quant import QuantParams, code_dtype, dequantize, quantize
+from ..sites import Site, capture
+from . import budgets, importance
+from .options import AGREEMENT_ESTIMATES, AgreementTarget, Budget, OutputBudget, SiteBudget
 
 SAMPLE_VALUES = 1 << 20  # activation values per site kept for choosing a lossy codec's settings
 
