@@ -14,7 +14,7 @@ Why a sweep as well as an agreement target: on 112 views one flip is ~1 pt, and 
 quantization alone already flips one or two of them, so counting flips on the calibration views
 lets the search (`actzip.lossy.budgets.budget_for_agreement`) settle on whichever budget's noise
 happens to miss their near-ties. The search is run both ways: counting flips, and with the
-agreement expected from each view's logit margin and output noise (`lossy.evaluate.agreement_chance`),
+agreement expected from each view's logit margin and output noise (`lossy.agreement.agreement_chance`),
 which is smooth in the budget. Every row also reports the expected agreement on the evaluated
 views next to the counted one, and "near_ties" says how fragile each fold's views are from the
 float logits alone.
@@ -45,7 +45,8 @@ from actzip import models
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
-from actzip.lossy.evaluate import EvaluateConfig, chance_from_margins, evaluate, margin_noise, planner
+from actzip.lossy.agreement import chance_from_margins, margin_noise
+from actzip.lossy.evaluate import EvaluateConfig, evaluate, planner
 from dctcm import FMNIST_CALIBRATION, photo_split, summary
 
 HERE = Path(__file__).parent
