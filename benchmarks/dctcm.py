@@ -55,7 +55,8 @@ from actzip.codecs.dctcm import STEPS_PER_OCTAVE, choose, step_index
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
-from actzip.lossy.evaluate import EvaluateConfig, evaluate
+from actzip.lossy.config import EvaluateConfig
+from actzip.lossy.evaluate import evaluate
 from lite0_maps import lite0_streams
 from pages import write_page
 

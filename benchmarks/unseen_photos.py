@@ -46,7 +46,8 @@ from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
 from actzip.lossy.agreement import chance_from_margins, margin_noise
-from actzip.lossy.evaluate import EvaluateConfig, evaluate, planner
+from actzip.lossy.config import EvaluateConfig
+from actzip.lossy.evaluate import evaluate, planner
 from dctcm import FMNIST_CALIBRATION, photo_split, summary
 
 HERE = Path(__file__).parent

@@ -192,7 +192,7 @@ def test_evaluate_options_cover_the_fields_of_the_evaluation_config():
     import inspect
 
     from actzip.cli import evaluate
-    from actzip.lossy.evaluate import EvaluateConfig
+    from actzip.lossy.config import EvaluateConfig
 
     options = set(inspect.signature(evaluate).parameters)
     assert {f.name for f in dataclasses.fields(EvaluateConfig)} - {"codec_params"} <= options

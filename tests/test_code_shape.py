@@ -93,7 +93,7 @@ def test_module_level_imports_form_no_cycle():
 
 def _configs():
     from actzip.analysis import AnalyzeConfig
-    from actzip.lossy.evaluate import EvaluateConfig
+    from actzip.lossy.config import EvaluateConfig
     from actzip.sparsify.fatrelu import FATReLU
     from actzip.sparsify.penalty import L1, Hoyer
     from actzip.sparsify.pixelmask import PixelMask

@@ -10,7 +10,8 @@ from torch.utils.data import TensorDataset
 from actzip.analysis import AnalyzeConfig, calibrate
 from actzip.errors import ActzipError
 from actzip.lossy.agreement import agreement_chance
-from actzip.lossy.evaluate import EvaluateConfig, evaluate, planner
+from actzip.lossy.config import EvaluateConfig
+from actzip.lossy.evaluate import evaluate, planner
 from actzip.quant import fake_quantize
 from actzip.sites import capture
 

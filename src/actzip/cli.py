@@ -458,7 +458,7 @@ def evaluate(
     from . import models
     from .data import open_images
     from .fileio import atomic_write, output_dir
-    from .lossy.evaluate import EvaluateConfig
+    from .lossy.config import EvaluateConfig
     from .lossy.evaluate import evaluate as run_evaluation
     from .lossy import parse_budget
 
