@@ -3,7 +3,7 @@ the Fashion-MNIST networks at the same settings, on test images their calibratio
 
 The 27 bundled photos in 8 views each (reframed, mirrored) are cut in two folds by photo (even
 and odd numbered, `dctcm.photo_split`). Each fold is calibrated on once (quantizers,
-sensitivities, channel weights, fitted channel transforms: `actzip.lossy.evaluate.planner`) and the
+sensitivities, channel weights, fitted channel transforms: `actzip.lossy.planner`) and the
 other fold's views are evaluated at every output budget, 8-bit, in the loop. Two variants: one
 pixel-domain step per channel (`channel_weights`), and the same with a fitted channel transform
 (klt) as a per-site choice (`transform`). Each fold measures about 104 views of 13 photos: one
@@ -47,7 +47,8 @@ from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write
 from actzip.lossy.agreement import chance_from_margins, margin_noise
 from actzip.lossy.config import EvaluateConfig
-from actzip.lossy.evaluate import evaluate, planner
+from actzip.lossy.evaluate import evaluate
+from actzip.lossy.planner import planner
 from dctcm import FMNIST_CALIBRATION, photo_split, summary
 
 HERE = Path(__file__).parent

@@ -11,7 +11,8 @@ from actzip.analysis import AnalyzeConfig, calibrate
 from actzip.errors import ActzipError
 from actzip.lossy.agreement import agreement_chance
 from actzip.lossy.config import EvaluateConfig
-from actzip.lossy.evaluate import evaluate, planner
+from actzip.lossy.evaluate import evaluate
+from actzip.lossy.planner import planner
 from actzip.quant import fake_quantize
 from actzip.sites import capture
 

@@ -16,7 +16,7 @@ brings each channel's mean error back to zero.
 Error: at most step/2 per coefficient, which the orthonormal basis carries into the pixel domain
 unchanged (float16 storage bends it by about 1e-3), plus the offsets and the final rounding; the
 clip only takes error away. `curve` measures error and rate per step on a sample, and
-`actzip.lossy.evaluate` offers the transform per conv site next to pixel re-quantization
+`actzip.lossy.planner` offers the transform per conv site next to pixel re-quantization
 (`EvaluateConfig(transform=True)`), taken where it costs the site less.
 
 The basis, mean and offsets are side information that a decoder holds once per site (C^2 + 2C
