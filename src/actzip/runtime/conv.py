@@ -241,6 +241,8 @@ class CompiledConv2d(nn.Module):
         the producer then passes its input through, and this conv reads that. None: undo."""
         if self.fused_producer is not None:
             self.fused_producer.passes_input = False
+        if producer is not self.fused_producer:
+            self._ring_plans.clear()  # plans made for another producer
         if producer is not None and (producer.depthwise or not producer.native or producer.residual
                                      or self.input_kept_pixels is None):
             raise ValueError("a fused producer is a sparse conv by the compiled kernel with a masked depthwise consumer")
@@ -325,7 +327,7 @@ class CompiledConv2d(nn.Module):
         producer, rows_input = self.fused_producer, x.dim() == 2
         if rows_input:  # a 1x1 producer with the mask of its own producer
             per_image = producer.kept_pixels.numel() * producer.in_channels
-            n, source = x.shape[0] * x.shape[1] // per_image, x.contiguous()
+            n, source = x.shape[0] // producer.kept_pixels.numel(), x.contiguous()
         else:
             producer._check(x)
             per_image = producer.input_hw[0] * producer.input_hw[1] * producer.in_channels
