@@ -255,7 +255,7 @@ def depthwise_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
     """A depthwise conv at the kept output pixels only, into `out`: x the input images (full NHWC
     maps or a producer's kept rows), `weight` (taps, C), `fill` the row a masked input pixel reads.
     The offsets are the caller's to get right: they are not checked here, beyond their tensors."""
-    images = x.numel() // kept.in_image
+    images = x.numel() // kept.in_image if kept.in_image > 0 else -1
     if x.numel() != images * kept.in_image:
         raise ValueError("depthwise_rows: shapes do not match")
     job, geometry = depthwise_job(x, weight, bias, out, kept, fill, lo, hi, images)
