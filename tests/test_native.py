@@ -189,7 +189,8 @@ def test_max_pool_falls_back_to_pytorch_where_the_kernel_does_not_fit():
     assert not CompiledMaxPool2d(3, 2, 1).fits(x)
 
 
-DEPTHWISE = [(17, 3, 1), (40, 5, 2), (100, 3, 1), (130, 3, 2), (64, 3, 1), (16, 1, 1)]  # channels, kernel, stride
+# channels, kernel, stride, dilation
+DEPTHWISE = [(17, 3, 1, 1), (40, 5, 2, 1), (100, 3, 1, 1), (130, 3, 2, 1), (64, 3, 1, 1), (16, 1, 1, 1), (24, 3, 1, 2)]
 
 
 @pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
@@ -199,10 +200,11 @@ def test_depthwise_kernel_reads_a_masked_input_as_its_value(monkeypatch, isa):
     from actzip.runtime.fold import MaskedConv2d
 
     _use_isa(monkeypatch, isa)
-    for i, (c, k, stride) in enumerate(DEPTHWISE):
+    for i, (c, k, stride, dilation) in enumerate(DEPTHWISE):
         g = torch.Generator().manual_seed(i)
-        base = nn.Conv2d(c, c, k, stride, k // 2, groups=c)
-        ho, wo = (11 + 2 * (k // 2) - k) // stride + 1, (9 + 2 * (k // 2) - k) // stride + 1
+        pad = dilation * (k // 2)
+        base = nn.Conv2d(c, c, k, stride, pad, dilation, groups=c)
+        ho, wo = ((size + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for size in (11, 9))
         mask = (torch.rand(1, 1, ho, wo, generator=g) > 0.4).float()
         conv = MaskedConv2d(base, torch.randn(c, 1, k, k, generator=g), torch.randn(c, generator=g), mask,
                             torch.randn(c, generator=g))
@@ -220,4 +222,4 @@ def test_depthwise_kernel_reads_a_masked_input_as_its_value(monkeypatch, isa):
         compact = x.permute(0, 2, 3, 1).reshape(2, -1, c)[:, kept_in].reshape(-1, c)
         for source in (x, compact):
             got = fast(source)
-            assert not got.isnan().any() and (got - want).abs().max() <= 1e-5 * want.abs().max(), (c, k, stride)
+            assert not got.isnan().any() and (got - want).abs().max() <= 1e-5 * want.abs().max(), DEPTHWISE[i]
