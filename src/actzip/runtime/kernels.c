@@ -590,18 +590,24 @@ static void max_pool_avx512(const Job *j, int64_t begin, int64_t end) { max_pool
    floats per output image. Output rows [begin, end) of n * kept; channels go 64 at a time. The
    portable path runs one pixel at a time; AVX-512's (below) runs tiles of pixels. */
 #define DW_MAX_TAPS 64
+
+/* Where output row r (of n * kept) reads each of its taps, into src; returns where it writes. */
+static inline float *depthwise_taps(const Job *j, int64_t r, const float **src) {
+    const int64_t kept = j->geometry[0], T = j->geometry[1];
+    const int64_t img = r / kept, k = r % kept;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t o = j->in_rows[k * T + t];
+        src[t] = o >= 0 ? j->x + img * j->geometry[2] + o : o == -1 ? j->zeros : j->fill;
+    }
+    return j->y + img * j->geometry[3] + j->out_rows[k];
+}
+
 __attribute__((always_inline))
 static inline void depthwise_rows_plain(const Job *j, int64_t begin, int64_t end) {
-    const int64_t kept = j->geometry[0], T = j->geometry[1], in_image = j->geometry[2], out_image = j->geometry[3];
-    const int64_t C = j->cin;
+    const int64_t T = j->geometry[1], C = j->cin;
     for (int64_t r = begin; r < end; r++) {
-        const int64_t img = r / kept, k = r % kept;
         const float *src[DW_MAX_TAPS];
-        for (int64_t t = 0; t < T; t++) {
-            const int64_t o = j->in_rows[k * T + t];
-            src[t] = o >= 0 ? j->x + img * in_image + o : o == -1 ? j->zeros : j->fill;
-        }
-        float *restrict out = j->y + img * out_image + j->out_rows[k];
+        float *restrict out = depthwise_taps(j, r, src);
         for (int64_t c0 = 0; c0 < C; c0 += 64) {
             const int64_t width = C - c0 < 64 ? C - c0 : 64;
             float acc[64];
@@ -658,20 +664,12 @@ static inline void depthwise_tile_avx512(const Job *j, const float *const (*src)
 
 __attribute__((target("avx512f")))
 static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
-    const int64_t kept = j->geometry[0], T = j->geometry[1], in_image = j->geometry[2], out_image = j->geometry[3];
     const int64_t C = j->cin;
     for (int64_t r0 = begin; r0 < end; r0 += PIX) {
         const int rows = end - r0 < PIX ? (int)(end - r0) : PIX;
         const float *src[PIX][DW_MAX_TAPS];
         float *out[PIX];
-        for (int p = 0; p < PIX; p++) {
-            const int64_t r = r0 + (p < rows ? p : 0), img = r / kept, k = r % kept;
-            for (int64_t t = 0; t < T; t++) {
-                const int64_t o = j->in_rows[k * T + t];
-                src[p][t] = o >= 0 ? j->x + img * in_image + o : o == -1 ? j->zeros : j->fill;
-            }
-            out[p] = j->y + img * out_image + j->out_rows[k];
-        }
+        for (int p = 0; p < PIX; p++) out[p] = depthwise_taps(j, r0 + (p < rows ? p : 0), src[p]);
         int64_t c0 = 0;
         for (; c0 + 64 <= C; c0 += 64) depthwise_tile_avx512(j, src, out, rows, c0, 0xFFFF, 4, 0);
         const int64_t left = C - c0, R = (left + 15) / 16;
