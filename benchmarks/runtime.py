@@ -52,14 +52,9 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
 
 def trained_run(folder: Path, batch: int):
     """(model, its first `batch` test images, label) of a finished run of benchmarks/sparsify_table.py."""
-    from actzip import models
-    from actzip.train import TrainConfig, build_model, training_sets
+    from actzip.train import trained_model
 
-    report = json.loads((folder / "report.json").read_text())
-    config = TrainConfig.from_dict(report["training"]["config"])
-    sets = training_sets(config.dataset, config.data_root, False)
-    model = build_model(config, sets.in_channels, sets.num_classes)
-    models.load_weights(model, folder / "weights.pt")
+    model, config, sets = trained_model(folder)
     x = torch.stack([sets.test[i][0] for i in range(batch)])
     return model.eval(), x, f"{config.model} {folder.name}"
 

@@ -18,10 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
-from actzip import codecs, models
+from actzip import codecs
 from actzip.fileio import atomic_write
 from actzip.report import write_report
-from actzip.train import TrainConfig, build_model, evaluate, train, training_sets
+from actzip.train import TrainConfig, evaluate, train, trained_model
 from pages import write_page
 
 HERE = Path(__file__).parent
@@ -37,10 +37,7 @@ def run(config: TrainConfig, out: Path, reanalyze: bool = False) -> dict:
 def measure_again(report: dict, out: Path) -> dict:
     """The report of a finished run, measured again from its weights with the current code; its
     training record stays. The top-1 must come out as it did at the end of training."""
-    config = TrainConfig.from_dict(report["training"]["config"])
-    sets = training_sets(config.dataset, config.data_root, False)
-    model = build_model(config, sets.in_channels, sets.num_classes)
-    models.load_weights(model, out / "weights.pt")
+    model, config, sets = trained_model(out)
     top1, fresh = evaluate(model, sets.test, config)
     if abs(top1 - report["training"]["top1"]) > 1e-9:
         raise SystemExit(f"{out}: top-1 {top1} now, {report['training']['top1']} at the end of training")

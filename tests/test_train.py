@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from actzip.cli import app
 from conftest import write_two_class_folder
 from actzip.errors import ActzipError
-from actzip.train import TrainConfig, train
+from actzip.train import TrainConfig, train, trained_model
 from typer.testing import CliRunner
 
 
@@ -35,6 +35,10 @@ def test_training_writes_a_run_and_learns(folder_dataset, tmp_path):
     assert set(report["totals"]["compression"]) >= {"zvc", "ctx", "entropy"}
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 3
+    model, again, sets = trained_model(tmp_path / "run")  # the run loads back as it was trained
+    assert again == TrainConfig.from_dict(report["training"]["config"]) and len(sets.test) > 0
+    weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
 def test_resume_reaches_the_uninterrupted_result(folder_dataset, tmp_path):

@@ -31,7 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import models
 from .analysis import AnalyzeConfig, build_report, measure
-from .data.training import training_sets
+from .data.training import TrainingSets, training_sets
 from .dist import (all_reduce_sum, barrier, broadcast_module, global_batchnorm, init_from_env, is_main,
                    rank_and_world)
 from .errors import ActzipError
@@ -180,6 +180,17 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.M
         model.register_forward_pre_hook(lambda m, args: tuple(a.double() if torch.is_tensor(a) else a
                                                               for a in args))
     return model
+
+
+def trained_model(run: Path | str) -> tuple[nn.Module, TrainConfig, TrainingSets]:
+    """(model with the weights a finished run trained, its config, its data sets) of run folder
+    `run` (its report.json and weights.pt)."""
+    run = Path(run)
+    config = TrainConfig.from_dict(json.loads((run / "report.json").read_text())["training"]["config"])
+    sets = training_sets(config.dataset, config.data_root, False)
+    model = build_model(config, sets.in_channels, sets.num_classes)
+    models.load_weights(model, run / "weights.pt")
+    return model, config, sets
 
 
 def _save(obj, path: Path) -> None:
