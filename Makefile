@@ -12,7 +12,7 @@ install: $(STAMP) data
 
 # torch is installed first and every install is held to constraints.txt: the CPU wheel lies on
 # disk, while an unpinned torch (or a newer torchvision) would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py constraints.txt src/actzip/runtime/kernels.c
+$(STAMP): pyproject.toml setup.py constraints.txt src/actzip/runtime/kernels.c src/actzip/codecs/kernels.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"

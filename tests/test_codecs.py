@@ -7,8 +7,9 @@ from hypothesis.extra.numpy import arrays
 from actzip import codecs
 from actzip.codecs import klt
 from actzip.codecs.base import FREE_VALUES, pack_header, write_varint
-from actzip.codecs.ctxrans import CLASSES, CODED, value_tables
-from actzip.errors import CorruptStreamError
+from actzip.codecs import context, native
+from actzip.codecs.ctxrans import CHUNK_VALUES, CLASSES, CODED, value_tables
+from actzip.errors import ActzipWarning, CorruptStreamError
 
 NAMES = codecs.names()
 DTYPES = [np.uint8, np.int8, np.uint16, np.int16]
@@ -163,14 +164,14 @@ def test_ctxrans_lands_on_the_conditional_entropy_of_its_symbols():
     stream = codecs.get("ctxrans").encode(a)
     floor = (entropy + raw_bits) / 8
     # on top: the table (at most 2 bytes per used cell and 1 per unused one below it), 10 bytes a chunk
-    assert floor < len(stream) <= 1.01 * floor + 2 * 81 * 36 + 10 * -(-a.size // 2**16)
+    assert floor < len(stream) <= 1.01 * floor + 2 * 81 * 36 + 10 * -(-a.size // CHUNK_VALUES[CODED])
     assert len(stream) < 0.95 * len(codecs.get("rans").encode(a))  # the neighbours are worth it here
 
 
 @pytest.mark.parametrize("shape, dtype", [((2, 3, 300, 301), np.uint8), ((3, 5, 97, 211), np.int16),
                                           ((200_000,), np.uint8), ((1000, 300), np.int8)])
 def test_ctxrans_chunks_split_rows_and_planes_anywhere(shape, dtype):
-    """Chunks of 2^16 values start mid-row and mid-plane; a 1-D array is one row longer than a chunk."""
+    """Chunks start mid-row and mid-plane; a 1-D array is one row longer than a chunk."""
     rng = np.random.default_rng(1)
     info = np.iinfo(dtype)
     a = rng.integers(info.min // 4, info.max // 4, size=shape).astype(dtype)
@@ -179,6 +180,94 @@ def test_ctxrans_chunks_split_rows_and_planes_anywhere(shape, dtype):
     stream = c.encode(a)
     assert stream[len(pack_header(a.ravel(), a.dtype.itemsize * 8))] == CODED  # coded, not stored raw
     assert np.array_equal(c.decode(stream), a.ravel())
+
+
+CTXRANS_PATHS = ["numba", "c", "avx512"]  # the fallback loops, the compiled coder in portable C and with AVX-512
+
+
+def _use_ctxrans(monkeypatch, path: str) -> None:
+    """Run ctxrans through `path` (skipped where this machine cannot)."""
+    if path == "numba":
+        monkeypatch.setattr(native, "library", lambda: None)
+        monkeypatch.setattr(native, "warn_if_missing", lambda: None)
+        return
+    if native.library() is None:
+        pytest.skip("the codec kernels are not built")
+    if path == "avx512" and native.library().actzip_codec_best_isa() < 2:
+        pytest.skip("this CPU has no AVX-512")
+    monkeypatch.setenv("ACTZIP_ISA", path)
+
+
+def _chunky(seed: int, shape: tuple, dtype, bits: int, zeros: float) -> np.ndarray:
+    """Smooth codes with runs of zeros, of `bits` bits, over several ctxrans chunks."""
+    rng = np.random.default_rng(seed)
+    lo, hi = value_range(dtype, bits)
+    x = np.cumsum(rng.integers(-3, 4, shape), axis=-1) * max(1, hi // 64)
+    x[rng.random(shape) < zeros] = 0
+    return x.clip(lo, hi).astype(dtype)
+
+
+CHUNKY_SHAPES = [(3, 9, 100, 121),  # 20 chunks of 2^14, the last short: two groups of 16 lanes
+                 (1, 1, 130, 2**14 + 5),  # rows longer than a chunk: no upper neighbours
+                 (40_000,), (5, 1, 1, 9000), (2, 1, 300, 1), (1, 3, 2**14, 1)]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 99), shape=st.sampled_from(CHUNKY_SHAPES), dtype=st.sampled_from(DTYPES),
+       bits=st.sampled_from([3, 8, 11, 16]), zeros=st.sampled_from([0.0, 0.5, 0.95, 1.0]))
+def test_ctxrans_compiled_and_numba_coders_agree_to_the_bit(seed, shape, dtype, bits, zeros):
+    """The C encoder writes the numba encoder's stream, and every decoder reads it back exactly,
+    over many chunks, rows longer than a chunk and planes of one column."""
+    bits = min(bits, np.dtype(dtype).itemsize * 8)
+    a = _chunky(seed, shape, dtype, bits, zeros)
+    with pytest.MonkeyPatch.context() as mp:
+        _use_ctxrans(mp, "numba")
+        reference = codecs.get("ctxrans", bits=bits).encode(a)
+    for path in CTXRANS_PATHS:
+        with pytest.MonkeyPatch.context() as mp:
+            try:
+                _use_ctxrans(mp, path)
+            except pytest.skip.Exception:
+                continue
+            c = codecs.get("ctxrans", bits=bits)
+            assert c.encode(a) == reference
+            out = c.decode(reference)
+            assert out.dtype == a.dtype and np.array_equal(out, a.ravel())
+
+
+def test_ctxrans_without_the_compiled_coder_warns_once_and_codes(monkeypatch):
+    monkeypatch.setattr(native, "library", lambda: None)
+    native.warn_if_missing.cache_clear()
+    a = _chunky(1, (2, 3, 40, 50), np.int16, 11, 0.5)
+    c = codecs.get("ctxrans")
+    with pytest.warns(ActzipWarning, match="not built"):
+        stream = c.encode(a)
+    assert np.array_equal(c.decode(stream), a.ravel())
+    native.warn_if_missing.cache_clear()
+
+
+@pytest.mark.parametrize("path", CTXRANS_PATHS)
+def test_ctxrans_decoders_refuse_damaged_chunks(monkeypatch, path):
+    """Cut, shortened or flipped chunks of a many-chunk stream: CorruptStreamError, or (a flipped raw
+    bit) other values of the right count; never another error or a read out of bounds."""
+    _use_ctxrans(monkeypatch, path)
+    a = _chunky(0, CHUNKY_SHAPES[0], np.uint8, 8, 0.5)
+    c = codecs.get("ctxrans")
+    stream = c.encode(a)
+    rng = np.random.default_rng(0)
+    damaged = [stream[:n] for n in (len(stream) - 1, len(stream) // 2, 40)]
+    for _ in range(30):
+        b = bytearray(stream)
+        for at in rng.integers(20, len(b), rng.integers(1, 4)):
+            b[at] ^= 1 << int(rng.integers(8))
+        damaged.append(bytes(b))
+    refused = 0
+    for bad in damaged:
+        try:
+            assert c.decode(bad).shape == (a.size,)
+        except CorruptStreamError:
+            refused += 1
+    assert refused >= len(damaged) // 2
 
 
 def _ctx_sizes(a: np.ndarray, **off) -> tuple[int, int]:
@@ -235,7 +324,7 @@ def test_ctx_flags_its_model_and_refuses_unknown_flags(dtype, flags):
     b = bytearray(c.encode(a))
     bits = 8 * np.dtype(dtype).itemsize
     chunk = len(b) - len(c._encode_chunk(a.ravel(), bits, a.shape, 0))  # one chunk, at the end
-    assert b[chunk] == CODED and b[chunk + 1] == flags
+    assert b[chunk] == context.CODED and b[chunk + 1] == flags
     b[chunk + 1] = 16
     with pytest.raises(CorruptStreamError, match="context flags"):
         codecs.get("ctx").decode(bytes(b))

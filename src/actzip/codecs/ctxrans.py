@@ -5,15 +5,21 @@ length m + 1 becomes one symbol, (m + 1, the K = 2 bits below its leading one), 
 its remaining m - 2 bits go raw into a plain bitstream. The symbol is coded in the context of
 the bit lengths of its left and upper neighbours (9 classes each, 81 contexts). One table of
 frequencies per context serves the whole stream (two passes: count, then code), and the values
-are coded in independent chunks of 2^16, in parallel. That keeps most of what `ctx`'s adaptive
+are coded in independent chunks of 2^14, in parallel. That keeps most of what `ctx`'s adaptive
 binary model finds (zero runs, smooth magnitudes) at several times its speed.
+
+The coder is compiled (kernels.c, through `native`): the encoder's two passes run a whole run of
+chunks per call, and the decoder advances 16 chunks side by side, one per AVX-512 lane (portable
+C elsewhere); the numba loops below are the fallback where the install had no C compiler, and
+write and read the same streams.
 
 Stream: the header, a mode byte, then either the values packed raw (when coding would not
 shrink them) or the plane width and height, the table, and the chunks (sizes, then payloads:
-word count, raw bit count, the rANS words of two interleaved states, the raw bits). Cost: the
-table (`ans.write_table`: 0.3 to 2 KB), the symbols' conditional entropy plus under 0.5 % for
-the table's 11-bit precision, 8 bytes per chunk, and the raw bits. Below some 10^5 values the
-table weighs: `ctx`, which needs none, then codes smaller.
+word count, raw bit count, the rANS words of two interleaved states, the raw bits). Mode 2 has
+chunks of 2^14 values, mode 1 (written before) of 2^16. Cost: the table (`ans.write_table`: 0.3
+to 2 KB), the symbols' conditional entropy plus under 0.5 % for the table's 11-bit precision,
+about 12 bytes per chunk, and the raw bits. Below some 10^5 values the table weighs: `ctx`,
+which needs none, then codes smaller.
 
 >>> import numpy as np
 >>> from actzip.codecs import get
@@ -25,24 +31,29 @@ True
 
 from __future__ import annotations
 
+import ctypes
+import os
 from functools import cache
 
 import numpy as np
 from numba import njit
 
 from ..errors import CorruptStreamError
-from . import ans
+from . import ans, native
 from .base import (MAX_VALUES, Codec, check_input, decode_chunks, join_chunks, pack_header, parallel_map,
                    parse_header, read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
-from .bits import packed_bytes, padded
+from .bits import PAD, packed_bytes, padded
 from .context import layout
 from .raw import pack_values, unpack_values
 
 K = 2  # bits below the leading one that go into the symbol
 CLASSES = 9  # a neighbour's bit length as a context class, 0 (zero or absent) .. 8
 CONTEXTS = CLASSES * CLASSES
-CHUNK_VALUES = 1 << 16  # small enough to spread a stream over the cores, the table being shared
-RAW, CODED = 0, 1
+# Values per chunk, by mode. Chunks spread a stream over the cores, and the C decoder advances 16 of
+# them side by side, so a stream wants dozens: 2^14 costs 0.15 % of the ratio against 2^16 (the chunk
+# lengths and states, and the neighbours lost at each start).
+RAW, CODED_64K, CODED = 0, 1, 2
+CHUNK_VALUES = {CODED_64K: 1 << 16, CODED: 1 << 14}
 _WORD, _U16, _U32, _BYTE = np.uint64(0xFFFF), np.uint64(16), np.uint64(32), np.uint64(0xFF)
 
 
@@ -217,16 +228,22 @@ class ContextRANS(Codec):
         head = pack_header(a, bits)
         if a.size:
             _, height, width = layout(np.shape(a_in))
-            passes = parallel_map(lambda start: self._symbolize(a[start:start + CHUNK_VALUES], bits, width, height, start),
-                                  list(range(0, a.size, CHUNK_VALUES)))
-            freq = ans.normalize(sum(counts for *_, counts in passes))
-            enc = ans.encoder_table(freq)
-            payloads = parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
+            freq, payloads = (self._encode_numba if native.library() is None else encode_native)(a, bits, width, height)
             coded = join_chunks(head + bytes([CODED]) + write_varint(width) + write_varint(height)
                                 + ans.write_table(freq), payloads)
             if len(coded) < len(head) + 1 + packed_bytes(a.size * bits):
                 return coded
         return head + bytes([RAW]) + pack_values(zigzag(a), bits)
+
+    def _encode_numba(self, a, bits, width, height) -> tuple[np.ndarray, list[bytes]]:
+        """(frequencies, chunk payloads) with the numba loops, a chunk at a time on the codec pool."""
+        native.warn_if_missing()
+        chunk = CHUNK_VALUES[CODED]
+        passes = parallel_map(lambda start: self._symbolize(a[start:start + chunk], bits, width, height, start),
+                              list(range(0, a.size, chunk)))
+        freq = ans.normalize(sum(counts for *_, counts in passes))
+        enc = ans.encoder_table(freq)
+        return freq, parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
 
     @staticmethod
     def _symbolize(a, bits, width, height, start):
@@ -255,8 +272,9 @@ class ContextRANS(Codec):
         mode = buf[h.size]
         if mode == RAW:
             return unzigzag(unpack_values(buf, h.size + 1, h.n, h.bits, "ctxrans"), h.dtype)
-        if mode != CODED:
+        if mode not in CHUNK_VALUES:
             raise CorruptStreamError(f"ctxrans: unknown mode {mode}")
+        chunk = CHUNK_VALUES[mode]
         width, pos = read_varint(buf, h.size + 1, "width")
         height, pos = read_varint(buf, pos, "height")
         if not (0 < width <= MAX_VALUES and 0 < height <= MAX_VALUES):
@@ -264,20 +282,120 @@ class ContextRANS(Codec):
         valid, base, raw_of, class_of = symbol_tables(h.bits)
         freq, pos = ans.read_table(buf, pos, CONTEXTS, valid)
         table, used = ans.decoder_table(freq), freq.sum(1) > 0
-        jobs = split_chunks(buf, h, pos, CHUNK_VALUES, self.values_per_bit, self.codec_id)
+        jobs = split_chunks(buf, h, pos, chunk, self.values_per_bit, self.codec_id)
+        if native.library() is not None:
+            return decode_native(buf, jobs, chunk, h, width, height, table)
+        native.warn_if_missing()
+        signed = h.dtype.kind == "i"
 
         def decode_chunk(i, sub, payload, values):
-            y0, x0 = divmod(i * CHUNK_VALUES % (width * height), width)
-            n_words, at = read_varint(payload, 0, "word count")
-            raw_bits, at = read_varint(payload, at, "raw bit count")
-            if at + 2 * n_words + packed_bytes(raw_bits) != len(payload):
-                raise CorruptStreamError("ctxrans: section lengths do not match the chunk")
-            words = np.zeros(n_words + 1, np.uint16)  # padded: a value may read one word past the end
-            words[:n_words] = np.frombuffer(payload, "<u2", n_words, at)
-            if values.shape != (sub.n,):  # a codec bug, never the input's fault
-                raise AssertionError(f"ctxrans: a chunk of {sub.n} values for a slice of {values.shape}")
-            if _decode(words, n_words, padded(payload, at + 2 * n_words), raw_bits, sub.n, width, height, x0, y0,
-                       table, used, base, raw_of, class_of, h.dtype.kind == "i", values) < 0:
+            y0, x0 = divmod(i * chunk % (width * height), width)
+            words, n_words, raw, raw_bits = chunk_parts(payload, sub.n)
+            if _decode(words, n_words, raw, raw_bits, sub.n, width, height, x0, y0, table, used, base, raw_of,
+                       class_of, signed, values) < 0:
                 raise CorruptStreamError("ctxrans: malformed or truncated stream")
 
-        return decode_chunks(jobs, h, CHUNK_VALUES, decode_chunk, self.codec_id)
+        return decode_chunks(jobs, h, chunk, decode_chunk, self.codec_id)
+
+
+@cache
+def encode_tables(bits: int) -> tuple[np.ndarray, ...]:
+    """value_tables as the C encoder takes them: symbol, class and raw bit count as bytes."""
+    symbols, raw, classes = value_tables(bits)
+    return symbols, classes, raw.astype(np.uint8)
+
+
+def encode_native(a: np.ndarray, bits: int, width: int, height: int) -> tuple[np.ndarray, list[bytes]]:
+    """(frequencies, chunk payloads) with the C encoder, each codec thread taking a contiguous run of
+    chunks through both passes (one call per pass, not one per chunk)."""
+    chunk, lib = CHUNK_VALUES[CODED], native.library()
+    starts = np.arange(0, a.size, chunk)
+    shares = [s for s in np.array_split(starts, min(len(starts), os.cpu_count() or 1)) if len(s)]
+    tables = encode_tables(bits)
+
+    def first_pass(share):
+        n = np.minimum(share + chunk, a.size) - share
+        buffers = (np.empty(n.sum(), np.uint8), np.empty(n.sum(), np.uint8),
+                   np.empty((len(share), packed_bytes(chunk * max(bits - K - 1, 0)) + 4), np.uint8),
+                   np.empty((len(share), chunk + 4), np.uint16), np.zeros((CONTEXTS, (bits + 1) << K), np.int64))
+        contexts, symbols, raw, words, counts = buffers
+        chunks = (native.EncodeChunk * len(share))()
+        for j, (start, offset) in enumerate(zip(share, np.cumsum(n) - n)):
+            y0, x0 = divmod(int(start) % (width * height), width)
+            chunks[j] = native.EncodeChunk(a.ctypes.data + int(start) * a.itemsize, contexts.ctypes.data + int(offset),
+                                           symbols.ctypes.data + int(offset), raw[j].ctypes.data, words[j].ctypes.data,
+                                           int(n[j]), x0, y0)
+        model = native.EncodeModel(*(t.ctypes.data for t in tables), None, counts.ctypes.data, width, height, a.itemsize,
+                                   int(a.dtype.kind == "i"), counts.shape[1])
+        lib.actzip_ctxrans_first_pass(chunks, len(share), ctypes.byref(model))
+        return chunks, model, buffers
+
+    runs = parallel_map(first_pass, shares)
+    freq = ans.normalize(sum(buffers[-1] for *_, buffers in runs))
+    enc = ans.encoder_table(freq)
+
+    def code(run):
+        chunks, model, (_, _, raw, words, _) = run
+        model.enc = enc.ctypes.data
+        lib.actzip_ctxrans_code(chunks, len(chunks), ctypes.byref(model))
+        return [write_varint(c.n + 4 - c.first_word) + write_varint(c.raw_bits)
+                + words[j, c.first_word:c.n + 4].astype("<u2", copy=False).tobytes()
+                + raw[j, :packed_bytes(c.raw_bits)].tobytes() for j, c in enumerate(chunks)]
+
+    return freq, [p for payloads in parallel_map(code, runs) for p in payloads]
+
+
+def chunk_parts(payload, n: int) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """A chunk's (rANS words, word count, raw bits, raw bit count), its sections checked against its
+    length. The words are padded to at least n + 6 (a value reads at most one, after the four of
+    the states; the C decoder fetches two at a time), the raw bytes by bits.PAD: the decoders may
+    read that far into a hostile chunk."""
+    n_words, at = read_varint(payload, 0, "word count")
+    raw_bits, at = read_varint(payload, at, "raw bit count")
+    if at + 2 * n_words + packed_bytes(raw_bits) != len(payload):
+        raise CorruptStreamError("ctxrans: section lengths do not match the chunk")
+    words = np.zeros(max(n_words, n + 4) + 2, np.uint16)
+    words[:n_words] = np.frombuffer(payload, "<u2", n_words, at)
+    return words, n_words, padded(payload, at + 2 * n_words), raw_bits
+
+
+@cache
+def symbol_info(bits: int) -> np.ndarray:
+    """Per symbol, for the C decoder: its base value | raw bit count << 32 | context class << 40."""
+    _, base, raw_of, class_of = symbol_tables(bits)
+    return (base.astype(np.uint64) | raw_of.astype(np.uint64) << np.uint64(32)
+            | class_of.astype(np.uint64) << np.uint64(40))
+
+
+def decode_native(buf: bytes, jobs: list, chunk: int, h, width: int, height: int, table: np.ndarray) -> np.ndarray:
+    """Every chunk with the C decoder, in groups of `native.lanes()` chunks decoded side by side,
+    the groups shared between the codec threads. The decoder reads the words and raw bits in place,
+    from one padded copy of the stream: a hostile chunk may make it read n + 6 words past its own."""
+    lib, lanes = native.library(), native.lanes()
+    data = np.zeros(len(buf) + 2 * (chunk + 6) + PAD, np.uint8)
+    data[:len(buf)] = np.frombuffer(buf, np.uint8)
+    sizes = np.array([len(payload) for _, payload in jobs], np.int64)
+    starts = len(buf) - sizes.sum() + np.cumsum(sizes) - sizes
+    out = np.empty(h.n, h.dtype)
+    chunks = (native.Chunk * len(jobs))()
+    if lib.actzip_ctxrans_chunks(data.ctypes.data, starts.ctypes.data, sizes.ctypes.data, len(jobs), chunk, h.n, width,
+                                 height, out.ctypes.data, out.itemsize, chunks):
+        raise CorruptStreamError("ctxrans: section lengths do not match the chunk")
+    ring = 1 << int(width).bit_length() if width <= chunk else 2  # more than a row of classes
+    groups = np.arange(0, len(jobs), lanes)
+    shares = [(g[0], min(g[-1] + lanes, len(jobs)) - g[0])
+              for g in np.array_split(groups, min(len(groups), os.cpu_count() or 1))]
+    used, info = (table[:, 0] != 0).astype(np.uint8), symbol_info(h.bits)
+    isa = native.isa() if data.size < 1 << 31 else 0  # the AVX-512 path addresses the stream by 32-bit offsets
+
+    def run(share):
+        first, count = share
+        rings = np.zeros(lanes * ring, np.uint8)
+        model = native.Model(table.ctypes.data, used.ctypes.data, info.ctypes.data, rings.ctypes.data, data.ctypes.data,
+                             width, height, ring, out.itemsize, int(h.dtype.kind == "i"), h.bits)
+        return lib.actzip_ctxrans_decode(ctypes.byref(chunks, int(first) * ctypes.sizeof(native.Chunk)), int(count),
+                                         ctypes.byref(model), isa)
+
+    if any(parallel_map(run, shares)):
+        raise CorruptStreamError("ctxrans: malformed or truncated stream")
+    return out

@@ -10,8 +10,7 @@ cores and the thread count a user set stays as it is. Where torch brings no libg
 on the calling thread. Work under WORK_PER_THREAD multiply-adds stays on the calling thread.
 
 The instruction set is this CPU's best (AVX-512F, else AVX2 + FMA, else portable C), lowered by
-`ATEN_CPU_CAPABILITY` like PyTorch's own kernels (`default`: portable C, `avx2`: AVX2), so one
-setting tests both libraries' slower paths, and by `ACTZIP_ISA` (`c`, `avx2`, `avx512`) alone.
+the environment as `actzip.isa` says.
 """
 
 from __future__ import annotations
@@ -26,13 +25,12 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ActzipWarning
+from ..isa import ISAS, chosen
 
-ISAS = ("c", "avx2", "avx512")
 WORK_PER_THREAD = 1 << 21  # multiply-adds below which a second thread costs more than it saves
 TILE = 4  # pixels per register tile (kernels.c): thread shares start on a tile
 LIST_SLOTS, LIST_SLACK = TILE + 1, 17  # per tile: the union's list and each pixel's, each cin + 17 ints
 PANEL = 64  # output channels per panel of a `rows_conv` weight (kernels.c)
-_LOWERED_BY_TORCH = {"default": "c", "avx2": "avx2"}
 _F = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
@@ -69,19 +67,7 @@ def best_isa() -> str:
 
 def isa() -> str:
     """The instruction set the kernels run with here (see the module doc)."""
-    if not available():
-        return "none"
-    return _isa_for(os.environ.get("ATEN_CPU_CAPABILITY", ""), os.environ.get("ACTZIP_ISA"))
-
-
-@functools.cache
-def _isa_for(torch_capability: str, asked: str | None) -> str:
-    """isa() for these settings of the environment (cached: every kernel call asks)."""
-    best = ISAS.index(best_isa())
-    for cap in (_LOWERED_BY_TORCH.get(torch_capability), asked):
-        if cap in ISAS:
-            best = min(best, ISAS.index(cap))
-    return ISAS[best]
+    return chosen(best_isa()) if available() else "none"
 
 
 class Job(ctypes.Structure):

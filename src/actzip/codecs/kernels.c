@@ -1,0 +1,456 @@
+/* ctxrans's decoder in C: several chunks decoded side by side.
+
+   Decoding one ctxrans chunk is a chain: a value's context needs its left neighbour's class,
+   which needs the symbol the previous rANS step looked up, so one chunk runs at the latency of
+   that chain (a table load from L2, a multiply, a few ALU steps) with the core mostly idle. The
+   chunks of a stream are independent, so this decoder advances LANES of them in lock-step: each
+   step of each lane depends only on its own previous step, and the core overlaps the lanes.
+
+   The loop has no data-dependent branch. A value's raw bits are read at a bit position from an
+   unaligned big-endian load; the rANS state takes its renormalisation word by a select; reads
+   stay inside the caller's padded buffers whatever the stream says (positions are clamped), and
+   the checks of a hostile stream (an unused context, running out of words or raw bits, the
+   final states) are accumulated and looked at once per chunk.
+
+   Stream format and symbol model: see ctxrans.py. Called through ctypes, which drops the GIL. */
+
+#include <Python.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LANES 16 /* one AVX-512 vector of 32-bit lanes */
+#define TILE_STEPS 64 /* values per lane staged before they go to their chunks */
+#define PROB_BITS 11
+#define PROB_MASK ((1u << PROB_BITS) - 1)
+#define STATE_LOW (1u << 15)
+#define CLASSES 9
+
+typedef struct {
+    const uint8_t *words; /* the chunk's rANS words (16-bit little-endian, unaligned), readable up to n + 6 */
+    const uint8_t *raw;   /* its raw bits, MSB first, readable up to raw_bits / 8 + 8 bytes */
+    void *out;            /* its n values, 1 or 2 bytes each */
+    int64_t n_words, raw_bits, n, x0, y0;
+} Chunk;
+
+typedef struct {
+    const uint32_t *table;  /* (CLASSES^2, 2^PROB_BITS): symbol | freq << 8 | offset << 20 */
+    const uint8_t *used;    /* per context: whether its row of the table is used */
+    const uint64_t *symbol; /* per symbol: base value | raw bit count << 32 | class << 40 */
+    uint8_t *rings;         /* LANES rings of ring_size class bytes, zeroed by the caller */
+    const uint8_t *base;    /* every chunk's buffers lie within 2^31 bytes from here (AVX-512 path) */
+    int64_t width, height, ring_size, value_bytes, is_signed, bits;
+} Model;
+
+typedef struct {
+    uint32_t state, other;
+    int64_t p, bp, x, y, bad;
+} Lane;
+
+static inline uint64_t load_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+}
+
+static inline uint32_t word_at(const uint8_t *words, int64_t i) {
+    uint16_t w;
+    memcpy(&w, words + 2 * i, 2);
+    return w;
+}
+
+static void start_lane(Lane *s, const Chunk *c) {
+    s->state = word_at(c->words, 0) << 16 | word_at(c->words, 1);
+    s->other = word_at(c->words, 2) << 16 | word_at(c->words, 3);
+    s->bad = c->n_words < 4 || s->state < STATE_LOW || s->other < STATE_LOW || s->state >= 1u << 31 ||
+             s->other >= 1u << 31;
+    s->p = 4;
+    s->bp = 0;
+    s->x = c->x0;
+    s->y = c->y0;
+}
+
+/* Value i of the lane's chunk: its context from the ring of classes, its symbol and next state,
+   its raw bits. `row` is the plane width when a chunk holds a whole row, else 0 (no upper
+   neighbour), as the encoder had it. */
+static inline __attribute__((always_inline)) void step(Lane *s, const Chunk *c, const Model *m, uint8_t *ring,
+                                                       int64_t i, int64_t row) {
+    const int64_t mask = m->ring_size - 1;
+    uint32_t left = s->x > 0 ? ring[(i - 1) & mask] : 0;
+    uint32_t up = s->y > 0 && row > 0 ? ring[(i - row) & mask] : 0;
+    uint32_t ctx = left * CLASSES + up;
+    s->bad |= !m->used[ctx];
+    uint32_t e = m->table[ctx << PROB_BITS | (s->state & PROB_MASK)];
+    uint32_t x = ((e >> 8) & 0xFFF) * (s->state >> PROB_BITS) + (e >> 20);
+    uint32_t need = x < STATE_LOW; /* arithmetic, not a select: gcc made the select a branch */
+    uint32_t word = word_at(c->words, s->p);
+    x = x << (need << 4) | (word & (0u - need));
+    s->p += need;
+    s->state = s->other;
+    s->other = x;
+    uint64_t info = m->symbol[e & 0xFF];
+    uint32_t r = (info >> 32) & 63;
+    uint64_t bits = load_be64(c->raw + (s->bp >> 3)) << (s->bp & 7);
+    uint64_t v = (info & 0xFFFFFFFFu) | ((bits >> 1) >> (63 - r));
+    s->bp += r;
+    s->bad |= s->bp > c->raw_bits;
+    s->bp = s->bp > c->raw_bits ? c->raw_bits : s->bp;
+    ring[i & mask] = (uint8_t)(info >> 40);
+    v = (v >> m->is_signed) ^ (0 - (v & (uint64_t)m->is_signed));
+    if (m->value_bytes == 1)
+        ((uint8_t *)c->out)[i] = (uint8_t)v;
+    else
+        ((uint16_t *)c->out)[i] = (uint16_t)v;
+    if (++s->x == m->width) {
+        s->x = 0;
+        if (++s->y == m->height) s->y = 0;
+    }
+}
+
+static int finished(const Lane *s, const Chunk *c) {
+    return !s->bad && s->p == c->n_words && s->bp == c->raw_bits && s->state == STATE_LOW &&
+           s->other == STATE_LOW;
+}
+
+/* Decodes `count` (1..LANES) chunks, all of their shared length in lock-step, then each one's
+   remaining values alone; returns how many of them failed their checks. */
+static int decode_group(const Chunk *c, int count, const Model *m) {
+    Lane lanes[LANES];
+    int64_t common = c[0].n, row[LANES];
+    for (int l = 0; l < count; l++) {
+        start_lane(&lanes[l], &c[l]);
+        row[l] = m->width <= c[l].n ? m->width : 0;
+        if (c[l].n < common) common = c[l].n;
+    }
+    if (count == LANES) {
+        for (int64_t i = 0; i < common; i++)
+            for (int l = 0; l < LANES; l++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
+    } else {
+        for (int64_t i = 0; i < common; i++)
+            for (int l = 0; l < count; l++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
+    }
+    int failed = 0;
+    for (int l = 0; l < count; l++) {
+        for (int64_t i = common; i < c[l].n; i++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
+        failed += !finished(&lanes[l], &c[l]);
+    }
+    return failed;
+}
+
+/* The AVX-512 decoder: lane l of every vector is chunk l of the group, each step decodes one value
+   of every chunk. Gathers fetch the table entries, the renormalisation words and the raw bits
+   (by offsets from the model's base: every chunk lies in one copy of the stream); a symbol's class, raw bit count and
+   base value are computed, not looked up; the classes go to a ring of rows (LANES bytes per
+   position, so the upper neighbours of all lanes are one load). Values are staged in a tile of
+   TILE_STEPS x LANES and copied out to their chunks when it fills. A lane past its chunk's end
+   keeps its state (`live`), so one group may hold a shorter last chunk. */
+typedef struct {
+    __m512i state, other, x, y, bp, bad, left;
+    __m512i words, raw; /* byte offsets from the model's base */
+} Vectors;
+
+__attribute__((target("avx512f,avx512bw"))) static void flush_tile(const Chunk *c, int count, const uint8_t *tile,
+                                                                    int64_t first, int64_t steps, int bytes) {
+    for (int l = 0; l < count; l++) {
+        int64_t end = c[l].n - first < steps ? c[l].n - first : steps;
+        if (bytes == 1)
+            for (int64_t j = 0; j < end; j++) ((uint8_t *)c[l].out)[first + j] = tile[j * LANES + l];
+        else
+            for (int64_t j = 0; j < end; j++)
+                ((uint16_t *)c[l].out)[first + j] = ((const uint16_t *)tile)[j * LANES + l];
+    }
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void start_vectors(Vectors *v, const Chunk *c, int count,
+                                                                       const uint8_t *base, __m512i *n) {
+    uint32_t st[LANES], ot[LANES], x[LANES], y[LANES], len[LANES], bad[LANES], wp[LANES], rp[LANES];
+    for (int l = 0; l < LANES; l++) { /* a lane with no chunk starts in the final states, reads nothing */
+        st[l] = l < count ? word_at(c[l].words, 0) << 16 | word_at(c[l].words, 1) : STATE_LOW;
+        ot[l] = l < count ? word_at(c[l].words, 2) << 16 | word_at(c[l].words, 3) : STATE_LOW;
+        bad[l] = l < count && (c[l].n_words < 4 || st[l] < STATE_LOW || ot[l] < STATE_LOW || st[l] >= 1u << 31 ||
+                               ot[l] >= 1u << 31);
+        wp[l] = l < count ? (uint32_t)(c[l].words + 8 - base) : 0;
+        rp[l] = l < count ? (uint32_t)(c[l].raw - base) : 0;
+        x[l] = l < count ? (uint32_t)c[l].x0 : 0;
+        y[l] = l < count ? (uint32_t)c[l].y0 : 0;
+        len[l] = l < count ? (uint32_t)c[l].n : 0;
+    }
+    v->state = _mm512_loadu_si512(st);
+    v->other = _mm512_loadu_si512(ot);
+    v->x = _mm512_loadu_si512(x);
+    v->y = _mm512_loadu_si512(y);
+    v->bad = _mm512_loadu_si512(bad);
+    v->bp = _mm512_setzero_si512();
+    v->left = _mm512_setzero_si512();
+    v->words = _mm512_loadu_si512(wp);
+    v->raw = _mm512_loadu_si512(rp);
+    *n = _mm512_loadu_si512(len);
+}
+
+/* How many lanes failed their end checks: every word and raw bit used, the initial states back. */
+__attribute__((target("avx512f,avx512bw"))) static int finished_vectors(const Vectors *v, const Chunk *c,
+                                                                         int count, const uint8_t *base) {
+    uint32_t st[LANES], ot[LANES], bp[LANES], bad[LANES], wp[LANES];
+    _mm512_storeu_si512(st, v->state);
+    _mm512_storeu_si512(ot, v->other);
+    _mm512_storeu_si512(bp, v->bp);
+    _mm512_storeu_si512(bad, v->bad);
+    _mm512_storeu_si512(wp, v->words);
+    int failed = 0;
+    for (int l = 0; l < count; l++)
+        failed += bad[l] || wp[l] != (uint64_t)(c[l].words + 2 * c[l].n_words - base) || bp[l] != c[l].raw_bits ||
+                  st[l] != STATE_LOW || ot[l] != STATE_LOW;
+    return failed;
+}
+
+__attribute__((target("avx512f,avx512bw"))) static int decode_group_avx512(const Chunk *c, int count,
+                                                                            const Model *m) {
+    const __m512i one = _mm512_set1_epi32(1), low = _mm512_set1_epi32(STATE_LOW);
+    const __m512i prob_mask = _mm512_set1_epi32(PROB_MASK), byte = _mm512_set1_epi32(0xFF);
+    const __m512i width = _mm512_set1_epi32((int)m->width), height = _mm512_set1_epi32((int)m->height);
+    const __m512i swap = _mm512_set_epi8(12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9,
+                                         10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0,
+                                         1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3);
+    uint32_t lim[LANES];
+    int64_t longest = 0;
+    for (int l = 0; l < LANES; l++) {
+        lim[l] = l < count ? (uint32_t)c[l].raw_bits : 0;
+        if (l < count && c[l].n > longest) longest = c[l].n;
+    }
+    const __m512i raw_limit = _mm512_loadu_si512(lim);
+    Vectors v;
+    __m512i n;
+    start_vectors(&v, c, count, m->base, &n);
+    /* a chunk shorter than a row has no upper neighbours (as the encoder had it) */
+    const int64_t row = m->width <= longest ? m->width : 0;
+    __mmask16 has_rows = row ? _mm512_cmpge_epi32_mask(n, width) : 0;
+    const int64_t mask = m->ring_size - 1;
+    const int wide = m->bits > 8;
+    uint8_t tile[TILE_STEPS * LANES * 2];
+    for (int64_t i = 0; i < longest; i++) {
+        __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32((int)i), n);
+        __m512i up = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(m->rings + ((i - row) & mask) * LANES)));
+        up = _mm512_maskz_mov_epi32(has_rows & _mm512_cmpgt_epi32_mask(v.y, _mm512_setzero_si512()), up);
+        __m512i left = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(v.x, _mm512_setzero_si512()), v.left);
+        __m512i ctx = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(left, 3), left), up);
+        __m512i slot = _mm512_or_si512(_mm512_slli_epi32(ctx, PROB_BITS), _mm512_and_si512(v.state, prob_mask));
+        __m512i e = _mm512_i32gather_epi32(slot, (const void *)m->table, 4);
+        __m512i freq = _mm512_and_si512(_mm512_srli_epi32(e, 8), _mm512_set1_epi32(0xFFF));
+        v.bad = _mm512_mask_mov_epi32(v.bad, live & _mm512_cmpeq_epi32_mask(freq, _mm512_setzero_si512()), one);
+        __m512i next = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(v.state, PROB_BITS)),
+                                        _mm512_srli_epi32(e, 20));
+        __mmask16 need = _mm512_cmplt_epu32_mask(next, low) & live;
+        __m512i word = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), need, v.words, (const void *)m->base, 1);
+        next = _mm512_mask_or_epi32(next, need, _mm512_slli_epi32(next, 16),
+                                    _mm512_and_si512(word, _mm512_set1_epi32(0xFFFF)));
+        v.words = _mm512_mask_add_epi32(v.words, need, v.words, _mm512_set1_epi32(2));
+        v.state = _mm512_mask_mov_epi32(v.state, live, v.other);
+        v.other = _mm512_mask_mov_epi32(v.other, live, next);
+        /* the symbol (length << 2 | top) as ctxrans.symbol_tables has it */
+        __m512i sym = _mm512_and_si512(e, byte);
+        __m512i length = _mm512_srli_epi32(sym, 2), top = _mm512_and_si512(sym, _mm512_set1_epi32(3));
+        __m512i mm = _mm512_max_epi32(_mm512_sub_epi32(length, one), _mm512_setzero_si512());
+        __m512i r = _mm512_sub_epi32(mm, _mm512_min_epi32(mm, _mm512_set1_epi32(2)));
+        __m512i base = _mm512_maskz_or_epi32(_mm512_cmpgt_epi32_mask(length, _mm512_setzero_si512()),
+                                             _mm512_sllv_epi32(one, mm), _mm512_sllv_epi32(top, r));
+        __m512i cls = wide ? _mm512_srli_epi32(_mm512_add_epi32(length, one), 1) : length;
+        cls = _mm512_min_epi32(cls, _mm512_set1_epi32(CLASSES - 1));
+        /* raw bits: 32 bits (MSB first) from the byte holding the lane's bit position, shifted past
+           the bits before it (at most 7: 25 remain, and r is at most 13), then their top r */
+        __m512i at = _mm512_add_epi32(v.raw, _mm512_srli_epi32(v.bp, 3));
+        __m512i window = _mm512_shuffle_epi8(_mm512_i32gather_epi32(at, (const void *)m->base, 1), swap);
+        window = _mm512_sllv_epi32(window, _mm512_and_si512(v.bp, _mm512_set1_epi32(7)));
+        __m512i raw = _mm512_srlv_epi32(_mm512_srli_epi32(window, 1), _mm512_sub_epi32(_mm512_set1_epi32(31), r));
+        __m512i value = _mm512_or_si512(base, raw);
+        __m512i bp = _mm512_add_epi32(v.bp, r);
+        v.bad = _mm512_mask_mov_epi32(v.bad, live & _mm512_cmpgt_epu32_mask(bp, raw_limit), one);
+        v.bp = _mm512_mask_mov_epi32(v.bp, live, _mm512_min_epu32(bp, raw_limit));
+        if (m->is_signed)
+            value = _mm512_xor_si512(_mm512_srli_epi32(value, 1),
+                                     _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_and_si512(value, one)));
+        int64_t t = i % TILE_STEPS;
+        if (m->value_bytes == 1)
+            _mm_storeu_si128((__m128i *)(tile + t * LANES), _mm512_cvtepi32_epi8(value));
+        else
+            _mm256_storeu_si256((__m256i *)(tile + 2 * t * LANES), _mm512_cvtepi32_epi16(value));
+        _mm_storeu_si128((__m128i *)(m->rings + (i & mask) * LANES), _mm512_cvtepi32_epi8(cls));
+        v.left = cls;
+        __m512i xn = _mm512_add_epi32(v.x, one);
+        __mmask16 wrap = _mm512_cmpeq_epi32_mask(xn, width);
+        v.x = _mm512_mask_mov_epi32(v.x, live, _mm512_maskz_mov_epi32(~wrap, xn));
+        __m512i yn = _mm512_mask_add_epi32(v.y, wrap, v.y, one);
+        yn = _mm512_maskz_mov_epi32(~_mm512_cmpeq_epi32_mask(yn, height), yn);
+        v.y = _mm512_mask_mov_epi32(v.y, live, yn);
+        if (t == TILE_STEPS - 1 || i == longest - 1) flush_tile(c, count, tile, i - t, t + 1, (int)m->value_bytes);
+    }
+    return finished_vectors(&v, c, count, m->base);
+}
+
+static int64_t read_varint(const uint8_t *buf, int64_t *pos, int64_t end) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 63 && *pos < end; shift += 7) {
+        uint8_t byte = buf[(*pos)++];
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) return value > (uint64_t)INT64_MAX / 4 ? -1 : (int64_t)value;
+    }
+    return -1;
+}
+
+/* The Chunk of each payload (starts[i], sizes[i] bytes into buf): its word and raw bit counts read
+   and checked against its size, its buffers pointing into buf, its output slice and first
+   position. Returns 0, or -1 for a payload whose sections do not add up to its size. */
+int actzip_ctxrans_chunks(const uint8_t *buf, const int64_t *starts, const int64_t *sizes, int64_t count,
+                          int64_t chunk, int64_t total, int64_t width, int64_t height, uint8_t *out,
+                          int64_t value_bytes, Chunk *chunks) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t pos = starts[i], end = starts[i] + sizes[i];
+        int64_t n_words = read_varint(buf, &pos, end), raw_bits = n_words < 0 ? -1 : read_varint(buf, &pos, end);
+        if (raw_bits < 0 || end - pos != 2 * n_words + (raw_bits + 7) / 8) return -1;
+        int64_t first = i * chunk;
+        chunks[i] = (Chunk){buf + pos, buf + pos + 2 * n_words, out + first * value_bytes, n_words, raw_bits,
+                            total - first < chunk ? total - first : chunk, first % (width * height) % width,
+                            first % (width * height) / width};
+    }
+    return 0;
+}
+
+/* Decodes `count` chunks, LANES at a time, with AVX-512 (isa 2) or portable C (any other);
+   returns the number that failed (0: all decoded). */
+int actzip_ctxrans_decode(const Chunk *chunks, int64_t count, const Model *m, int isa) {
+    int failed = 0;
+    for (int64_t g = 0; g < count; g += LANES) {
+        int in_group = count - g < LANES ? (int)(count - g) : LANES;
+        memset(m->rings, 0, (size_t)(LANES * m->ring_size));
+        failed += isa == 2 ? decode_group_avx512(chunks + g, in_group, m) : decode_group(chunks + g, in_group, m);
+    }
+    return failed;
+}
+
+/* Whether this CPU runs the AVX-512 decoder (it needs AVX512BW for its byte shuffles). */
+int actzip_codec_best_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return 2;
+    if (__builtin_cpu_supports("avx2")) return 1;
+    return 0;
+}
+
+/* The encoder, in two passes over a run of chunks (ctxrans.py's _first_pass and _code, which
+   remain the reference and the fallback). First: each value's context and symbol, the counts of
+   (context, symbol) added to `counts`, the raw bits written out. Then, once the frequencies are
+   known: each chunk's symbols rANS-coded last to first with two alternating states. */
+typedef struct {
+    const void *values;          /* the chunk's n values, 1 or 2 bytes each */
+    uint8_t *contexts, *symbols; /* n each: the first pass's output, the second's input */
+    uint8_t *raw;                /* its raw bits, MSB first; room for all of them and 4 bytes */
+    uint16_t *words;             /* room for n + 4 words, filled from the end */
+    int64_t n, x0, y0;
+    int64_t raw_bits, first_word; /* outputs: raw bits written, index of the first word */
+} EncodeChunk;
+
+typedef struct {
+    const uint8_t *symbol_of, *class_of, *raw_of; /* per zigzag value */
+    const uint64_t *enc; /* (contexts * symbols, 5): reciprocal, shift, bias, M - freq, threshold */
+    int64_t *counts;     /* (contexts, symbols), added to */
+    int64_t width, height, value_bytes, is_signed, symbols;
+} EncodeModel;
+
+static inline __attribute__((always_inline)) uint32_t zigzag_at(const void *values, int64_t i, int bytes,
+                                                                 int is_signed) {
+    int32_t v = bytes == 1 ? (is_signed ? ((const int8_t *)values)[i] : ((const uint8_t *)values)[i])
+                           : (is_signed ? ((const int16_t *)values)[i] : ((const uint16_t *)values)[i]);
+    return is_signed ? ((uint32_t)v << 1) ^ (uint32_t)(v >> 31) : (uint32_t)v;
+}
+
+/* Raw bits go out once every two values (two values' raw bits, at most 26, fit above the 31 held
+   back), halving the chain through the held-bit count. Inlined for each value type (the caller
+   passes constants), with the model's fields in locals: the byte stores could alias them. (Split
+   histograms, against a run of one symbol waiting on its own increments, measured slower.) */
+static inline __attribute__((always_inline)) void first_pass(EncodeChunk *c, const EncodeModel *m,
+                                                             int bytes, int is_signed) {
+    const uint8_t *restrict symbol_of = m->symbol_of, *restrict class_of = m->class_of, *restrict raw_of = m->raw_of;
+    uint8_t *restrict contexts = c->contexts, *restrict symbols = c->symbols, *restrict raw = c->raw;
+    const void *values = c->values;
+    const int64_t n = c->n, width = m->width, height = m->height, nsym = m->symbols;
+    const int64_t row = width <= n ? width : 0;
+    int64_t *restrict counts = m->counts;
+    int64_t x = c->x0, y = c->y0, out = 0;
+    uint64_t acc = 0, held = 0; /* `held` raw bits wait in the low end of acc */
+    uint32_t previous = 0;       /* the class of value i - 1 */
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = zigzag_at(values, i, bytes, is_signed);
+        uint32_t left = x > 0 && i > 0 ? previous : 0;
+        uint32_t up = y > 0 && row > 0 && i >= row ? class_of[zigzag_at(values, i - row, bytes, is_signed)] : 0;
+        uint32_t ctx = left * CLASSES + up, sym = symbol_of[u], r = raw_of[u];
+        contexts[i] = (uint8_t)ctx;
+        symbols[i] = (uint8_t)sym;
+        counts[ctx * nsym + sym]++;
+        previous = class_of[u];
+        acc = acc << r | (u & ((1u << r) - 1));
+        held += r;
+        if (i & 1) {
+            /* a whole word of raw bits goes out, most significant byte first; stored every time and
+               kept only when due (zeros and non-zeros come at random: a branch would mispredict) */
+            uint64_t full = held >= 32;
+            held -= 32 * full;
+            uint32_t w = __builtin_bswap32((uint32_t)(acc >> held));
+            memcpy(raw + out, &w, 4);
+            out += 4 * (int64_t)full;
+        }
+        if (++x == width) {
+            x = 0;
+            if (++y == height) y = 0;
+        }
+    }
+    if (held >= 32) { /* an odd count left up to 44 bits */
+        held -= 32;
+        uint32_t w = __builtin_bswap32((uint32_t)(acc >> held));
+        memcpy(raw + out, &w, 4);
+        out += 4;
+    }
+    uint32_t tail = __builtin_bswap32(held ? (uint32_t)(acc << (32 - held)) : 0);
+    memcpy(raw + out, &tail, 4);
+    c->raw_bits = 8 * out + (int64_t)held;
+}
+
+static void first_pass_any(EncodeChunk *c, const EncodeModel *m) {
+    if (m->value_bytes == 1)
+        m->is_signed ? first_pass(c, m, 1, 1) : first_pass(c, m, 1, 0);
+    else
+        m->is_signed ? first_pass(c, m, 2, 1) : first_pass(c, m, 2, 0);
+}
+
+static void code_chunk(EncodeChunk *c, const EncodeModel *m) {
+    uint64_t x = STATE_LOW, other = STATE_LOW;
+    int64_t o = c->n + 4;
+    for (int64_t i = c->n - 1; i >= 0; i--) {
+        const uint64_t *e = m->enc + 5 * ((int64_t)c->contexts[i] * m->symbols + c->symbols[i]);
+        uint64_t emit = x >= e[4];
+        c->words[o - 1] = (uint16_t)x;
+        o -= (int64_t)emit;
+        x >>= 16 * emit;
+        uint64_t q = ((x * e[0]) >> 32) >> e[1];
+        uint64_t next = x + e[2] + q * e[3];
+        x = other;
+        other = next;
+    }
+    /* `other` holds value 0's state, `x` value 1's: the decoder reads them in that order */
+    c->words[o - 1] = (uint16_t)x;
+    c->words[o - 2] = (uint16_t)(x >> 16);
+    c->words[o - 3] = (uint16_t)other;
+    c->words[o - 4] = (uint16_t)(other >> 16);
+    c->first_word = o - 4;
+}
+
+void actzip_ctxrans_first_pass(EncodeChunk *chunks, int64_t count, const EncodeModel *m) {
+    for (int64_t i = 0; i < count; i++) first_pass_any(&chunks[i], m);
+}
+
+void actzip_ctxrans_code(EncodeChunk *chunks, int64_t count, const EncodeModel *m) {
+    for (int64_t i = 0; i < count; i++) code_chunk(&chunks[i], m);
+}
+
+int actzip_ctxrans_lanes(void) { return LANES; }
+
+/* An importable module with no Python functions: Python reaches the decoder through ctypes. */
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kernels", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_kernels(void) { return PyModule_Create(&module); }
