@@ -3,18 +3,17 @@
 The install builds `actzip.codecs.kernels` with the system C compiler, as it builds the runtime's
 kernels. Without it (no compiler) `ctxrans` codes with its numba loops, the same streams at a
 fraction of the speed, and `warn_if_missing` says so once. The decoder runs with AVX-512 where
-the CPU has it (and `actzip.isa` does not lower it), else in portable C.
+the CPU has it (and `actzip.compiled` does not lower it), else in portable C.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import warnings
 
 from ..errors import ActzipWarning
-from ..isa import ISAS, chosen
+from ..compiled import ISAS, chosen, extension
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -51,10 +50,9 @@ class EncodeModel(ctypes.Structure):
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded extension, or None where the install could not build it."""
-    spec = importlib.util.find_spec(__package__ + ".kernels")
-    if spec is None or not spec.origin or not spec.origin.endswith(".so"):
+    lib = extension(__package__)
+    if lib is None:
         return None
-    lib = ctypes.CDLL(spec.origin)
     lib.actzip_ctxrans_decode.argtypes = [_P, _I64, _P, ctypes.c_int]
     lib.actzip_ctxrans_decode.restype = ctypes.c_int
     lib.actzip_ctxrans_chunks.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _P]
@@ -69,7 +67,7 @@ def lanes() -> int:
 
 
 def isa() -> int:
-    """The index in `actzip.isa.ISAS` of the instruction set the decoder runs with."""
+    """The index in `actzip.compiled.ISAS` of the instruction set the decoder runs with."""
     return ISAS.index(chosen(ISAS[library().actzip_codec_best_isa()]))
 
 

@@ -10,14 +10,13 @@ cores and the thread count a user set stays as it is. Where torch brings no libg
 on the calling thread. Work under WORK_PER_THREAD multiply-adds stays on the calling thread.
 
 The instruction set is this CPU's best (AVX-512F, else AVX2 + FMA, else portable C), lowered by
-the environment as `actzip.isa` says.
+the environment as `actzip.compiled` says.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import os
 import warnings
 from typing import NamedTuple
@@ -25,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ActzipWarning
-from ..isa import ISAS, chosen
+from ..compiled import ISAS, chosen, extension
 
 WORK_PER_THREAD = 1 << 21  # multiply-adds below which a second thread costs more than it saves
 TILE = 4  # pixels per register tile (kernels.c): thread shares start on a tile
@@ -38,10 +37,9 @@ _I64 = ctypes.c_int64
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded extension, or None where the install could not build it."""
-    spec = importlib.util.find_spec(__package__ + ".kernels")
-    if spec is None or not spec.origin or not spec.origin.endswith(".so"):
+    lib = extension(__package__)
+    if lib is None:
         return None
-    lib = ctypes.CDLL(spec.origin)
     lib.actzip_sparse_conv1x1.argtypes = [_F, _F, _F, _F, _F, _F, _I64, _I64, _I64, _I64, _I64, ctypes.c_float,
                                           ctypes.c_float, ctypes.c_int]
     lib.actzip_sparse_conv1x1.restype = ctypes.c_int
