@@ -12,8 +12,8 @@ import ctypes
 import functools
 import warnings
 
-from ..errors import ActzipWarning
 from ..compiled import ISAS, chosen, extension
+from ..errors import ActzipWarning
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64

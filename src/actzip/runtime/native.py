@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import ActzipWarning
 from ..compiled import ISAS, chosen, extension
+from ..errors import ActzipWarning
 
 WORK_PER_THREAD = 1 << 21  # multiply-adds below which a second thread costs more than it saves
 TILE = 4  # pixels per register tile (kernels.c): thread shares start on a tile
