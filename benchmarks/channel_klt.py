@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actzip.codecs.dctcm import channel_entropy, choose
+from actzip.codecs.layout import channel_entropy
+from actzip.codecs.search import choose
 from actzip.fileio import atomic_write
 from lite0_maps import lite0_streams
 

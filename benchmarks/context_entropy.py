@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actzip.codecs.dctcm import choose
+from actzip.codecs.search import choose
 from actzip.fileio import atomic_write
 from lite0_maps import lite0_streams
 

@@ -51,7 +51,8 @@ from torch.utils.data import Subset
 
 from actzip import codecs, models
 from actzip.codecs import klt
-from actzip.codecs.dctcm import STEPS_PER_OCTAVE, choose, step_index
+from actzip.codecs.search import choose
+from actzip.codecs.transform import STEPS_PER_OCTAVE, step_index
 from actzip.data import bundled_photos, open_images
 from actzip.data.images import VIEW_SCALES
 from actzip.fileio import atomic_write

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 
 import actzip
 from actzip import codecs
-from actzip.codecs.dctcm import channel_curves, choose, dct_matrix, relative_error
+from actzip.codecs.layout import relative_error
+from actzip.codecs.search import channel_curves, choose
+from actzip.codecs.transform import dct_matrix
 from actzip.errors import CorruptStreamError
 
 

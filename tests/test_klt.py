@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import actzip
 from actzip import codecs
 from actzip.codecs import klt
-from actzip.codecs.dctcm import relative_error
+from actzip.codecs.layout import relative_error
 from actzip.errors import CorruptStreamError
 from actzip.quant import params_for_range, quantize
 

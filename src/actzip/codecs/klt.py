@@ -169,7 +169,7 @@ def curve(x, bits: int, basis: np.ndarray, mean: np.ndarray, steps, axis: int = 
           max_values: int = 1 << 20) -> list[dict]:
     """Per step: the step, its offsets, the relative squared error of coding codes like x with
     them and the coefficients' order-0 entropy per channel, in bits per value (the rate measure
-    of `dctcm.channel_curves`)."""
+    of `search.channel_curves`)."""
     x3 = sample_pixels(_as_3d(x, axis), max_values)
     y = np.matmul(basis.T, x3.astype(np.float32))
     points = []

@@ -9,7 +9,7 @@ uniform per-site budget spends most of its error where it hurts most. Here
   of relative squared error at that site alone, measured by re-quantizing that one site on the
   calibration images (against the quantization-only output);
 - its *rate-distortion curve* is pixel-domain re-quantization at every step of dctcm's grid on a
-  sample of its activations (`dctcm.pixel_curve`);
+  sample of its activations (`codecs.search.pixel_curve`);
 - the budgets minimise the total bits subject to sum_i s_i * e_i <= the output budget (errors of
   different sites add at the output about independently), through one Lagrange multiplier found
   by bisection; each site then searches dctcm's full settings (DCT, keep mask) within its e_i;

@@ -35,7 +35,8 @@ from torch.utils.data import Dataset
 from .. import codecs
 from ..analysis import AnalyzeConfig, Progress, batches, calibrate
 from ..codecs import klt
-from ..codecs.dctcm import channel_curves, choose, pixel_curve, step_grid
+from ..codecs.search import channel_curves, choose, pixel_curve
+from ..codecs.transform import step_grid
 from ..codecs.layout import as_3d, sample_pixels, squared_error
 from ..errors import ActzipError
 from ..quant import QuantParams, code_dtype, dequantize, quantize
