@@ -10,6 +10,7 @@ import actzip
 from actzip import codecs
 from actzip.codecs import klt
 from actzip.codecs.layout import relative_error
+from actzip.codecs.search import klt_curve
 from actzip.errors import CorruptStreamError
 from actzip.quant import params_for_range, quantize
 
@@ -75,7 +76,7 @@ def test_offsets_take_the_clip_bias_off_every_channel():
 def test_the_curve_measures_what_the_codec_does():
     x = _low_rank_maps((2, 16, 8, 8))
     fitted = klt.fit(x)
-    points = klt.curve(x, 8, fitted["basis"], fitted["mean"], [1.0, 4.0])
+    points = klt_curve(x, 8, fitted["basis"], fitted["mean"], [1.0, 4.0])
     for p in points:
         codec = codecs.get("klt", bits=8, step=p["step"], offsets=p["offsets"], **fitted)
         assert p["error"] == pytest.approx(relative_error(x, codec.reconstruct(x)))

@@ -2,7 +2,7 @@
 
 The inputs of a depthwise conv are a ReLU6 of a 1x1 conv from a few times fewer channels, so at
 each pixel their channel vector lies close to a low-dimensional subspace. The DCT's fixed basis
-does not find it; the principal axes of the site's channels do (`fit`, on calibration maps). At
+does not find it; the principal axes of the site's channels do (`pca.fit`, on calibration maps). At
 each pixel the codes x (C channels) become coefficients c = floor(B^T (x - mean) / step + 1/2),
 one step per site, which `ctxrans` (or `rans`) codes as int16 planes; the decoder rounds
 B c step + mean - offset to the nearest code and clips it to the code range.
@@ -10,12 +10,12 @@ B c step + mean - offset to the nearest code and clips it to the code range.
 The offsets are what makes this work inside a network. The error of a coefficient lands on every
 channel, also on the ReLU's zeros, and the clip to the code range cuts its negative half there:
 left alone each channel would be biased upwards, and the next conv sums the bias up instead of
-averaging it out. `offsets` calibrates one shift per channel, with the clip in place, that
+averaging it out. `pca.offsets` calibrates one shift per channel, with the clip in place, that
 brings each channel's mean error back to zero.
 
 Error: at most step/2 per coefficient, which the orthonormal basis carries into the pixel domain
 unchanged (float16 storage bends it by about 1e-3), plus the offsets and the final rounding; the
-clip only takes error away. `curve` measures error and rate per step on a sample, and
+clip only takes error away. `search.klt_curve` measures error and rate per step on a sample, and
 `actzip.lossy.planner` offers the transform per conv site next to pixel re-quantization
 (`EvaluateConfig(transform=True)`), taken where it costs the site less.
 
@@ -42,149 +42,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
-import os
 import struct
 
 import numpy as np
-from numba import njit
 
 from ..errors import CorruptStreamError
-from .base import LossyCodec, check_input, pack_header, parallel_map, parse_header, register, stream_bytes
+from .base import LossyCodec, check_input, pack_header, parse_header, register, stream_bytes
 from .ctxrans import ContextRANS
-from .layout import (STEP_RANGE, as_3d, channel_entropy, narrow, planes, read_shape, relative_error, sample_pixels,
-                     shape_3d, value_range, write_shape)
+from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, write_shape
+from .pca import MAX_CHANNELS, coefficients, fit, offsets, reconstruction  # noqa: F401  (fit, offsets: as klt.fit, klt.offsets)
 from .rans import RANS
 
-MAX_CHANNELS = 512  # the basis grows as C^2: 512 channels keep it (as float16, base64) under the container's header limit
 CODERS = {"ctxrans": ContextRANS, "rans": RANS}
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
-OFFSET_ROUNDS = 4  # fixed-point rounds of `offsets`; the mean error stops moving after two or three
 FINGERPRINT = 8  # bytes
-
-
-def _as_3d(x, axis: int) -> np.ndarray:
-    x = np.asarray(x)
-    return as_3d(check_input(x, None)[0], x.shape, axis)
-
-
-def fit(x, axis: int = 1, max_values: int = 1 << 20) -> dict:
-    """The principal axes of the channels of codes like x: {"basis": (C, C) float32, its columns
-    the axes by falling variance, each as float16 would store it; "mean": (C,) float32}."""
-    x3 = _as_3d(x, axis)
-    channels = x3.shape[1]
-    if not 2 <= channels <= MAX_CHANNELS:
-        raise ValueError(f"a channel transform needs 2..{MAX_CHANNELS} channels, got {channels}")
-    sample = sample_pixels(x3, max_values).transpose(1, 0, 2).reshape(channels, -1).astype(np.float64)
-    if sample.shape[1] < 2:
-        raise ValueError("a channel transform needs at least two pixels to fit on")
-    mean = sample.mean(axis=1)
-    variance, axes = np.linalg.eigh(np.cov(sample - mean[:, None]))
-    axes = axes[:, np.argsort(variance)[::-1]]
-    axes *= np.where(axes[np.abs(axes).argmax(axis=0), range(channels)] < 0, -1.0, 1.0)  # one sign, whatever LAPACK
-    return {"basis": axes.astype(np.float16).astype(np.float32), "mean": mean.astype(np.float32)}
-
-
-@njit(cache=True, nogil=True)
-def _round_coefficients(y, first, centre, inv_step, out, fits):
-    """Rows (a, c) = first, first + 1, ... of y (rows, B): out int16 = floor((y - centre[c]) *
-    inv_step + 1/2), and per row whether all of it fits int16 (where not, out is undefined)."""
-    C = centre.shape[0]
-    for r in range(y.shape[0]):
-        m = centre[(first + r) % C]
-        ok = True
-        for b in range(y.shape[1]):
-            v = np.floor((y[r, b] - m) * inv_step + np.float32(0.5))
-            ok &= (v >= -32768.0) & (v <= 32767.0)
-            out[r, b] = np.int32(v)
-        fits[r] = ok
-
-
-@njit(cache=True, nogil=True)
-def _round_codes(y, first, shift, lo, hi, out):
-    """Rows (a, c) = first, ... of y (rows, B): out = floor(y + shift[c] + 1/2), clipped to [lo, hi]."""
-    C = shift.shape[0]
-    for r in range(y.shape[0]):
-        s = shift[(first + r) % C] + np.float32(0.5)
-        for b in range(y.shape[1]):  # lo and hi as float32: the clip stays in float and vectorizes
-            out[r, b] = np.int32(min(max(np.floor(y[r, b] + s), lo), hi))
-
-
-def _by_rows(kernel, y: np.ndarray, out: np.ndarray, *args, row_arrays: tuple = ()) -> None:
-    """kernel(y rows, first row, *args, out rows, *row_arrays rows) over blocks of the (A, C, B)
-    arrays' A * C rows on the codec pool (the kernels release the GIL)."""
-    y2, out2 = y.reshape(-1, y.shape[-1]), out.reshape(-1, out.shape[-1])
-    rows = y2.shape[0]
-    bounds = np.linspace(0, rows, min(rows, os.cpu_count() or 1) + 1).astype(int)
-    parallel_map(lambda i: kernel(y2[bounds[i]:bounds[i + 1]], bounds[i], *args, out2[bounds[i]:bounds[i + 1]],
-                                  *(a[bounds[i]:bounds[i + 1]] for a in row_arrays)), list(range(len(bounds) - 1)))
-
-
-def coefficients(x3: np.ndarray, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
-    """(A, C, B) int16: x3's coefficients on the basis, re-quantized with step; ValueError when
-    they do not fit 16 bits."""
-    return _requantized(np.matmul(basis.T, x3.astype(np.float32)), basis, mean, step)
-
-
-def _requantized(y: np.ndarray, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
-    """coefficients from the product y = B^T x: the mean is taken off after it (B^T x - B^T mean),
-    one pass less over the map, and one product serves every step of a curve."""
-    out = np.empty(y.shape, np.int16)
-    fits = np.empty(y.shape[0] * y.shape[1], np.bool_)
-    _by_rows(_round_coefficients, y, out, basis.T @ mean, np.float32(1.0 / step), row_arrays=(fits,))
-    if not fits.all():
-        raise ValueError("coefficients past 16 bits: use a larger step")
-    return out
-
-
-def reconstruction(c: np.ndarray, basis: np.ndarray, shift: np.ndarray, step: float, dtype: np.dtype,
-                   bits: int) -> np.ndarray:
-    """(A, C, B) codes of dtype from coefficients c: round(basis c step + shift), clipped to the code range."""
-    lo, hi = value_range(np.dtype(dtype), bits)
-    y = np.matmul(basis * np.float32(step), c.astype(np.float32))
-    out = np.empty(y.shape, dtype)
-    _by_rows(_round_codes, y, out, shift.astype(np.float32), np.float32(lo), np.float32(hi))
-    return out
-
-
-def offsets(x, bits: int, basis: np.ndarray, mean: np.ndarray, step: float, axis: int = 1,
-            max_values: int = 1 << 20) -> np.ndarray:
-    """(C,) float32: per channel, what to subtract after the inverse transform so that the
-    channel's mean error over codes like x (of `bits` bits) is zero with the clip to the code
-    range in place."""
-    x3 = sample_pixels(_as_3d(x, axis), max_values)
-    return _offsets(x3, coefficients(x3, basis, mean, step), bits, basis, mean, step)
-
-
-def _offsets(x3: np.ndarray, c: np.ndarray, bits: int, basis: np.ndarray, mean: np.ndarray, step: float) -> np.ndarray:
-    target = x3.mean(axis=(0, 2), dtype=np.float64)
-    off = np.zeros(len(mean), np.float32)
-    for _ in range(OFFSET_ROUNDS):
-        decoded = reconstruction(c, basis, mean - off, step, x3.dtype, bits)
-        off += (decoded.mean(axis=(0, 2), dtype=np.float64) - target).astype(np.float32)
-    return off
-
-
-def curve(x, bits: int, basis: np.ndarray, mean: np.ndarray, steps, axis: int = 1,
-          max_values: int = 1 << 20) -> list[dict]:
-    """Per step: the step, its offsets, the relative squared error of coding codes like x with
-    them and the coefficients' order-0 entropy per channel, in bits per value (the rate measure
-    of `search.channel_curves`)."""
-    x3 = sample_pixels(_as_3d(x, axis), max_values)
-    y = np.matmul(basis.T, x3.astype(np.float32))
-    points = []
-    for step in steps:
-        step = float(np.float32(step))  # as the codec stores it
-        try:
-            c = _requantized(y, basis, mean, step)
-        except ValueError:  # past 16 bits
-            points.append({"step": step, "offsets": None, "error": math.inf, "bits_per_value": math.inf})
-            continue
-        off = _offsets(x3, c, bits, basis, mean, step)
-        error = relative_error(x3, reconstruction(c, basis, mean - off, step, x3.dtype, bits))
-        rate = float(channel_entropy(c).mean())
-        points.append({"step": step, "offsets": off, "error": error, "bits_per_value": rate})
-    return points
 
 
 def _array(value, dtype, what: str, channels: int | None = None, square: bool = False) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Rate-distortion searches of the lossy codecs: the cheapest `transform.Settings` for an error
 budget (`choose`, which `dctcm` calls when given a budget), the points of pixel-domain
 re-quantization one step after another, for a whole map (`pixel_curve`) or per channel
-(`channel_curves`), which `actzip.lossy` plans budgets with. Rates are estimated from the
+(`channel_curves`), and of the `klt` transform one step after another (`klt_curve`), which
+`actzip.lossy` plans budgets with. Rates are estimated from the
 coefficients (zvc's exact size, or an order-0 entropy), never by coding.
 """
 
@@ -11,6 +12,7 @@ import math
 
 import numpy as np
 
+from . import pca
 from .base import check_input
 from .layout import as_3d, channel_entropy, narrow, relative_error, sample_pixels
 from .transform import Settings, coefficients, keep_mask, reconstruction, step_grid
@@ -104,3 +106,25 @@ def choose(x, bits: int, budget: float, group: int = 8, coder: str = "zvc", axis
         if found and found[1] < best_bits:
             best, best_bits = found
     return {"transform": best.transform, "group": group, "keep": list(best.keep), "step": best.step}
+
+
+def klt_curve(x, bits: int, basis: np.ndarray, mean: np.ndarray, steps, axis: int = 1,
+          max_values: int = 1 << 20) -> list[dict]:
+    """Per step: the step, its offsets, the relative squared error of coding codes like x with
+    them and the coefficients' order-0 entropy per channel, in bits per value (the rate measure
+    of `channel_curves`)."""
+    x3 = sample_pixels(pca.codes_3d(x, axis), max_values)
+    y = np.matmul(basis.T, x3.astype(np.float32))
+    points = []
+    for step in steps:
+        step = float(np.float32(step))  # as the codec stores it
+        try:
+            c = pca.requantized(y, basis, mean, step)
+        except ValueError:  # past 16 bits
+            points.append({"step": step, "offsets": None, "error": math.inf, "bits_per_value": math.inf})
+            continue
+        off = pca.mean_offsets(x3, c, bits, basis, mean, step)
+        error = relative_error(x3, pca.reconstruction(c, basis, mean - off, step, x3.dtype, bits))
+        rate = float(channel_entropy(c).mean())
+        points.append({"step": step, "offsets": off, "error": error, "bits_per_value": rate})
+    return points

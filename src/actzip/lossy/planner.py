@@ -34,10 +34,10 @@ from torch.utils.data import Dataset
 
 from .. import codecs
 from ..analysis import AnalyzeConfig, Progress, batches, calibrate
-from ..codecs import klt
-from ..codecs.search import channel_curves, choose, pixel_curve
-from ..codecs.transform import step_grid
+from ..codecs import klt, pca
 from ..codecs.layout import as_3d, sample_pixels, squared_error
+from ..codecs.search import channel_curves, choose, klt_curve, pixel_curve
+from ..codecs.transform import step_grid
 from ..errors import ActzipError
 from ..quant import QuantParams, code_dtype, dequantize, quantize
 from ..sites import Site, capture
@@ -194,7 +194,7 @@ class TransformPlan:
     """A site coded by its fitted channel transform (`actzip.codecs.klt`) at one step."""
 
     fitted: dict  # basis and mean
-    point: dict  # the klt.curve point taken: step, offsets, error
+    point: dict  # the klt_curve point taken: step, offsets, error
     lossy = True
 
     @property
@@ -213,15 +213,15 @@ def _requantizers(bits: int, plans: dict[str, SitePlan | TransformPlan]) -> dict
 def _transform_options(model: nn.Module, calibration: list[torch.Tensor], sites: list[Site],
                        quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray], bits: int,
                        progress: Progress | None) -> dict[str, dict]:
-    """Per conv site of 2..klt.MAX_CHANNELS channels: its fitted channel transform ("fitted"),
-    the transform's rate-distortion points at every step ("curve", `klt.curve`) and its own
+    """Per conv site of 2..pca.MAX_CHANNELS channels: its fitted channel transform ("fitted"),
+    the transform's rate-distortion points at every step ("curve", `search.klt_curve`) and its own
     sensitivity, measured like the pixel probe's: the transform's error lands on every channel
     and on the ReLU's zeros, so it reaches the output differently."""
     options = {}
     for i, site in enumerate(sites):
-        if len(site.shape) == 3 and 2 <= site.shape[0] <= klt.MAX_CHANNELS:
-            fitted = klt.fit(sample[site.name])
-            options[site.name] = {"fitted": fitted, "curve": klt.curve(sample[site.name], bits, **fitted,
+        if len(site.shape) == 3 and 2 <= site.shape[0] <= pca.MAX_CHANNELS:
+            fitted = pca.fit(sample[site.name])
+            options[site.name] = {"fitted": fitted, "curve": klt_curve(sample[site.name], bits, **fitted,
                                                                         steps=step_grid(bits))}
         if progress:
             progress("fit channel transforms", i + 1, len(sites))
