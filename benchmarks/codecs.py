@@ -114,7 +114,7 @@ def rans_model_bound(streams: list[np.ndarray], bits: int) -> tuple[float, float
     """(stream bytes, entropy of rans's own model plus its table bytes) over all streams: the model
     codes huffman's symbols (values, or bit-length escapes whose low bits go raw)."""
     from actzip.codecs.base import CHUNK, write_varint
-    from actzip.codecs.huffman import DIRECT_BITS, _symbol_counts
+    from actzip.codecs.bits import DIRECT_BITS, escape_symbol_counts
 
     codec = codecs.get("rans", bits=bits)
     coded = bound = 0.0
@@ -123,7 +123,7 @@ def rans_model_bound(streams: list[np.ndarray], bits: int) -> tuple[float, float
         for i in range(0, a.size, CHUNK):
             u = codecs.base.zigzag(a.ravel()[i:i + CHUNK])
             direct = min(bits, DIRECT_BITS)
-            counts, extra = _symbol_counts(u, direct, (1 << direct) + bits - direct)
+            counts, extra = escape_symbol_counts(u, direct, (1 << direct) + bits - direct)
             c = counts[counts > 0].astype(float)
             used = int(np.nonzero(counts)[0][-1]) + 1
             table = len(write_varint(used)) + sum(len(write_varint(int(v))) for v in counts[:used])

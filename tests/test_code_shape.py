@@ -61,6 +61,23 @@ def test_no_private_name_is_imported_from_another_module():
     assert not private, private
 
 
+def test_no_codec_imports_a_sibling_codec():
+    """A codec module (one that registers a codec) imports shared helpers (base, bits, layout, ...),
+    never another codec's module: the coders a codec nests are looked up by name in the registry."""
+    codecs_dir = SRC / "codecs"
+    codec_modules = {_name(p) for p in codecs_dir.glob("*.py") if "@register" in p.read_text()}
+    found = []
+    for path in codecs_dir.glob("*.py"):
+        if _name(path) not in codec_modules:
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ImportFrom):
+                target = _absolute(_name(path), False, node)
+                names = {target} | {f"{target}.{a.name}" for a in node.names}
+                found += [f"{path.name} imports {n}" for n in sorted(names & codec_modules) if n != _name(path)]
+    assert len(codec_modules) >= 10 and not found, found
+
+
 def test_module_level_imports_form_no_cycle():
     graph = {}
     for path in MODULES:

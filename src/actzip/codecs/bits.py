@@ -22,7 +22,10 @@ import threading
 import numpy as np
 from numba import njit
 
+from ..errors import CorruptStreamError
+
 PAD = 16  # refill may read 8 bytes past a position that is itself up to 8 bytes past the end
+DIRECT_BITS = 11  # huffman's and rans's alphabets: values below 2^11 are their own symbol, larger ones escape
 
 
 def padded(payload: bytes, start: int = 0) -> np.ndarray:
@@ -221,3 +224,28 @@ def escape_symbol_counts(u, direct, n_symbols):
             counts[limit + m - direct - 1] += 1
             extra += m - 1
     return counts, extra
+
+
+def pack_values(u: np.ndarray, bits: int) -> bytes:
+    """uint32 values on `bits` bits each, MSB first (byte-aligned widths take a numpy fast path)."""
+    if bits == 8:
+        return u.astype(np.uint8).tobytes()
+    if bits == 16:
+        return u.astype(">u2").tobytes()
+    out = np.zeros(packed_bytes(u.size * bits), dtype=np.uint8)
+    pack_fixed(u, bits, out)
+    return out.tobytes()
+
+
+def unpack_values(payload: bytes, start: int, n: int, bits: int, what: str) -> np.ndarray:
+    """Inverse of pack_values from payload[start:], which must hold exactly the n values."""
+    size = packed_bytes(n * bits)
+    if len(payload) - start != size:
+        raise CorruptStreamError(f"{what}: {n} values of {bits} bits take {size} bytes, stream has {len(payload) - start}")
+    if bits == 8:
+        return np.frombuffer(payload, dtype=np.uint8, count=n, offset=start).astype(np.uint32)
+    if bits == 16:
+        return np.frombuffer(payload, dtype=">u2", count=n, offset=start).astype(np.uint32)
+    out = np.empty(n, dtype=np.uint32)
+    unpack_fixed(padded(payload, start), n, bits, out)
+    return out

@@ -37,8 +37,8 @@ from numba.cpython.unsafe.numbers import leading_zeros
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import packed_bytes, padded, unzigzag_value, zigzag_value
-from .raw import pack_values, unpack_values
+from .bits import pack_values, packed_bytes, padded, unpack_values, unzigzag_value, zigzag_value
+from .layout import plane_shape
 
 PROB_BITS = 11
 MOVE_BITS = 5
@@ -411,15 +411,6 @@ def _decode(buf, n_bytes, raw, raw_bits, n, signed, bits, width, height, channel
     return 0
 
 
-def layout(shape: tuple) -> tuple[int, int, int]:
-    """(channels, height, width) of the planes an array of this shape is read as."""
-    if len(shape) >= 3:
-        return int(shape[-3]), int(shape[-2]), int(shape[-1])
-    if len(shape) == 2:
-        return int(shape[-1]), 1, 1
-    return 1, 1, max(1, int(np.prod(shape)))
-
-
 @register
 class Context(ChunkedCodec):
     """Adaptive context modelling (neighbours, channel statistics) with a binary range coder.
@@ -458,7 +449,7 @@ class Context(ChunkedCodec):
         return self._encode_chunk(a, bits, a.shape, 0)
 
     def _encode_chunk(self, a, bits, shape, start):
-        channels, height, width = layout(shape)
+        channels, height, width = plane_shape(shape)
         plane = height * width
         c0, rest = divmod(start, plane)
         c0 %= channels

@@ -42,9 +42,8 @@ from ..errors import CorruptStreamError
 from . import ans, native
 from .base import (MAX_VALUES, Codec, check_input, decode_chunks, join_chunks, pack_header, parallel_map,
                    parse_header, read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
-from .bits import PAD, packed_bytes, padded
-from .context import layout
-from .raw import pack_values, unpack_values
+from .bits import PAD, pack_values, packed_bytes, padded, unpack_values
+from .layout import plane_shape
 
 K = 2  # bits below the leading one that go into the symbol
 CLASSES = 9  # a neighbour's bit length as a context class, 0 (zero or absent) .. 8
@@ -227,7 +226,7 @@ class ContextRANS(Codec):
         a, bits = check_input(a_in, self.bits)
         head = pack_header(a, bits)
         if a.size:
-            _, height, width = layout(np.shape(a_in))
+            _, height, width = plane_shape(np.shape(a_in))
             freq, payloads = (self._encode_numba if native.library() is None else encode_native)(a, bits, width, height)
             coded = join_chunks(head + bytes([CODED]) + write_varint(width) + write_varint(height)
                                 + ans.write_table(freq), payloads)

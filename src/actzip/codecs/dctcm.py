@@ -43,16 +43,14 @@ import struct
 import numpy as np
 
 from ..errors import CorruptStreamError
-from .base import Codec, LossyCodec, check_input, pack_header, parse_header, read_varint, register, stream_bytes, write_varint
-from .ctxrans import ContextRANS
+from .base import (Codec, LossyCodec, check_input, pack_header, parse_header, read_varint, register, registry,
+                   stream_bytes, write_varint)
 from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, write_shape
-from .rans import RANS
 from .search import choose
 from .transform import (MAX_GROUP, MAX_STEP_INDEX, STEPS_PER_OCTAVE, Settings, coefficients, keep_mask, reconstruction,
                         step_index)
-from .zvc import ZVC
 
-CODERS = {"zvc": ZVC, "rans": RANS, "ctxrans": ContextRANS}
+CODERS = ("zvc", "rans", "ctxrans")  # the inner lossless coders, by registered name; a stream stores the index
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
 PIXEL, DCT, PIXEL_PER_CHANNEL = 0, 1, 2  # the stream's transform byte
 
@@ -138,7 +136,7 @@ class DCTCM(LossyCodec):
         a, bits, x3, s = self._prepare(a_in)
         shape = np.shape(a_in)
         dc, ac = coefficients(x3, s)
-        inner = CODERS[self.coder]
+        inner = registry()[self.coder]
         streams = [inner(bits=w).encode(planes(c, shape, self.axis)) for c, w in (narrow(dc), narrow(ac))]
         axis = self.axis % len(shape)
         mask = sum(k << f for f, k in enumerate(s.keep))
@@ -186,7 +184,7 @@ class DCTCM(LossyCodec):
         kept = sum(s.keep)
         want_dc = A * groups * B * s.has_dc if s.transform else 0
         want_ac = A * groups * B * (kept - s.has_dc) if s.transform else h.n
-        inner = CODERS[list(CODERS)[coder_id]]()
+        inner = registry()[CODERS[coder_id]]()
         dc = self._inner(inner, buf[pos:pos + dc_size], want_dc, "DC")
         ac = self._inner(inner, buf[pos + dc_size:], want_ac, "coefficient")
         return reconstruction(dc, ac, shape3, s, h.dtype, h.bits).reshape(-1)

@@ -22,10 +22,9 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import bit_length, escape_symbol_counts, packed_bytes, padded, peek
+from .bits import DIRECT_BITS, bit_length, escape_symbol_counts, packed_bytes, padded, peek
 
 MAX_LEN = 15
-DIRECT_BITS = 11  # values below 2^11 are their own symbol; larger ones escape (see the module doc)
 
 
 @njit(cache=True, nogil=True)

@@ -47,13 +47,11 @@ import struct
 import numpy as np
 
 from ..errors import CorruptStreamError
-from .base import LossyCodec, check_input, pack_header, parse_header, register, stream_bytes
-from .ctxrans import ContextRANS
+from .base import LossyCodec, check_input, pack_header, parse_header, register, registry, stream_bytes
 from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, write_shape
 from .pca import MAX_CHANNELS, coefficients, fit, offsets, reconstruction  # noqa: F401  (fit, offsets: as klt.fit, klt.offsets)
-from .rans import RANS
 
-CODERS = {"ctxrans": ContextRANS, "rans": RANS}
+CODERS = ("ctxrans", "rans")  # the inner lossless coders, by registered name; a stream stores the index
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
 FINGERPRINT = 8  # bytes
 
@@ -162,7 +160,7 @@ class KLT(LossyCodec):
         a, bits, x3 = self._prepare(a_in)
         shape = np.shape(a_in)
         c, width = narrow(coefficients(x3, self.basis, self.mean, self.step))
-        inner = CODERS[self.coder](bits=width).encode(planes(c.reshape(-1), shape, self.axis))
+        inner = registry()[self.coder](bits=width).encode(planes(c.reshape(-1), shape, self.axis))
         return (pack_header(a, bits) + write_shape(shape)
                 + bytes([self.axis % len(shape), CODER_IDS[self.coder]]) + self.fingerprint + inner)
 
@@ -182,7 +180,7 @@ class KLT(LossyCodec):
         shape3 = shape_3d(shape, axis)
         if shape3[1] != self.channels:
             raise CorruptStreamError(f"klt: the stream has {shape3[1]} channels, the basis {self.channels}")
-        c = CODERS[list(CODERS)[coder_id]]().decode(buf[pos + 2 + FINGERPRINT:])
+        c = registry()[CODERS[coder_id]]().decode(buf[pos + 2 + FINGERPRINT:])
         if c.size != h.n or c.dtype.itemsize != 2:
             raise CorruptStreamError(f"klt: the coefficient stream holds {c.size} {c.dtype} values, expected {h.n}")
         return reconstruction(c.reshape(shape3), self.basis, self._shift, self.step, h.dtype, h.bits).reshape(-1)

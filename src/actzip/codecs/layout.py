@@ -1,6 +1,7 @@
-"""Helpers the lossy codecs (dctcm, klt) share: the (outer, channels, inner) view of a map, the
-shape field of their streams, coefficient widths, samples, per-channel entropy and the error
-measure of every budget. Here so that no codec imports a sibling codec for them."""
+"""Helpers the codecs share about the shape of what they code: the (outer, channels, inner) view of
+a map and the shape field of the lossy codecs' streams, the planes the context coders read
+(`plane_shape`), coefficient widths, samples, per-channel entropy and the error measure of every
+budget. Here so that no codec imports a sibling codec for them."""
 
 from __future__ import annotations
 
@@ -126,3 +127,12 @@ def channel_entropy(q3: np.ndarray) -> np.ndarray:
     counts = np.bincount((q + width * np.arange(C)[:, None]).ravel(), minlength=C * width).reshape(C, width)
     p = counts / n
     return -(p * np.log2(np.where(counts > 0, p, 1.0))).sum(axis=1)
+
+
+def plane_shape(shape: tuple) -> tuple[int, int, int]:
+    """(channels, height, width) of the planes an array of this shape is read as."""
+    if len(shape) >= 3:
+        return int(shape[-3]), int(shape[-2]), int(shape[-1])
+    if len(shape) == 2:
+        return int(shape[-1]), 1, 1
+    return 1, 1, max(1, int(np.prod(shape)))

@@ -26,8 +26,8 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, read_varint, register, unzigzag, write_varint, zigzag
-from .bits import bit_length, escape_symbol_counts, packed_bytes, padded, peek, write_codes, zigzag_histogram
-from .huffman import DIRECT_BITS
+from .bits import (DIRECT_BITS, bit_length, escape_symbol_counts, packed_bytes, padded, peek, write_codes,
+                   zigzag_histogram)
 
 
 @njit(cache=True, nogil=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CorruptStreamError
 from .base import ChunkedCodec, Header, register, unzigzag, zigzag
-from .raw import pack_values, unpack_values
+from .bits import pack_values, unpack_values
 
 
 @register
