@@ -340,6 +340,8 @@ def _streams():
              for coder in ("zvc", "rans", "ctxrans") for t in (True, False)]
     lossy.append(("dctcm", codecs.get("dctcm", bits=8, transform=False, coder="ctxrans",
                                       channel_steps=[2.0 ** (k / 4) for k in range(20)]).encode(maps)))
+    lossy += [("requant", codecs.get("requant", bits=8, step=2.0, coder=coder).encode(maps)) for coder in ("zvc", "rans")]
+    lossy.append(("requant", codecs.get("requant", bits=8, channel_steps=[2.0 ** (k / 4) for k in range(20)]).encode(maps)))
     # planes give ctx's repeat flags and predicted residuals something to decode
     planes = [("ctx", codecs.get("ctx").encode(a)) for a in (maps, signed[:1800].reshape(3, 20, 30))]
     fitted = klt.fit(maps)  # klt decodes with the settings it was fitted with (side information)

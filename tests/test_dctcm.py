@@ -9,7 +9,7 @@ import actzip
 from actzip import codecs
 from actzip.codecs.layout import relative_error
 from actzip.codecs.search import channel_curves, choose
-from actzip.codecs.transform import dct_matrix
+from actzip.codecs.transform import dct_matrix, step_index
 from actzip.errors import CorruptStreamError
 
 
@@ -137,12 +137,13 @@ def test_bad_inputs_are_refused():
         choose(np.ones((1, 8, 2, 2), np.uint8), 8, budget=2.0)
 
 
-def _stream():
-    return codecs.get("dctcm", bits=8, keep=3, step=2.0).encode(_relu_maps((2, 20, 6, 6)))
+def _stream(**params):
+    return codecs.get("dctcm", bits=8, **({"keep": 3, "step": 2.0} | params)).encode(_relu_maps((2, 20, 6, 6)))
 
 
-def test_every_truncation_is_refused_and_flips_never_crash():
-    stream = _stream()
+@pytest.mark.parametrize("params", [{}, {"transform": False}], ids=["dct", "requant"])
+def test_every_truncation_is_refused_and_flips_never_crash(params):
+    stream = _stream(**params)
     for cut in range(len(stream)):
         with pytest.raises(CorruptStreamError):
             codecs.get("dctcm").decode(stream[:cut])
@@ -209,9 +210,9 @@ def test_bad_channel_steps_are_refused():
 
 def test_corrupt_channel_steps_are_refused():
     x = _relu_maps((2, 20, 6, 6))
-    codec, _ = _channel_codec(20)
+    codec, steps = _channel_codec(20)
     stream = codec.encode(x)
-    start = stream.index(bytes(codec._step_indices))
+    start = stream.index(bytes(step_index(v) for v in steps))
     for cut in range(start, start + 20):
         with pytest.raises(CorruptStreamError):
             codec.decode(stream[:cut])

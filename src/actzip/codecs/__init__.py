@@ -1,4 +1,5 @@
-"""Codecs for quantized activation maps, numcodecs-style: lossless ones, and the lossy `dctcm` and `klt`.
+"""Codecs for quantized activation maps, numcodecs-style: lossless ones, and the lossy `requant`,
+`dctcm` and `klt`.
 
 >>> import numpy as np
 >>> from actzip import codecs
@@ -14,7 +15,7 @@ import inspect
 
 from ..errors import ActzipError
 # Import order is the listing order: the baseline first, the byte compressors last.
-from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, dctcm, klt  # noqa: F401,I001  (each registers its codec)
+from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, requant, dctcm, klt  # noqa: F401,I001  (each registers its codec)
 from .base import Codec, LossyCodec, registry
 
 

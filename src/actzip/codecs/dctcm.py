@@ -9,13 +9,13 @@ paper's bitmap coding), by `rans`, or by `ctxrans` (which sees each coefficient'
 neighbours: the streams are passed as H x W planes). Decoding inverts the kept part of the
 transform, rounds to the nearest code and clips to the input's range.
 
-With `transform=False` the same re-quantization happens in the pixel domain instead: the choice
-for late layers that are already sparse after ReLU, where a channel DCT would smear the zeros.
-`step=1, transform=False` is lossless. In the pixel domain each channel can have its own step
-(`channel_steps`, on the quarter-octave grid 2^(k/4) the searches walk, one byte each in the
-stream): the channels of one map matter very differently to the model's output, and
-`actzip.lossy.importance` measures by how much. Given an error `budget`, each encode chooses transform or
-not, keep mask and step itself (`choose`; transform=False then restricts it to the pixel domain).
+With `transform=False` (or `channel_steps`, one step per channel) the codes are re-quantized in
+the pixel domain instead, by the `requant` codec, whose stream then follows dctcm's header: the
+choice for late layers that are already sparse after ReLU, where a channel DCT would smear the
+zeros. Given an error `budget`, each encode chooses DCT or pixel domain, keep mask and step
+itself (`search.choose`; transform=False then restricts it to the pixel domain). Streams written
+before `requant` existed coded the pixel domain themselves (transform bytes 0 and 2); they
+still decode.
 
 Cost: the header (about 20 bytes) plus the two inner streams, i.e. for zvc
 n_coef + nnz_dc * w_dc + nnz_ac * w_ac bits, n_coef = pixels * groups * kept frequencies.
@@ -47,12 +47,13 @@ from .base import (Codec, LossyCodec, check_input, pack_header, parse_header, re
                    stream_bytes, write_varint)
 from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, write_shape
 from .search import choose
-from .transform import (MAX_GROUP, MAX_STEP_INDEX, STEPS_PER_OCTAVE, Settings, coefficients, keep_mask, reconstruction,
-                        step_index)
+from .transform import MAX_GROUP, Settings, coefficients, keep_mask, read_steps, reconstruction, step_index
 
 CODERS = ("zvc", "rans", "ctxrans")  # the inner lossless coders, by registered name; a stream stores the index
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
-PIXEL, DCT, PIXEL_PER_CHANNEL = 0, 1, 2  # the stream's transform byte
+# The stream's transform byte: DCT, or REQUANT (a `requant` stream follows); PIXEL and PIXEL_PER_CHANNEL
+# are the pixel-domain streams written before requant took them over, which still decode.
+PIXEL, DCT, PIXEL_PER_CHANNEL, REQUANT = 0, 1, 2, 3
 
 
 DEFAULT_BUDGET = 1e-3  # relative squared error of a dctcm given no settings: ~0.1 % of the maps' energy
@@ -107,7 +108,8 @@ class DCTCM(LossyCodec):
                 raise ValueError("channel_steps are a pixel-domain setting: pass transform=False and no budget")
             if not self.channel_steps:
                 raise ValueError("channel_steps is empty")
-        self._step_indices = bytes(step_index(v) for v in self.channel_steps)
+        for v in self.channel_steps:  # off the grid: ValueError now, not at the first encode
+            step_index(v)
 
     def _params(self) -> dict:
         return {"bits": self.bits, "group": self.group, "keep": list(self.keep), "step": self.step,
@@ -125,9 +127,16 @@ class DCTCM(LossyCodec):
         x3 = as_3d(a, np.shape(a_in), self.axis)
         return a, bits, x3, self._settings(a_in)
 
+    def _pixels(self, s: Settings):
+        """The `requant` codec that codes settings s of the pixel domain."""
+        return registry()["requant"](bits=self.bits, step=s.step, channel_steps=s.channel_steps or None,
+                                     coder=self.coder, axis=self.axis, budget=None)
+
     def reconstruct(self, a_in) -> np.ndarray:
         """decode(encode(a_in)) without the entropy coding: the same 1-D array, faster."""
         a, bits, x3, s = self._prepare(a_in)
+        if not s.transform:
+            return self._pixels(s).reconstruct(a_in)
         dc, ac = coefficients(x3, s)
         narrow(dc), narrow(ac)  # the same range errors as encode
         return reconstruction(dc, ac, x3.shape, s, a.dtype, bits).reshape(-1)
@@ -135,64 +144,58 @@ class DCTCM(LossyCodec):
     def encode(self, a_in) -> bytes:
         a, bits, x3, s = self._prepare(a_in)
         shape = np.shape(a_in)
+        head = pack_header(a, bits) + write_shape(shape) + bytes([self.axis % len(shape)])
+        if not s.transform:
+            return head + bytes([REQUANT]) + self._pixels(s).encode(a_in)
         dc, ac = coefficients(x3, s)
-        inner = registry()[self.coder]
-        streams = [inner(bits=w).encode(planes(c, shape, self.axis)) for c, w in (narrow(dc), narrow(ac))]
-        axis = self.axis % len(shape)
+        streams = [registry()[self.coder](bits=w).encode(planes(c, shape, self.axis)) for c, w in (narrow(dc), narrow(ac))]
         mask = sum(k << f for f, k in enumerate(s.keep))
-        kind = PIXEL_PER_CHANNEL if s.channel_steps else DCT if s.transform else PIXEL
-        return (pack_header(a, bits) + write_shape(shape)
-                + bytes([axis, kind, s.group, CODER_IDS[self.coder]]) + write_varint(mask)
-                + struct.pack("<f", s.step) + self._step_indices
+        return (head + bytes([DCT, s.group, CODERS.index(self.coder)]) + write_varint(mask) + struct.pack("<f", s.step)
                 + write_varint(len(streams[0])) + streams[0] + streams[1])
 
     def decode(self, buf) -> np.ndarray:
         buf = stream_bytes(buf)
         h = parse_header(buf)
         shape, pos = read_shape(buf, h, "dctcm")
-        ndim = len(shape)
+        if pos + 2 > len(buf) or buf[pos] >= len(shape) or buf[pos + 1] > REQUANT:
+            raise CorruptStreamError("dctcm: stream truncated or settings out of range")
+        axis, kind = buf[pos:pos + 2]
+        if kind == REQUANT:
+            return self._inner(registry()["requant"](), buf[pos + 2:], h.n, h.dtype, "requant")
         if pos + 4 > len(buf):
             raise CorruptStreamError("dctcm: stream truncated inside its settings")
-        axis, kind, group, coder_id = buf[pos:pos + 4]
+        group, coder_id = buf[pos + 2:pos + 4]
         mask, pos = read_varint(buf, pos + 4, "keep mask")
-        if axis >= ndim or kind > PIXEL_PER_CHANNEL or coder_id >= len(CODERS) or group < 2 or group > MAX_GROUP \
-                or group & (group - 1) or not 0 < mask < 1 << group:
+        if coder_id >= len(CODERS) or group < 2 or group > MAX_GROUP or group & (group - 1) or not 0 < mask < 1 << group:
             raise CorruptStreamError("dctcm: settings out of range")
-        if pos + 4 > len(buf):
-            raise CorruptStreamError("dctcm: stream truncated inside its step")
-        (step,) = struct.unpack_from("<f", buf, pos)
-        if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
-            raise CorruptStreamError(f"dctcm: step {step} out of range")
-        pos += 4
         A, C, B = shape3 = shape_3d(shape, axis)
-        channel_steps = ()
-        if kind == PIXEL_PER_CHANNEL:
-            if pos + C > len(buf):
-                raise CorruptStreamError("dctcm: stream truncated inside its channel steps")
-            indices = np.frombuffer(buf, np.uint8, C, pos)
-            if indices.size and indices.max() > MAX_STEP_INDEX:
-                raise CorruptStreamError("dctcm: channel step out of range")
-            channel_steps = tuple(2.0 ** (indices / STEPS_PER_OCTAVE))
-            pos += C
-        s = Settings(kind == DCT, group, tuple((mask >> f) & 1 for f in range(group)), float(step), channel_steps)
+        step, channel_steps, pos = read_steps(buf, pos, 0, "dctcm")
+        if kind == PIXEL_PER_CHANNEL:  # written before requant: the channel steps follow a step of 1
+            _, channel_steps, pos = read_steps(buf, pos, C, "dctcm")
+        s = Settings(kind == DCT, group, tuple((mask >> f) & 1 for f in range(group)), step, channel_steps)
+        return self._coefficients(buf, pos, h, shape3, s, coder_id)
+
+    def _coefficients(self, buf: bytes, pos: int, h, shape3: tuple, s: Settings, coder_id: int) -> np.ndarray:
+        """The codes from the DC and coefficient streams at buf[pos:]."""
+        A, C, B = shape3
         dc_size, pos = read_varint(buf, pos, "DC stream length")
         if pos + dc_size > len(buf):
             raise CorruptStreamError("dctcm: DC stream runs past the end")
-        if s.transform and C < group:
-            raise CorruptStreamError(f"dctcm: {C} channels are fewer than the group size {group}")
-        groups = -(-C // group)
-        kept = sum(s.keep)
+        if s.transform and C < s.group:
+            raise CorruptStreamError(f"dctcm: {C} channels are fewer than the group size {s.group}")
+        groups = -(-C // s.group)
         want_dc = A * groups * B * s.has_dc if s.transform else 0
-        want_ac = A * groups * B * (kept - s.has_dc) if s.transform else h.n
+        want_ac = A * groups * B * (sum(s.keep) - s.has_dc) if s.transform else h.n
         inner = registry()[CODERS[coder_id]]()
-        dc = self._inner(inner, buf[pos:pos + dc_size], want_dc, "DC")
-        ac = self._inner(inner, buf[pos + dc_size:], want_ac, "coefficient")
+        dc = self._inner(inner, buf[pos:pos + dc_size], want_dc, np.uint16, "DC")
+        ac = self._inner(inner, buf[pos + dc_size:], want_ac, np.uint16, "coefficient")
         return reconstruction(dc, ac, shape3, s, h.dtype, h.bits).reshape(-1)
 
     @staticmethod
-    def _inner(coder: Codec, buf: bytes, want: int, what: str) -> np.ndarray:
+    def _inner(coder: Codec, buf: bytes, want: int, dtype, what: str) -> np.ndarray:
+        """What an inner stream decodes to, checked to hold `want` values of dtype's size."""
         c = coder.decode(buf)
-        if c.size != want or c.dtype.itemsize != 2:
+        if c.size != want or c.dtype.itemsize != np.dtype(dtype).itemsize:
             raise CorruptStreamError(f"dctcm: the {what} stream holds {c.size} {c.dtype} values, expected {want}")
         return c
 

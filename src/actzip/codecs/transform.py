@@ -11,12 +11,14 @@ and `actzip.codecs.search` picks settings for an error budget.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from .layout import value_range
+from ..errors import CorruptStreamError
+from .layout import STEP_RANGE, value_range
 
 MAX_GROUP = 64
 STEPS_PER_OCTAVE = 4  # the grid channel steps live on: 2^(k/4), k in 0..MAX_STEP_INDEX
@@ -196,3 +198,21 @@ def step_index(step: float) -> int:
     if not 0 <= k <= MAX_STEP_INDEX or abs(2.0 ** (k / STEPS_PER_OCTAVE) - step) > 1e-9 * step:
         raise ValueError(f"channel steps must be 2^(k/{STEPS_PER_OCTAVE}) for k in 0..{MAX_STEP_INDEX}, got {step!r}")
     return k
+
+
+def read_steps(buf: bytes, pos: int, channels: int, codec: str) -> tuple[float, tuple[float, ...], int]:
+    """(step, channel steps, next position) of a stream's step field: a float32 step, or with
+    `channels` one grid index per channel (the step is then 1)."""
+    if channels:
+        if pos + channels > len(buf):
+            raise CorruptStreamError(f"{codec}: stream truncated inside its channel steps")
+        indices = np.frombuffer(buf, np.uint8, channels, pos)
+        if indices.max() > MAX_STEP_INDEX:
+            raise CorruptStreamError(f"{codec}: channel step out of range")
+        return 1.0, tuple(2.0 ** (indices / STEPS_PER_OCTAVE)), pos + channels
+    if pos + 4 > len(buf):
+        raise CorruptStreamError(f"{codec}: stream truncated inside its step")
+    (step,) = struct.unpack_from("<f", buf, pos)
+    if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
+        raise CorruptStreamError(f"{codec}: step {step} out of range")
+    return float(step), (), pos + 4

@@ -180,13 +180,13 @@ class SitePlan:
 
     @property
     def settings(self) -> dict:
-        """dctcm settings (with transform=False)."""
+        """requant settings."""
         if (self.steps == self.steps[0]).all():
             return {"step": float(self.steps[0])}
         return {"channel_steps": self.steps.tolist()}
 
     def codec(self, bits: int, axis: int = 1, coder: str = "zvc") -> codecs.Codec:
-        return codecs.get("dctcm", bits=bits, transform=False, axis=axis, coder=coder, **self.settings)
+        return codecs.get("requant", bits=bits, axis=axis, coder=coder, budget=None, **self.settings)
 
 
 @dataclass(frozen=True)
