@@ -280,11 +280,11 @@ class ContextRANS(Codec):
             raise CorruptStreamError("ctxrans: bad plane size")
         valid, base, raw_of, class_of = symbol_tables(h.bits)
         freq, pos = ans.read_table(buf, pos, CONTEXTS, valid)
-        table, used = ans.decoder_table(freq), freq.sum(1) > 0
         jobs = split_chunks(buf, h, pos, chunk, self.values_per_bit, self.codec_id)
         if native.library() is not None:
-            return decode_native(buf, jobs, chunk, h, width, height, table)
+            return decode_native(buf, jobs, chunk, h, width, height, freq)
         native.warn_if_missing()
+        table, used = ans.decoder_table(freq), freq.sum(1) > 0
         signed = h.dtype.kind == "i"
 
         def decode_chunk(i, sub, payload, values):
@@ -366,7 +366,7 @@ def symbol_info(bits: int) -> np.ndarray:
             | class_of.astype(np.uint64) << np.uint64(40))
 
 
-def decode_native(buf: bytes, jobs: list, chunk: int, h, width: int, height: int, table: np.ndarray) -> np.ndarray:
+def decode_native(buf: bytes, jobs: list, chunk: int, h, width: int, height: int, freq: np.ndarray) -> np.ndarray:
     """Every chunk with the C decoder, in groups of `native.lanes()` chunks decoded side by side,
     the groups shared between the codec threads. The decoder reads the words and raw bits in place,
     from one padded copy of the stream: a hostile chunk may make it read n + 6 words past its own."""
@@ -384,7 +384,10 @@ def decode_native(buf: bytes, jobs: list, chunk: int, h, width: int, height: int
     groups = np.arange(0, len(jobs), lanes)
     shares = [(g[0], min(g[-1] + lanes, len(jobs)) - g[0])
               for g in np.array_split(groups, min(len(groups), os.cpu_count() or 1))]
-    used, info = (table[:, 0] != 0).astype(np.uint8), symbol_info(h.bits)
+    freq = np.ascontiguousarray(freq, np.int64)
+    table = np.empty((CONTEXTS, ans.M), np.uint32)
+    lib.actzip_ctxrans_table(freq.ctypes.data, CONTEXTS, freq.shape[1], table.ctypes.data)
+    used, info = (freq.sum(1) > 0).astype(np.uint8), symbol_info(h.bits)
     isa = native.isa() if data.size < 1 << 31 else 0  # the AVX-512 path addresses the stream by 32-bit offsets
 
     def run(share):

@@ -286,6 +286,22 @@ __attribute__((target("avx512f,avx512bw"))) static int decode_group_avx512(const
     return finished_vectors(&v, c, count, m->base);
 }
 
+/* The decoder's table from the frequencies (contexts x symbols, each used row summing to
+   2^PROB_BITS, as ans.read_table checked): per slot of each context, its symbol | freq << 8 |
+   (slot - the symbol's start) << 20 (ans.decoder_table, which numba runs where this is not built).
+   Unused rows are zeroed: the decoders take a zero frequency for an unused context. */
+void actzip_ctxrans_table(const int64_t *freq, int64_t contexts, int64_t symbols, uint32_t *table) {
+    for (int64_t r = 0; r < contexts; r++) {
+        uint32_t *row = table + (r << PROB_BITS), start = 0;
+        for (int64_t sym = 0; sym < symbols; sym++) {
+            uint32_t f = (uint32_t)freq[r * symbols + sym], entry = (uint32_t)sym | f << 8;
+            for (uint32_t o = 0; o < f; o++) row[start + o] = entry | o << 20;
+            start += f;
+        }
+        if (start == 0) memset(row, 0, sizeof(uint32_t) << PROB_BITS);
+    }
+}
+
 static int64_t read_varint(const uint8_t *buf, int64_t *pos, int64_t end) {
     uint64_t value = 0;
     for (int shift = 0; shift < 63 && *pos < end; shift += 7) {
