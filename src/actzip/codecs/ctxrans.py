@@ -280,10 +280,10 @@ class ContextRANS(Codec):
             raise CorruptStreamError("ctxrans: bad plane size")
         valid, base, raw_of, class_of = symbol_tables(h.bits)
         freq, pos = ans.read_table(buf, pos, CONTEXTS, valid)
-        jobs = split_chunks(buf, h, pos, chunk, self.values_per_bit, self.codec_id)
         if native.library() is not None:
-            return decode_native(buf, jobs, chunk, h, width, height, freq)
+            return decode_native(buf, pos, chunk, h, width, height, freq)
         native.warn_if_missing()
+        jobs = split_chunks(buf, h, pos, chunk, self.values_per_bit, self.codec_id)
         table, used = ans.decoder_table(freq), freq.sum(1) > 0
         signed = h.dtype.kind == "i"
 
@@ -366,23 +366,24 @@ def symbol_info(bits: int) -> np.ndarray:
             | class_of.astype(np.uint64) << np.uint64(40))
 
 
-def decode_native(buf: bytes, jobs: list, chunk: int, h, width: int, height: int, freq: np.ndarray) -> np.ndarray:
-    """Every chunk with the C decoder, in groups of `native.lanes()` chunks decoded side by side,
-    the groups shared between the codec threads. The decoder reads the words and raw bits in place,
-    from one padded copy of the stream: a hostile chunk may make it read n + 6 words past its own."""
-    lib, lanes = native.library(), native.lanes()
+def decode_native(buf: bytes, pos: int, chunk: int, h, width: int, height: int, freq: np.ndarray) -> np.ndarray:
+    """Every chunk (their sizes from buf[pos:]) with the C decoder, in groups of `native.lanes()`
+    chunks decoded side by side, the groups shared between the codec threads. The decoder reads
+    the words and raw bits in place, from one padded copy of the stream: a hostile chunk may make
+    it read n + 6 words past its own."""
+    lib, lanes, count = native.library(), native.lanes(), -(-h.n // chunk)
+    if count > len(buf) - pos:  # every chunk needs at least its one-byte size
+        raise CorruptStreamError(f"ctxrans: {h.n} values need {count} chunks, the stream is too short")
     data = np.zeros(len(buf) + 2 * (chunk + 6) + PAD, np.uint8)
     data[:len(buf)] = np.frombuffer(buf, np.uint8)
-    sizes = np.array([len(payload) for _, payload in jobs], np.int64)
-    starts = len(buf) - sizes.sum() + np.cumsum(sizes) - sizes
     out = np.empty(h.n, h.dtype)
-    chunks = (native.Chunk * len(jobs))()
-    if lib.actzip_ctxrans_chunks(data.ctypes.data, starts.ctypes.data, sizes.ctypes.data, len(jobs), chunk, h.n, width,
-                                 height, out.ctypes.data, out.itemsize, chunks):
-        raise CorruptStreamError("ctxrans: section lengths do not match the chunk")
+    chunks = (native.Chunk * count)()
+    if lib.actzip_ctxrans_chunks(data.ctypes.data, pos, len(buf), count, chunk, h.n, width, height, out.ctypes.data,
+                                 out.itemsize, chunks):
+        raise CorruptStreamError("ctxrans: chunk sizes or sections do not add up to the stream")
     ring = 1 << int(width).bit_length() if width <= chunk else 2  # more than a row of classes
-    groups = np.arange(0, len(jobs), lanes)
-    shares = [(g[0], min(g[-1] + lanes, len(jobs)) - g[0])
+    groups = np.arange(0, count, lanes)
+    shares = [(g[0], min(g[-1] + lanes, count) - g[0])
               for g in np.array_split(groups, min(len(groups), os.cpu_count() or 1))]
     freq = np.ascontiguousarray(freq, np.int64)
     table = np.empty((CONTEXTS, ans.M), np.uint32)

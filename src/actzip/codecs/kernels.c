@@ -312,20 +312,28 @@ static int64_t read_varint(const uint8_t *buf, int64_t *pos, int64_t end) {
     return -1;
 }
 
-/* The Chunk of each payload (starts[i], sizes[i] bytes into buf): its word and raw bit counts read
-   and checked against its size, its buffers pointing into buf, its output slice and first
-   position. Returns 0, or -1 for a payload whose sections do not add up to its size. */
-int actzip_ctxrans_chunks(const uint8_t *buf, const int64_t *starts, const int64_t *sizes, int64_t count,
-                          int64_t chunk, int64_t total, int64_t width, int64_t height, uint8_t *out,
-                          int64_t value_bytes, Chunk *chunks) {
+/* The Chunk of each of `count` chunks of a stream (buf, len bytes): their sizes (varints from
+   pos, as base.join_chunks writes them, adding up to the rest of the stream), then in each
+   payload its word and raw bit counts, checked against its size; its buffers point into buf.
+   Returns 0, or -1 for sizes or sections that do not add up. */
+int actzip_ctxrans_chunks(const uint8_t *buf, int64_t pos, int64_t len, int64_t count, int64_t chunk, int64_t total,
+                          int64_t width, int64_t height, uint8_t *out, int64_t value_bytes, Chunk *chunks) {
+    int64_t start = pos, sum = 0;
+    for (int64_t i = 0; i < count; i++) { /* first the sizes, so that the payloads' start is known */
+        int64_t size = read_varint(buf, &start, len);
+        if (size < 0 || size > len) return -1;
+        sum += size;
+    }
+    if (sum != len - start) return -1;
     for (int64_t i = 0; i < count; i++) {
-        int64_t pos = starts[i], end = starts[i] + sizes[i];
-        int64_t n_words = read_varint(buf, &pos, end), raw_bits = n_words < 0 ? -1 : read_varint(buf, &pos, end);
-        if (raw_bits < 0 || end - pos != 2 * n_words + (raw_bits + 7) / 8) return -1;
+        int64_t end = start + read_varint(buf, &pos, len), at = start;
+        int64_t n_words = read_varint(buf, &at, end), raw_bits = n_words < 0 ? -1 : read_varint(buf, &at, end);
+        if (raw_bits < 0 || n_words > end || end - at != 2 * n_words + (raw_bits + 7) / 8) return -1;
         int64_t first = i * chunk;
-        chunks[i] = (Chunk){buf + pos, buf + pos + 2 * n_words, out + first * value_bytes, n_words, raw_bits,
+        chunks[i] = (Chunk){buf + at, buf + at + 2 * n_words, out + first * value_bytes, n_words, raw_bits,
                             total - first < chunk ? total - first : chunk, first % (width * height) % width,
                             first % (width * height) / width};
+        start = end;
     }
     return 0;
 }

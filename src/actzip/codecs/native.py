@@ -56,7 +56,7 @@ def library() -> ctypes.CDLL | None:
     lib.actzip_ctxrans_decode.argtypes = [_P, _I64, _P, ctypes.c_int]
     lib.actzip_ctxrans_decode.restype = ctypes.c_int
     lib.actzip_ctxrans_table.argtypes = [_P, _I64, _I64, _P]
-    lib.actzip_ctxrans_chunks.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _P]
+    lib.actzip_ctxrans_chunks.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _P]
     lib.actzip_ctxrans_chunks.restype = ctypes.c_int
     lib.actzip_ctxrans_first_pass.argtypes = lib.actzip_ctxrans_code.argtypes = [_P, _I64, _P]
     return lib
