@@ -2,10 +2,13 @@
 
 The engines are timed in turns in one process (each round runs every engine `per_round` times in a
 row, so a burst of load on the machine hits all of them alike, while each still runs with its own
-memory warm; the median over all runs counts): onnxruntime on the exported dense model (all graph
-optimizations, the same thread count), PyTorch eager in channels_last and in contiguous memory
-format, torch.compile when asked for, the model compiled with every mask opened (folding and fusion
-alone), and the compiled model. The speedup is over the fastest dense engine, which is onnxruntime
+memory warm; the median over all runs counts). Between engines the process idles for IDLE_GAP:
+an engine's idle worker threads (libgomp's, onnxruntime's) spin for milliseconds after a run, and
+on a 2-core machine they took the cores from the next engine (a compiled model timed right after
+onnxruntime ran at half the speed of the same graph timed after itself). The engines are:
+onnxruntime on the exported dense model (all graph optimizations, the same thread count), PyTorch
+eager in channels_last and in contiguous memory format, torch.compile when asked for, the model
+compiled with every mask opened (folding and fusion alone), and the compiled model. The speedup is over the fastest dense engine, which is onnxruntime
 wherever it is installed; the report also gives it over each engine.
 """
 
@@ -21,6 +24,9 @@ from torch import nn
 from ..sparsify.pixelmask import PixelMask, attach_pixel_masks, mask_sparsity, remove_pixel_mask_hooks
 from .compile import compile
 from .onnx import onnxruntime_session
+
+
+IDLE_GAP = 0.05  # seconds between engines in a round (see the module doc)
 
 
 def _timed(fn, x: torch.Tensor) -> float:
@@ -88,6 +94,7 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
             fn(x)  # warm-up: allocator, oneDNN primitive caches, torch.compile's compilation
         for _ in range(rounds):
             for name, (fn, x) in runs.items():
+                time.sleep(IDLE_GAP)
                 fn(x)
                 times[name] += [_timed(fn, x) for _ in range(per_round)]
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
