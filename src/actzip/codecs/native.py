@@ -69,7 +69,13 @@ def lanes() -> int:
 
 def isa() -> int:
     """The index in `actzip.compiled.ISAS` of the instruction set the decoder runs with."""
-    return ISAS.index(chosen(ISAS[library().actzip_codec_best_isa()]))
+    return ISAS.index(chosen(best_isa()))
+
+
+@functools.cache
+def best_isa() -> str:
+    """The best instruction set this CPU offers the decoder, whatever the environment asks."""
+    return ISAS[library().actzip_codec_best_isa()]
 
 
 @functools.cache

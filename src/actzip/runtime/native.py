@@ -58,6 +58,7 @@ def warn_if_missing() -> None:
                       "falls back to PyTorch, and sparse-input convs run dense", ActzipWarning, stacklevel=3)
 
 
+@functools.cache
 def best_isa() -> str:
     """The best instruction set this CPU offers the kernels, whatever the environment asks."""
     return ISAS[library().actzip_best_isa()] if available() else "none"
