@@ -32,7 +32,7 @@ from ..quant import dequantize
 from ..sites import Site, capture
 from .agreement import chance_from_margins, margin_kappa, margin_noise
 from .config import EvaluateConfig
-from .planner import calibrated_quantizers, quantized_codes, site_codecs
+from .planner import Allocation, calibrated_quantizers, quantized_codes, site_codecs
 
 
 class _SiteCoding:
@@ -59,12 +59,12 @@ class _SiteCoding:
             codes = decoded
         return dequantize(torch.from_numpy(codes.astype(np.int32)), q).to(x.dtype)
 
-    def per_site(self, sites: list[Site], bits: int, allocated: dict) -> list[dict]:
+    def per_site(self, sites: list[Site], bits: int, allocated: dict[str, Allocation]) -> list[dict]:
         return [{"name": s.name, "shape": list(s.shape), "codec": self.coders[s.name].describe(),
                  "numel": self.numel[s.name], "bytes": self.bytes[s.name],
                  "compression": self.numel[s.name] * bits / (8 * self.bytes[s.name]),
                  "relative_error": self.errors[s.name][0] / self.errors[s.name][1] if self.errors[s.name][1] else 0.0}
-                | allocated.get(s.name, {}) for s in sites]
+                | (allocated[s.name].report() if s.name in allocated else {}) for s in sites]
 
 
 class _Tally:
@@ -122,9 +122,9 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
         raise ActzipError("no calibration images")
     model.eval()
     sites, quantizers = calibrated_quantizers(model, calibration, config, progress)
-    allocated, search_result = {}, {}
+    allocated, search = {}, None
     if coders is None:
-        coders, allocated, search_result = site_codecs(model, calibration, config, sites, quantizers, progress)
+        coders, allocated, search = site_codecs(model, calibration, config, sites, quantizers, progress)
     elif set(coders) != {s.name for s in sites}:
         raise ActzipError("the codecs given are not one per site of this model")
     coding, tally = _SiteCoding(sites, quantizers, coders), _Tally()
@@ -144,7 +144,7 @@ def evaluate(model: nn.Module, images: Dataset, config: EvaluateConfig = Evaluat
     return {
         "codec": config.codec, "codec_params": dict(config.codec_params), "output_budget": config.output_budget,
         "budget_by_sensitivity": config.budget_by_sensitivity, "channel_weights": config.channel_weights,
-        "transform": config.transform, "agreement_target": config.agreement, "agreement_search": search_result,
+        "transform": config.transform, "agreement_target": config.agreement, "agreement_search": search.report() if search else {},
         "bits": config.bits, **tally.summary(),
         "compression": all_values * config.bits / (8 * all_bytes) if all_bytes else math.inf,
         # held by the decoder once, not sent with the maps: not in the compression above

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,11 +54,11 @@ def quantized_codes(x: torch.Tensor, q: QuantParams) -> np.ndarray:
 
 def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConfig, sites: list[Site],
                 quantizers: dict[str, QuantParams], progress: Progress | None = None,
-                ) -> tuple[dict[str, codecs.Codec], dict[str, dict], dict]:
+                ) -> tuple[dict[str, codecs.Codec], dict[str, Allocation], AgreementSearch | None]:
     """One codec per site: the configured one, or for dctcm with a budget the settings `choose`
     finds on a sample of that site's activations over the first config.calibration_images of
-    `calibration_set`; per site how its budget was set (empty without an output budget); and how an
-    agreement target was met (empty without one)."""
+    `calibration_set`; per site its Allocation of an output budget (none without one); and how an
+    agreement target was met (None without one)."""
     params = dict(config.codec_params)
     budget = params.pop("budget", None)
 
@@ -68,32 +68,28 @@ def site_codecs(model: nn.Module, calibration_set: Dataset, config: EvaluateConf
         return codecs.get("dctcm", bits=config.bits, axis=site.batched_channel_axis, **{**params, **(chosen or {})})
 
     if budget is None and config.output_budget is None and config.agreement is None:
-        return {s.name: make(s) for s in sites}, {}, {}
+        return {s.name: make(s) for s in sites}, {}, None
     calibration, sample = _calibration_sample(model, calibration_set, config, sites, quantizers, progress)
-    search = {k: params[k] for k in ("group", "coder", "transform") if k in params}
-    allocated, search_result = {}, {}
+    allocated, search = {}, None
     if budget is None or config.budget_by_sensitivity:
-        allocated, search_result = _allocate(model, calibration, config, sites, quantizers, sample, progress)
+        allocated, search = _allocate(model, calibration, config, sites, quantizers, sample, progress)
     if config.channel_weights:
-        search_result.pop("reference", None)
         coder = params.get("coder", "ctxrans")
-        return ({s.name: allocated[s.name].pop("plan").codec(config.bits, s.batched_channel_axis, coder) for s in sites},
-                allocated, search_result)
-    else:
-        chosen = {s.name: choose(sample[s.name], config.bits, allocated[s.name]["budget"] if allocated else budget,
-                                 **search) for s in sites}
-    if search_result and any(c["transform"] for c in chosen.values()):
+        return ({s.name: allocated[s.name].plan.codec(config.bits, s.batched_channel_axis, coder) for s in sites},
+                allocated, search)
+    options = {k: params[k] for k in ("group", "coder", "transform") if k in params}
+    chosen = {s.name: choose(sample[s.name], config.bits, allocated[s.name].budget if allocated else budget, **options)
+              for s in sites}
+    if search is not None and any(c["transform"] for c in chosen.values()):
         # The search measured the agreement of pixel-domain re-quantization; a DCT setting of the
         # same error may flip other images. Keep it only if the target still holds.
         coders = {s.name: make(s, chosen[s.name]) for s in sites}
-        reached = _agreement(model, calibration, quantizers, coders, search_result["reference"],
-                             config.agreement_estimate)
+        reached = _agreement(model, calibration, quantizers, coders, search.reference, config.agreement_estimate)
         if reached < config.agreement:
-            chosen = {name: {"transform": False, "step": allocated[name]["allocated_step"]} if c["transform"] else c
+            chosen = {name: {"transform": False, "step": allocated[name].allocated_step} if c["transform"] else c
                       for name, c in chosen.items()}
-        search_result["dct_kept"] = reached >= config.agreement
-    search_result.pop("reference", None)
-    return {s.name: make(s, chosen[s.name]) for s in sites}, allocated, search_result
+        search.dct_kept = reached >= config.agreement
+    return {s.name: make(s, chosen[s.name]) for s in sites}, allocated, search
 
 
 def _calibration_sample(model: nn.Module, calibration_set: Dataset, config: EvaluateConfig, sites: list[Site],
@@ -153,18 +149,36 @@ def _reference(model: nn.Module, calibration: list[torch.Tensor]) -> np.ndarray:
         return np.concatenate([model(x).reshape(len(x), -1).numpy() for x in calibration])
 
 
+@dataclass
+class AgreementSearch:
+    """How the output budget of an agreement target was found on the calibration images."""
+
+    output_budget: float  # the output budget found
+    calibration_agreement: float  # the agreement it kept there, counted or expected (`estimate`)
+    estimate: str  # "count" or "margin"
+    calibration_images: int
+    reference: np.ndarray = field(repr=False)  # the float model's logits on them
+    dct_kept: bool | None = None  # dctcm: whether DCT settings of the same errors still kept the target
+
+    def report(self) -> dict:
+        """What the evaluation report says of it (no logits)."""
+        out = {"output_budget": self.output_budget, "calibration_agreement": self.calibration_agreement,
+               "estimate": self.estimate, "calibration_images": self.calibration_images}
+        return out if self.dct_kept is None else out | {"dct_kept": self.dct_kept}
+
+
 def _search(model: nn.Module, calibration: list[torch.Tensor], quantizers: dict[str, QuantParams], bits: int,
-            plan_for: Callable, target: float, estimate: str, progress: Progress | None) -> tuple[float, dict, dict]:
-    """The output budget whose plan keeps `target` agreement on the calibration images (see
-    budgets.budget_for_agreement): (budget, its plans, how it was found, with the reference logits)."""
+            plan_for: Callable, target: float, estimate: str,
+            progress: Progress | None) -> tuple[dict, AgreementSearch]:
+    """The plans of the output budget that keeps `target` agreement on the calibration images
+    (see budgets.budget_for_agreement), and how it was found."""
     reference = _reference(model, calibration)
 
     def agreement(plans: dict[str, SitePlan | TransformPlan]) -> float:
         return _agreement(model, calibration, quantizers, _requantizers(bits, plans), reference, estimate)
 
     output_budget, plans, reached = budgets.budget_for_agreement(plan_for, target, agreement, progress)
-    return output_budget, plans, {"output_budget": output_budget, "calibration_agreement": reached,
-                                  "estimate": estimate, "calibration_images": len(reference), "reference": reference}
+    return plans, AgreementSearch(output_budget, reached, estimate, len(reference), reference)
 
 
 @dataclass(frozen=True)
@@ -321,36 +335,51 @@ def _planner(model: nn.Module, calibration: list[torch.Tensor], config: Evaluate
     return plan_for, sensitivity, transforms
 
 
+@dataclass(frozen=True)
+class Allocation:
+    """One site's share of an output budget or agreement target."""
+
+    budget: float  # its relative squared error, in (0, 1): what `choose` is given
+    sensitivity: float  # the output error a unit of error at the site causes
+    allocated_step: float | None = None  # one step per site: the step of the curve point taken
+    plan: SitePlan | TransformPlan | None = None  # channel weights: its steps, or its transform
+    transform_sensitivity: float | None = None  # where a transform was on offer: its sensitivity
+
+    def report(self) -> dict:
+        """What the evaluation report says of the site (the plan shows in its codec)."""
+        out = {"budget": self.budget, "sensitivity": self.sensitivity}
+        for key in ("allocated_step", "transform_sensitivity"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
 def _allocate(model: nn.Module, calibration: list[torch.Tensor], config: EvaluateConfig, sites: list[Site],
               quantizers: dict[str, QuantParams], sample: dict[str, np.ndarray],
-              progress: Progress | None) -> tuple[dict[str, dict], dict]:
-    """Per site: its error budget from config.output_budget (from the per-site budget's output
-    error with budget_by_sensitivity, or searched for config.agreement), its sensitivity and the
-    step of the curve point taken, or with channel weights the dctcm settings of its channel steps
-    (see actzip.lossy.budgets); and for an agreement target, the output budget found, the calibration
-    agreement it gave and the float model's predictions."""
+              progress: Progress | None) -> tuple[dict[str, Allocation], AgreementSearch | None]:
+    """Per site its Allocation of config.output_budget (of the per-site budget's output error with
+    budget_by_sensitivity, or of the output budget searched for config.agreement; see
+    actzip.lossy.budgets), and for an agreement target how it was found."""
     plan_for, sensitivity, transforms = _planner(model, calibration, config, sites, quantizers, sample, progress)
-    search_result = {}
+    search = None
     if config.agreement is not None:
-        output_budget, plans, search_result = _search(model, calibration, quantizers, config.bits, plan_for,
-                                                      config.agreement, config.agreement_estimate, progress)
+        plans, search = _search(model, calibration, quantizers, config.bits, plan_for, config.agreement,
+                                config.agreement_estimate, progress)
     else:
         output_budget = config.output_budget
         if output_budget is None:  # budget_by_sensitivity: what the per-site budget everywhere would cost
             output_budget = min(max(config.codec_params["budget"] * sum(sensitivity), 1e-12), 1 - 1e-9)
         plans = plan_for(output_budget)
-    # choose needs a budget in (0, 1): an exact point becomes a tiny budget, which only step 1 meets
     allocated = {}
     for s, sens in zip(sites, sensitivity):
         plan = plans[s.name]
-        allocated[s.name] = {"budget": min(max(plan.error, 1e-12), 1 - 1e-9), "sensitivity": sens}
+        budget = min(max(plan.error, 1e-12), 1 - 1e-9)  # choose needs (0, 1): an exact point becomes a tiny budget
         if config.channel_weights:
-            allocated[s.name]["plan"] = plan  # site_codecs makes the codec of it
-            if config.transform:
-                allocated[s.name]["transform_sensitivity"] = transforms.get(s.name, {}).get("sensitivity")
+            transform = transforms.get(s.name, {}).get("sensitivity") if config.transform else None
+            allocated[s.name] = Allocation(budget, sens, plan=plan, transform_sensitivity=transform)
         else:
-            allocated[s.name]["allocated_step"] = float(plan.steps[0])
-    return allocated, search_result
+            allocated[s.name] = Allocation(budget, sens, allocated_step=float(plan.steps[0]))
+    return allocated, search
 
 
 class Planner:
@@ -384,9 +413,9 @@ class Planner:
         """(the output budget found for `target` on the calibration images, its codecs, the
         agreement it reached there, counted or expected: `estimate`)."""
         dataclasses.replace(self.config, output_budget=None, agreement=target, agreement_estimate=estimate)  # checks them
-        output_budget, plans, found = _search(self.model, self.batches, self.quantizers, self.config.bits, self.plan_for,
-                                              target, estimate, progress)
-        return output_budget, self._codecs(plans), found["calibration_agreement"]
+        plans, found = _search(self.model, self.batches, self.quantizers, self.config.bits, self.plan_for, target,
+                               estimate, progress)
+        return found.output_budget, self._codecs(plans), found.calibration_agreement
 
 
 def planner(model: nn.Module, calibration: Dataset, config: EvaluateConfig,
