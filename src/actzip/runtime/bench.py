@@ -22,11 +22,8 @@ import torch
 from torch import nn
 
 from ..sparsify.pixelmask import PixelMask, attach_pixel_masks, mask_sparsity, remove_pixel_mask_hooks
-from .compile import compile
+from .compile import IDLE_GAP, compile
 from .onnx import onnxruntime_session
-
-
-IDLE_GAP = 0.05  # seconds between engines in a round (see the module doc)
 
 
 def _timed(fn, x: torch.Tensor) -> float:

@@ -43,6 +43,7 @@ _MODULE_BOUNDS = {nn.ReLU: lambda m: (0.0, float("inf")), nn.ReLU6: lambda m: (0
 _ADDS = (operator.add, operator.iadd, torch.add)
 _FUNCTION_BOUNDS = {F.relu: (0.0, float("inf")), torch.relu: (0.0, float("inf")), F.relu6: (0.0, 6.0)}
 ENGINES = ("actzip", "onnxruntime")
+IDLE_GAP = 0.05  # seconds between engines timed in turns: idle worker threads spin for milliseconds
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.
 ZEROS_WORTH_TIMING = 0.3
@@ -160,12 +161,14 @@ class CompiledModel(nn.Module):
         return self.graph_module(x.contiguous(memory_format=CHANNELS_LAST))
 
     def choose_engine(self, session, example: torch.Tensor, repeats: int) -> None:
-        """Time the graph and onnxruntime's `session` on the example in turns; keep the faster."""
+        """Time the graph and onnxruntime's `session` on the example in turns, IDLE_GAP apart (the
+        workers of the one before spin, and took the cores from the next); keep the faster."""
         runs = {"actzip": lambda: self.graph_module(example), "onnxruntime": lambda: session(example)}
         times = {k: [] for k in runs}
         with torch.no_grad():
             for r in range(repeats + 1):  # the first round warms both up and is dropped
                 for name, run in runs.items():
+                    time.sleep(IDLE_GAP)
                     start = time.perf_counter()
                     run()
                     if r:
@@ -229,8 +232,9 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
         choices[producer].reason += f"; hands its kept pixels alone to {consumer}"
     result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
     if "onnxruntime" in engines and onnx.available():
-        # not spinning: a compiled model runs among PyTorch's ops, whose threads need the cores
-        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example, spinning=False), example, repeats)
+        # onnxruntime's defaults, spinning workers included: where it wins, it runs the whole model as
+        # it would for a user (at 2 threads, sleeping workers made it 10-20 % slower on small models)
+        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example), example, repeats)
     if verify:
         with torch.no_grad():
             want, got = model(example), result(example)

@@ -57,7 +57,7 @@ class Session:
         return self.session.run(None, {"x": x.detach().contiguous().numpy()})[0]
 
 
-def session_from_bytes(onnx: bytes, spinning: bool = False) -> Session:
+def session_from_bytes(onnx: bytes, spinning: bool = True) -> Session:
     """A session of an exported model (see `onnxruntime_session`); ActzipError without onnxruntime."""
     if not available():
         raise ActzipError("this model runs in onnxruntime: pip install 'actzip[runtime]'")
