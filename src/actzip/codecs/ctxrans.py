@@ -227,9 +227,13 @@ class ContextRANS(Codec):
         head = pack_header(a, bits)
         if a.size:
             _, height, width = plane_shape(np.shape(a_in))
-            freq, payloads = (self._encode_numba if native.library() is None else encode_native)(a, bits, width, height)
-            coded = join_chunks(head + bytes([CODED]) + write_varint(width) + write_varint(height)
-                                + ans.write_table(freq), payloads)
+            if native.library() is None:
+                freq, payloads = self._encode_numba(a, bits, width, height)
+                sizes, joined = [len(p) for p in payloads], b"".join(payloads)
+            else:
+                freq, sizes, joined = encode_native(a, bits, width, height)
+            coded = b"".join([head, bytes([CODED]), write_varint(width), write_varint(height), ans.write_table(freq),
+                              *(write_varint(int(s)) for s in sizes), joined])
             if len(coded) < len(head) + 1 + packed_bytes(a.size * bits):
                 return coded
         return head + bytes([RAW]) + pack_values(zigzag(a), bits)
@@ -304,9 +308,10 @@ def encode_tables(bits: int) -> tuple[np.ndarray, ...]:
     return symbols, classes, raw.astype(np.uint8)
 
 
-def encode_native(a: np.ndarray, bits: int, width: int, height: int) -> tuple[np.ndarray, list[bytes]]:
-    """(frequencies, chunk payloads) with the C encoder, each codec thread taking a contiguous run of
-    chunks through both passes (one call per pass, not one per chunk)."""
+def encode_native(a: np.ndarray, bits: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """(frequencies, chunk payload sizes, the payloads one after another) with the C encoder, each
+    codec thread taking a contiguous run of chunks through both passes (one call per pass and for
+    the payloads, not one per chunk)."""
     chunk, lib = CHUNK_VALUES[CODED], native.library()
     starts = np.arange(0, a.size, chunk)
     shares = [s for s in np.array_split(starts, min(len(starts), os.cpu_count() or 1)) if len(s)]
@@ -336,12 +341,14 @@ def encode_native(a: np.ndarray, bits: int, width: int, height: int) -> tuple[np
     def code(run):
         chunks, model, (_, _, raw, words, _) = run
         model.enc = enc.ctypes.data
-        lib.actzip_ctxrans_code(chunks, len(chunks), ctypes.byref(model))
-        return [write_varint(c.n + 4 - c.first_word) + write_varint(c.raw_bits)
-                + words[j, c.first_word:c.n + 4].astype("<u2", copy=False).tobytes()
-                + raw[j, :packed_bytes(c.raw_bits)].tobytes() for j, c in enumerate(chunks)]
+        if lib.actzip_ctxrans_code(chunks, len(chunks), ctypes.byref(model)):
+            raise MemoryError("ctxrans: no memory for the encoder's table")
+        out, sizes = np.empty(raw.size + words.nbytes + 20 * len(chunks), np.uint8), np.empty(len(chunks), np.int64)
+        total = lib.actzip_ctxrans_payloads(chunks, len(chunks), out.ctypes.data, sizes.ctypes.data)
+        return sizes, out[:total].tobytes()
 
-    return freq, [p for payloads in parallel_map(code, runs) for p in payloads]
+    coded = parallel_map(code, runs)
+    return freq, np.concatenate([sizes for sizes, _ in coded]), b"".join(blob for _, blob in coded)
 
 
 def chunk_parts(payload, n: int) -> tuple[np.ndarray, int, np.ndarray, int]:

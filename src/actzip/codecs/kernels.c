@@ -17,6 +17,7 @@
 #include <Python.h>
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LANES 16 /* one AVX-512 vector of 32-bit lanes */
@@ -443,20 +444,34 @@ static void first_pass_any(EncodeChunk *c, const EncodeModel *m) {
         m->is_signed ? first_pass(c, m, 2, 1) : first_pass(c, m, 2, 0);
 }
 
-static void code_chunk(EncodeChunk *c, const EncodeModel *m) {
-    uint64_t x = STATE_LOW, other = STATE_LOW;
-    int64_t o = c->n + 4;
-    for (int64_t i = c->n - 1; i >= 0; i--) {
-        const uint64_t *e = m->enc + 5 * ((int64_t)c->contexts[i] * m->symbols + c->symbols[i]);
-        uint64_t emit = x >= e[4];
-        c->words[o - 1] = (uint16_t)x;
-        o -= (int64_t)emit;
-        x >>= 16 * emit;
-        uint64_t q = ((x * e[0]) >> 32) >> e[1];
-        uint64_t next = x + e[2] + q * e[3];
-        x = other;
-        other = next;
+/* The encoder table with each row packed into one word: reciprocal (32 bits) | shift << 32 | bias
+   << 37 | frequency << 50 (M - frequency and the renormalisation threshold, frequency << 20,
+   follow from it). Five words a row made a table of L2 size; this one stays in L1. */
+static void pack_encoder_table(const EncodeModel *m, uint64_t *packed) {
+    for (int64_t j = 0; j < CLASSES * CLASSES * m->symbols; j++) {
+        const uint64_t *e = m->enc + 5 * j;
+        uint64_t freq = (1u << PROB_BITS) - e[3];
+        packed[j] = e[0] | e[1] << 32 | e[2] << 37 | freq << 50;
     }
+}
+
+/* Value i of chunk c onto the state x (`other` the state of value i + 1, they alternate): the
+   renormalisation word is always stored and kept only if due (no branch), o the next free word. */
+static inline __attribute__((always_inline)) void encode_value(const uint64_t *table, int64_t symbols,
+                                                               EncodeChunk *c, int64_t i, uint64_t *x,
+                                                               uint64_t *other, int64_t *o) {
+    uint64_t e = table[(int64_t)c->contexts[i] * symbols + c->symbols[i]], freq = e >> 50;
+    uint64_t emit = *x >= freq << (31 - PROB_BITS), y = *x;
+    c->words[*o - 1] = (uint16_t)y;
+    *o -= (int64_t)emit;
+    y >>= 16 * emit;
+    uint64_t q = ((y * (e & 0xFFFFFFFFu)) >> 32) >> ((e >> 32) & 31);
+    uint64_t next = y + ((e >> 37) & 0x1FFF) + q * ((1u << PROB_BITS) - freq);
+    *x = *other;
+    *other = next;
+}
+
+static void finish_chunk(EncodeChunk *c, uint64_t x, uint64_t other, int64_t o) {
     /* `other` holds value 0's state, `x` value 1's: the decoder reads them in that order */
     c->words[o - 1] = (uint16_t)x;
     c->words[o - 2] = (uint16_t)(x >> 16);
@@ -465,12 +480,63 @@ static void code_chunk(EncodeChunk *c, const EncodeModel *m) {
     c->first_word = o - 4;
 }
 
+/* Chunks a and b (b may be NULL) rANS-coded last value to first, in turns: one chunk's state
+   chain waits on a multiply at every value, two chains keep the core busy. */
+static void code_pair(EncodeChunk *a, EncodeChunk *b, const uint64_t *table, int64_t symbols) {
+    if (b && b->n > a->n) {
+        EncodeChunk *t = a;
+        a = b, b = t;
+    }
+    uint64_t xa = STATE_LOW, ya = STATE_LOW, xb = STATE_LOW, yb = STATE_LOW;
+    int64_t oa = a->n + 4, ob = b ? b->n + 4 : 0, shared = b ? b->n : 0;
+    for (int64_t i = a->n - 1; i >= shared; i--) encode_value(table, symbols, a, i, &xa, &ya, &oa);
+    for (int64_t i = shared - 1; i >= 0; i--) {
+        encode_value(table, symbols, a, i, &xa, &ya, &oa);
+        encode_value(table, symbols, b, i, &xb, &yb, &ob);
+    }
+    finish_chunk(a, xa, ya, oa);
+    if (b) finish_chunk(b, xb, yb, ob);
+}
+
 void actzip_ctxrans_first_pass(EncodeChunk *chunks, int64_t count, const EncodeModel *m) {
     for (int64_t i = 0; i < count; i++) first_pass_any(&chunks[i], m);
 }
 
-void actzip_ctxrans_code(EncodeChunk *chunks, int64_t count, const EncodeModel *m) {
-    for (int64_t i = 0; i < count; i++) code_chunk(&chunks[i], m);
+/* Returns 0, or -1 without the memory for the packed table. */
+int actzip_ctxrans_code(EncodeChunk *chunks, int64_t count, const EncodeModel *m) {
+    uint64_t *table = malloc(sizeof(uint64_t) * CLASSES * CLASSES * (size_t)m->symbols);
+    if (!table) return -1;
+    pack_encoder_table(m, table);
+    for (int64_t i = 0; i < count; i += 2)
+        code_pair(&chunks[i], i + 1 < count ? &chunks[i + 1] : NULL, table, m->symbols);
+    free(table);
+    return 0;
+}
+
+static int64_t put_varint(uint8_t *out, uint64_t v) {
+    int64_t n = 0;
+    for (; v >= 0x80; v >>= 7) out[n++] = (uint8_t)(v | 0x80);
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Each coded chunk's payload one after the other into out (base.join_chunks's payloads: word
+   count, raw bit count, the words little-endian, the raw bytes), its length into sizes; returns
+   the total. out holds 20 + 2 * (n + 4) + the raw bytes of every chunk. */
+int64_t actzip_ctxrans_payloads(const EncodeChunk *chunks, int64_t count, uint8_t *out, int64_t *sizes) {
+    int64_t at = 0;
+    for (int64_t i = 0; i < count; i++) {
+        const EncodeChunk *c = &chunks[i];
+        int64_t start = at, n_words = c->n + 4 - c->first_word, raw_bytes = (c->raw_bits + 7) / 8;
+        at += put_varint(out + at, (uint64_t)n_words);
+        at += put_varint(out + at, (uint64_t)c->raw_bits);
+        memcpy(out + at, c->words + c->first_word, 2 * (size_t)n_words); /* x86: already little-endian */
+        at += 2 * n_words;
+        memcpy(out + at, c->raw, (size_t)raw_bytes);
+        at += raw_bytes;
+        sizes[i] = at - start;
+    }
+    return at;
 }
 
 int actzip_ctxrans_lanes(void) { return LANES; }

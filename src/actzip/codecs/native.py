@@ -59,6 +59,9 @@ def library() -> ctypes.CDLL | None:
     lib.actzip_ctxrans_chunks.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _P]
     lib.actzip_ctxrans_chunks.restype = ctypes.c_int
     lib.actzip_ctxrans_first_pass.argtypes = lib.actzip_ctxrans_code.argtypes = [_P, _I64, _P]
+    lib.actzip_ctxrans_code.restype = ctypes.c_int
+    lib.actzip_ctxrans_payloads.argtypes = [_P, _I64, _P, _P]
+    lib.actzip_ctxrans_payloads.restype = _I64
     return lib
 
 
