@@ -40,7 +40,7 @@ from numba import njit
 
 from ..errors import CorruptStreamError
 from . import ans, native
-from .base import (MAX_VALUES, Codec, check_input, decode_chunks, join_chunks, pack_header, parallel_map,
+from .base import (MAX_VALUES, Codec, check_input, decode_chunks, pack_header, parallel_map,
                    parse_header, read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
 from .bits import PAD, pack_values, packed_bytes, padded, unpack_values
 from .layout import plane_shape

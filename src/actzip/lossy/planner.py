@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from .. import codecs
 from ..analysis import AnalyzeConfig, Progress, batches, calibrate
-from ..codecs import klt, pca
+from ..codecs import pca
 from ..codecs.layout import as_3d, sample_pixels, squared_error
 from ..codecs.search import channel_curves, choose, klt_curve, pixel_curve
 from ..codecs.transform import step_grid
