@@ -1,16 +1,16 @@
-/* ctxrans's decoder in C: several chunks decoded side by side.
+/* ctxrans's coder in C: the decoder, several chunks side by side, and the encoder's two passes.
 
    Decoding one ctxrans chunk is a chain: a value's context needs its left neighbour's class,
-   which needs the symbol the previous rANS step looked up, so one chunk runs at the latency of
-   that chain (a table load from L2, a multiply, a few ALU steps) with the core mostly idle. The
-   chunks of a stream are independent, so this decoder advances LANES of them in lock-step: each
-   step of each lane depends only on its own previous step, and the core overlaps the lanes.
+   which needs the symbol the previous rANS step looked up. The chunks of a stream are independent,
+   so the decoder advances LANES of them in lock-step, one per AVX-512 lane; the portable path
+   steps the same lanes one after another (on this code the core found no more to overlap).
 
-   The loop has no data-dependent branch. A value's raw bits are read at a bit position from an
-   unaligned big-endian load; the rANS state takes its renormalisation word by a select; reads
-   stay inside the caller's padded buffers whatever the stream says (positions are clamped), and
-   the checks of a hostile stream (an unused context, running out of words or raw bits, the
-   final states) are accumulated and looked at once per chunk.
+   The loops have no data-dependent branch. A value's raw bits are read at a bit position from an
+   unaligned big-endian load; the rANS state takes its renormalisation word arithmetically. Reads
+   stay inside the caller's padded buffers whatever the stream says (raw bit positions are
+   clamped, words are padded past any chunk's reach), and the checks of a hostile stream (an
+   unused context, running out of words or raw bits, the final states) are accumulated and looked
+   at once per chunk.
 
    Stream format and symbol model: see ctxrans.py. Called through ctypes, which drops the GIL. */
 
@@ -123,13 +123,8 @@ static int decode_group(const Chunk *c, int count, const Model *m) {
         row[l] = m->width <= c[l].n ? m->width : 0;
         if (c[l].n < common) common = c[l].n;
     }
-    if (count == LANES) {
-        for (int64_t i = 0; i < common; i++)
-            for (int l = 0; l < LANES; l++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
-    } else {
-        for (int64_t i = 0; i < common; i++)
-            for (int l = 0; l < count; l++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
-    }
+    for (int64_t i = 0; i < common; i++)
+        for (int l = 0; l < count; l++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
     int failed = 0;
     for (int l = 0; l < count; l++) {
         for (int64_t i = common; i < c[l].n; i++) step(&lanes[l], &c[l], m, m->rings + l * m->ring_size, i, row[l]);
