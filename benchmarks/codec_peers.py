@@ -92,7 +92,8 @@ def byte_peers() -> dict:
 def coders(bits: int) -> dict:
     """name: (encode(stream) -> bytes, decode(bytes, stream) -> array equal to the stream)."""
     out = {}
-    for name, params in (("ctx", {}), ("ctx", {"prediction": True}), ("ctxrans", {})):
+    other_model = {"mixing": bits > 8}  # ctx's model that its default does not use at this width
+    for name, params in (("ctx", {}), ("ctx", other_model), ("ctxrans", {})):
         codec = codecs.get(name, bits=bits, **params)
         label = "actzip " + name + "".join(f" {k}={v}" for k, v in params.items())
         out[label] = (codec.encode, lambda b, s, c=codec: c.decode(b).reshape(s.shape))
