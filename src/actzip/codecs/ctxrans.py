@@ -43,7 +43,7 @@ from . import ans, native
 from .base import (MAX_VALUES, Codec, check_input, decode_chunks, pack_header, parallel_map,
                    parse_header, read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
 from .bits import PAD, pack_values, packed_bytes, padded, unpack_values
-from .layout import plane_shape
+from .layout import next_position, plane_shape
 
 K = 2  # bits below the leading one that go into the symbol
 CLASSES = 9  # a neighbour's bit length as a context class, 0 (zero or absent) .. 8
@@ -80,18 +80,6 @@ def value_tables(bits: int) -> tuple[np.ndarray, ...]:
     symbols = np.where(u > 0, (length << K) | ((u >> (m - k)) & ((1 << k) - 1)), 0)
     _, _, raw, classes = symbol_tables(bits)
     return symbols.astype(np.uint8), raw[symbols], classes[symbols]
-
-
-@njit(cache=True, inline="always")
-def _advance(x, y, width, height):
-    """(x, y) of the next value in its H x W plane (scalars only, so it costs nothing inline)."""
-    x += 1
-    if x == width:
-        x = 0
-        y += 1
-        if y == height:
-            y = 0
-    return x, y
 
 
 @njit(cache=True, nogil=True)
@@ -133,7 +121,7 @@ def _first_pass(a, signed, width, height, x0, y0, symbol_of, raw_of, class_of, c
             raw_out[ro + 2] = np.uint8((w >> np.uint64(8)) & _BYTE)
             raw_out[ro + 3] = np.uint8(w & _BYTE)
             ro += 4
-        x, y = _advance(x, y, width, height)
+        x, y, _ = next_position(x, y, 0, width, height, 1)  # within its plane
     tail = (racc << (_U32 - rnacc)) & np.uint64(0xFFFFFFFF)  # fewer than 32 bits, MSB first
     for j in range(4):
         raw_out[ro + j] = np.uint8((tail >> np.uint64(24 - 8 * j)) & _BYTE)
@@ -209,7 +197,7 @@ def _decode(words, n_words, raw, raw_bits, n, width, height, x0, y0, table, used
         out[i] = (v >> 1) ^ -(v & 1) if signed else v
         if p > n_words:
             return -1
-        x, y = _advance(x, y, width, height)
+        x, y, _ = next_position(x, y, 0, width, height, 1)  # within its plane
     if p != n_words or state != ans.STATE_LOW or other != ans.STATE_LOW or 8 * rp - np.int64(rnacc) != raw_bits:
         return -1
     return 0

@@ -1,6 +1,6 @@
 """Helpers the codecs share about the shape of what they code: the (outer, channels, inner) view of
 a map and the shape field of the lossy codecs' streams, the planes the context coders read
-(`plane_shape`), coefficient widths, samples, per-channel entropy and the error measure of every
+(`plane_shape`, `next_position`), coefficient widths, samples, per-channel entropy and the error measure of every
 budget. Here so that no codec imports a sibling codec for them."""
 
 from __future__ import annotations
@@ -136,3 +136,18 @@ def plane_shape(shape: tuple) -> tuple[int, int, int]:
     if len(shape) == 2:
         return int(shape[-1]), 1, 1
     return 1, 1, max(1, int(np.prod(shape)))
+
+
+@njit(cache=True, inline="always")
+def next_position(x, y, c, width, height, channels):
+    """(x, y, c) of the value after (x, y, c) in the (C, H, W) planes the context coders read."""
+    x += 1
+    if x == width:
+        x = 0
+        y += 1
+        if y == height:
+            y = 0
+            c += 1
+            if c == channels:
+                c = 0
+    return x, y, c
