@@ -93,10 +93,10 @@ def _against(v, j, partial):
 def code(values, decoding, signed, bits, width, height, channels, x0, y0, c0, buf, n_bytes, disabled=0):
     """Encode `values` (int64) into `buf` (returns the bytes written, more than buf.size when it did
     not fit), or decode buf's first n_bytes into `values` (returns 0, or -1 for a stream that does not
-    decode using exactly its bytes, or whose tree gives a length over `bits`).
-    `buf` is padded when decoding. Both directions run this one loop, so that they model alike. `disabled` switches
-    models off, bit m for the length's model Lm and bit BIT_SHIFT + m for the bits' Bm (streams are
-    coded with all; benchmarks/ctx_mixing.py measures what each buys).
+    decode using exactly its bytes, or whose tree gives a length over `bits`). `buf` is padded when
+    decoding. Both directions run this one loop, so that they model alike. `disabled` switches models
+    off, bit m for the length's model Lm and bit BIT_SHIFT + m for the bits' Bm (streams are coded
+    with all; benchmarks/ctx_mixing.py measures what each buys).
 
     Each decision is coded at one place in the loop: a helper per decision would pass the tables,
     which numba reference-counts at every call (measured 5x slower)."""
@@ -146,13 +146,16 @@ def code(values, decoding, signed, bits, width, height, channels, x0, y0, c0, bu
             value = (v << 1) ^ (v >> 63) if signed else v
         length = _length(value)
         # decisions: the zero flag (node 0), the length's tree (nodes 1..), the bits below the leading one
-        node, depth, j, partial, in_bits = 0, 0, 0, np.int64(1), False
+        node, j, partial, in_bits, low = 0, 0, np.int64(1), False, False
         while True:
             if not in_bits:
                 for m in range(LEN_INPUTS):
                     ctx[m] = base[m] + node * STRIDES[m]
                 inputs, wsel = LEN_INPUTS, node * 32 + cl
-                bit = (1 if length > 0 else 0) if node == 0 else ((length - 1) >> (tree - 1 - depth)) & 1
+                bit = (1 if length > 0 else 0) if node == 0 else ((length - 1) >> (tree - _length(node))) & 1
+            elif length - 2 - j >= MODELLED_BITS:  # a low bit: p = 1/2, no model
+                low = True
+                bit = (value >> j) & 1
             else:
                 mm, jj = min(length - 1, 15), min(j, 15)
                 row = mm * 16 + jj
@@ -163,7 +166,6 @@ def code(values, decoding, signed, bits, width, height, channels, x0, y0, c0, bu
                 inputs, wsel = BIT_INPUTS, 512 + row
                 bit = (value >> j) & 1
             # mix the models' stretched probabilities: p1 = P(bit = 1), 12 bits (a low bit: 1/2)
-            low = in_bits and length - 2 - j >= MODELLED_BITS
             mixed = np.int64(2048)
             if not low:
                 dot = np.int64(0)
@@ -208,8 +210,7 @@ def code(values, decoding, signed, bits, width, height, channels, x0, y0, c0, bu
                     node = 1
                     continue
                 node = 2 * node + bit
-                depth += 1
-                if depth < tree:
+                if node < 1 << tree:  # not yet a leaf
                     continue
                 length = node - (1 << tree) + 1
                 if length > bits:
