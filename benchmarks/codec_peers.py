@@ -11,16 +11,20 @@ anything (`lite0_maps.HELD_OUT`). The peers, where their packages are installed 
 - blosc2 with zstd level 5 and each of its shuffles (the table keeps the best), and plain zstd -3
   and -19 on the raw bytes.
 Lossy, 8-bit maps of the held-out photos: each coder's bits per value at the same per-stream error
-ceiling (relative squared error of the codes, as every actzip budget): dctcm (G = 16, its default
-ctxrans coder) given the ceiling as its budget; JPEG-LS near-lossless at the largest NEAR within
-the ceiling; JPEG-XL lossy (effort 7) at the largest of a grid of distances within it, or lossless.
+ceiling (relative squared error of the codes, as every actzip budget): dctcm (G = 16) given the
+ceiling as its budget, with its default inner coder (ctxrans) and with ctx; JPEG-LS near-lossless
+at the largest NEAR within the ceiling; JPEG-XL lossy (effort 7) at the largest of a grid of
+distances within it, or lossless.
 The achieved aggregate error is reported beside the rate.
+Scaling: ctxrans's wall-clock speed on the held-out photos with 1 and 2 codec threads, timed in
+turns.
 Ratio: raw b-bit size over coded size, summed over streams. Speed: MB/s of raw b-bit data over the
 CPU time of the process (the peers are asked for one thread; a coder that runs more is charged for
 all of them), median over repeats (JPEG-XL effort 9 once: it is slow), and as a ratio of plain zstd
 -3's speed in the same run.
 
     python benchmarks/codec_peers.py [--images 6] [--repeats 2] [--ceilings 5e-5 1e-4 ... 2e-2]
+    python benchmarks/codec_peers.py --lossy-only | --scaling-only   # one part again, into the JSON
     python benchmarks/codec_peers.py --table   # docs/results/codec_peers.md from the JSON
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -171,8 +176,13 @@ NEARS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)  # JPEG-LS near-lossles
 JXL_DISTANCES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0)
 
 
+DCTCM_CODERS = {"actzip dctcm": "ctxrans", "actzip dctcm coder=ctx": "ctx"}  # row name: dctcm's inner coder
+
+
 def lossy(streams: list[np.ndarray], ceilings: list[float]) -> list[dict]:
-    """dctcm and the lossy peers at each per-stream error ceiling: bits per value, achieved error."""
+    """dctcm (with each inner coder of DCTCM_CODERS) and the lossy peers at each per-stream error
+    ceiling: bits per value, achieved error, and for dctcm its speed (MB/s over process CPU time,
+    the settings search included in encoding)."""
     from actzip.codecs.layout import relative_error
 
     values = sum(s.size for s in streams)
@@ -180,19 +190,61 @@ def lossy(streams: list[np.ndarray], ceilings: list[float]) -> list[dict]:
     peers = [lossy_candidates(s) for s in streams]
     rows = []
     for ceiling in ceilings:
-        dct = codecs.get("dctcm", bits=8, group=16, budget=ceiling)
-        picks = {"actzip dctcm": []}
-        for s in streams:
-            blob = dct.encode(s)
-            picks["actzip dctcm"].append((len(blob), relative_error(s, dct.decode(blob))))
+        picks, speeds = {}, {}
+        for name, coder in DCTCM_CODERS.items():
+            dct = codecs.get("dctcm", bits=8, group=16, budget=ceiling, coder=coder)
+            start = time.process_time()
+            blobs = [dct.encode(s) for s in streams]
+            middle = time.process_time()
+            decoded = [dct.decode(b) for b in blobs]
+            speeds[name] = {"encode_MBps": values / 1e6 / (middle - start),
+                            "decode_MBps": values / 1e6 / (time.process_time() - middle)}
+            picks[name] = [(len(b), relative_error(s, y)) for b, s, y in zip(blobs, streams, decoded)]
         for i, by_peer in enumerate(peers):
             for name, options in by_peer.items():
                 fits = [o for o in options if o[1] <= ceiling] or [min(options, key=lambda o: o[1])]
                 picks.setdefault(name, []).append(min(fits))
         for name, chosen in picks.items():
             rows.append({"ceiling": ceiling, "codec": name, "bits_per_value": 8 * sum(c[0] for c in chosen) / values,
-                         "error": sum(c[1] * e for c, e in zip(chosen, energy)) / sum(energy)})
+                         "error": sum(c[1] * e for c, e in zip(chosen, energy)) / sum(energy)} | speeds.get(name, {}))
+        print("lossy", ceiling, [(r["codec"], round(r["bits_per_value"], 3)) for r in rows[-len(picks):]], flush=True)
     return rows
+
+
+def scaling(streams: list[np.ndarray], bits: int, rounds: int) -> list[dict]:
+    """ctxrans's wall-clock encode and decode speed (MB/s) with 1 and 2 codec threads, the two
+    settings timed in turns, rounds times, median: how its chunks spread over the cores."""
+    c = codecs.get("ctxrans")
+    blobs = [c.encode(s) for s in streams]
+    values = sum(s.size for s in streams)
+    times = {(n, step): [] for n in (1, 2) for step in ("encode", "decode")}
+    for _ in range(rounds):
+        for n in (1, 2):
+            codecs.set_threads(n)
+            start = time.perf_counter()
+            for s in streams:
+                c.encode(s)
+            middle = time.perf_counter()
+            for b in blobs:
+                c.decode(b)
+            times[n, "encode"].append(middle - start)
+            times[n, "decode"].append(time.perf_counter() - middle)
+    codecs.set_threads(os.cpu_count() or 1)
+    return [{"bits": bits, "threads": n, "step": step, "MBps": values * (bits // 8) / 1e6 / statistics.median(t),
+             "spread": [values * (bits // 8) / 1e6 / max(t), values * (bits // 8) / 1e6 / min(t)]}
+            for (n, step), t in times.items()]
+
+
+def scaling_table(rows: list[dict]) -> str:
+    parts = ["\n## ctxrans on 1 and 2 cores, held-out photos\n\nWall-clock MB/s of raw data (median of interleaved "
+             "rounds, range in brackets) with `codecs.set_threads(n)`.\n\n| bits | step | 1 thread | 2 threads | "
+             "speed-up |\n| ---: | --- | ---: | ---: | ---: |\n"]
+    for bits in sorted({r["bits"] for r in rows}):
+        for step in ("encode", "decode"):
+            one, two = (next(r for r in rows if (r["bits"], r["threads"], r["step"]) == (bits, n, step)) for n in (1, 2))
+            cell = [f"{r['MBps']:.0f} ({r['spread'][0]:.0f}-{r['spread'][1]:.0f})" for r in (one, two)]
+            parts.append(f"| {bits} | {step} | {cell[0]} | {cell[1]} | {two['MBps'] / one['MBps']:.2f}x |\n")
+    return "".join(parts)
 
 
 def rate_at(rows: list[dict], codec: str, error: float) -> float | None:
@@ -223,22 +275,36 @@ def table(d: dict) -> str:
             for r in sorted(best_blosc2(info["codecs"]), key=lambda r: -r["ratio"]):
                 parts.append(f"| {r['codec']} | {r['ratio']:.3f}x | {r['encode_MBps']:.1f} "
                              f"({r['encode_vs_zstd3']:.3f}) | {r['decode_MBps']:.1f} ({r['decode_vs_zstd3']:.3f}) |\n")
+    if d.get("scaling"):
+        parts.append(scaling_table(d["scaling"]))
     if d.get("lossy"):
-        parts.append("\n## Lossy, 8-bit maps of the held-out photos\n\nBits per value at each per-stream error "
-                     "ceiling (achieved aggregate relative squared error), and as a ratio of dctcm's rate.\n\n"
-                     "| ceiling | codec | bits/value | error | rate / dctcm's |\n| ---: | --- | ---: | ---: | ---: |\n")
-        dct = {r["ceiling"]: r["bits_per_value"] for r in d["lossy"] if r["codec"] == "actzip dctcm"}
-        for r in d["lossy"]:
-            parts.append(f"| {r['ceiling']:g} | {r['codec']} | {r['bits_per_value']:.3f} | {r['error']:.2e} | "
-                         f"{r['bits_per_value'] / dct[r['ceiling']]:.3f} |\n")
-        peers = sorted({r["codec"] for r in d["lossy"]} - {"actzip dctcm"})
-        parts.append("\nAt exactly the same aggregate error (each coder's rate interpolated log-log between its "
-                     "measured points): a peer's rate as a ratio of dctcm's.\n\n| error | " + " | ".join(peers)
+        parts.append(lossy_tables(d["lossy"]))
+    return "".join(parts)
+
+
+def lossy_tables(rows: list[dict]) -> str:
+    """The lossy section: rates at each ceiling against dctcm's (ctxrans), then each peer's rate as a
+    ratio of each dctcm variant's at exactly the same error."""
+    ours = [name for name in DCTCM_CODERS if any(r["codec"] == name for r in rows)]
+    parts = ["\n## Lossy, 8-bit maps of the held-out photos\n\nBits per value at each per-stream error ceiling "
+             "(achieved aggregate relative squared error), as a ratio of dctcm's rate (its default coder, "
+             "ctxrans), and dctcm's speed in MB/s over process CPU time (encoding includes its settings "
+             "search).\n\n| ceiling | codec | bits/value | error | rate / dctcm's | encode MB/s | decode MB/s |\n"
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n"]
+    dct = {r["ceiling"]: r["bits_per_value"] for r in rows if r["codec"] == ours[0]}
+    for r in rows:
+        speed = (f"{r['encode_MBps']:.1f} | {r['decode_MBps']:.1f}" if "encode_MBps" in r else "| ").strip()
+        parts.append(f"| {r['ceiling']:g} | {r['codec']} | {r['bits_per_value']:.3f} | {r['error']:.2e} | "
+                     f"{r['bits_per_value'] / dct[r['ceiling']]:.3f} | {speed} |\n")
+    peers = sorted({r["codec"] for r in rows} - set(ours))
+    for name in ours:
+        parts.append(f"\nAt exactly the same aggregate error (each coder's rate interpolated log-log between its "
+                     f"measured points): a peer's rate as a ratio of {name}'s.\n\n| error | " + " | ".join(peers)
                      + " |\n| ---: |" + " ---: |" * len(peers) + "\n")
         for error in MATCHED_ERRORS:
-            ours = rate_at(d["lossy"], "actzip dctcm", error)
-            cells = [rate_at(d["lossy"], p, error) for p in peers]
-            parts.append(f"| {error:g} | " + " | ".join(f"{c / ours:.3f}" if c and ours else "-" for c in cells) + " |\n")
+            mine = rate_at(rows, name, error)
+            cells = [rate_at(rows, p, error) for p in peers]
+            parts.append(f"| {error:g} | " + " | ".join(f"{c / mine:.3f}" if c and mine else "-" for c in cells) + " |\n")
     return "".join(parts)
 
 
@@ -249,6 +315,7 @@ def main():
     ap.add_argument("--ceilings", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2])
     ap.add_argument("--table", action="store_true", help="only write docs/results/codec_peers.md from the JSON")
     ap.add_argument("--lossy-only", action="store_true", help="measure the lossy part again into the JSON")
+    ap.add_argument("--scaling-only", action="store_true", help="measure ctxrans on 1 and 2 cores again into the JSON")
     args = ap.parse_args()
     out = HERE / "codec_peers.json"
     command = (f"python benchmarks/codec_peers.py --images {args.images} --repeats {args.repeats} --ceilings "
@@ -257,6 +324,11 @@ def main():
         data = json.loads(out.read_text())
         data["lossy"] = lossy(lite0_streams(args.images, 8, photos=held_out_photos()), args.ceilings)
         data["command"] = command
+        out.write_text(json.dumps(data, indent=1))
+    elif args.scaling_only:
+        data = json.loads(out.read_text())
+        data["scaling"] = [r for bits in (8, 16) for r in
+                           scaling(lite0_streams(args.images, bits, photos=held_out_photos()), bits, 2 * args.repeats + 1)]
         out.write_text(json.dumps(data, indent=1))
     elif not args.table:
         sets = {}
@@ -268,9 +340,11 @@ def main():
                                            "codecs": measure(streams, bits, args.repeats)}
                 print(photos, bits, [(r["codec"], round(r["ratio"], 3)) for r in sets[photos][str(bits)]["codecs"]],
                       flush=True)
-        rows = lossy(lite0_streams(args.images, 8, photos=held_out_photos()), args.ceilings) if image_peers(8) else []
+        held_out = {bits: lite0_streams(args.images, bits, photos=held_out_photos()) for bits in (8, 16)}
+        spread = [r for bits, streams in held_out.items() for r in scaling(streams, bits, 2 * args.repeats + 1)]
+        rows = lossy(held_out[8], args.ceilings) if image_peers(8) else []
         out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "repeats": args.repeats,
-                                   "command": command, "sets": sets, "lossy": rows}, indent=1))
+                                   "command": command, "sets": sets, "scaling": spread, "lossy": rows}, indent=1))
     from pages import write_page
 
     print("wrote", write_page("codec_peers"))

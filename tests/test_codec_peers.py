@@ -52,3 +52,27 @@ def test_rates_are_compared_at_exactly_the_same_error():
     assert codec_peers.rate_at(rows, "a", 1e-3) == pytest.approx(2.0)  # halfway in log-log
     assert codec_peers.rate_at(rows, "a", 1e-4) == pytest.approx(4.0)
     assert codec_peers.rate_at(rows, "a", 1e-1) is None and codec_peers.rate_at(rows, "b", 1e-3) is None
+
+
+def test_each_dctcm_coder_stays_within_the_ceiling_and_the_page_compares_them():
+    pytest.importorskip("imagecodecs")
+    rng = np.random.default_rng(3)
+    streams = [np.maximum(rng.normal(20, 30, size=(1, 16, 12, 12)), 0).astype(np.uint8)]
+    rows = codec_peers.lossy(streams, [1e-3, 1e-2])
+    ours = [r for r in rows if r["codec"] in codec_peers.DCTCM_CODERS]
+    assert len(ours) == 4 and all(r["error"] <= r["ceiling"] and r["decode_MBps"] > 0 for r in ours)
+    assert {"JPEG-LS near-lossless", "JPEG-XL lossy e7"} <= {r["codec"] for r in rows}
+    page = codec_peers.lossy_tables(rows)
+    assert all(f"as a ratio of {name}'s" in page for name in codec_peers.DCTCM_CODERS)
+
+
+def test_ctxrans_is_timed_on_one_and_two_threads_and_left_as_it_was():
+    from actzip import codecs
+
+    rng = np.random.default_rng(4)
+    streams = [np.maximum(rng.integers(-40, 60, size=(1, 8, 64, 64)), 0).astype(np.uint8)]
+    before = codecs.threads()
+    rows = codec_peers.scaling(streams, 8, 1)
+    assert {(r["threads"], r["step"]) for r in rows} == {(1, "encode"), (1, "decode"), (2, "encode"), (2, "decode")}
+    assert all(r["spread"][0] <= r["MBps"] <= r["spread"][1] for r in rows) and codecs.threads() == before
+    assert "| 8 | decode |" in codec_peers.scaling_table(rows)

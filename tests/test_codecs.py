@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -233,6 +235,27 @@ def test_ctxrans_compiled_and_numba_coders_agree_to_the_bit(seed, shape, dtype, 
             assert c.encode(a) == reference
             out = c.decode(reference)
             assert out.dtype == a.dtype and np.array_equal(out, a.ravel())
+
+
+@pytest.mark.parametrize("path", CTXRANS_PATHS)
+def test_the_codec_thread_count_changes_neither_streams_nor_values(monkeypatch, path):
+    """One thread codes in the calling thread, three split the chunks three ways: the same bytes."""
+    _use_ctxrans(monkeypatch, path)
+    a = _chunky(2, CHUNKY_SHAPES[0], np.uint8, 8, 0.5)
+    c = codecs.get("ctxrans")
+    try:
+        streams = []
+        for n in (1, 3):
+            codecs.set_threads(n)
+            assert codecs.threads() == n
+            streams.append(c.encode(a))
+            assert np.array_equal(c.decode(streams[-1]), a.ravel())
+    finally:
+        codecs.set_threads(os.cpu_count() or 1)
+    assert streams[0] == streams[1]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive int"):
+            codecs.set_threads(bad)
 
 
 def test_ctxrans_without_the_compiled_coder_warns_once_and_codes(monkeypatch):

@@ -38,7 +38,7 @@ def _bound(x: np.ndarray, keep, step: float, group: int) -> float:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(0, 3), c=st.integers(8, 40), h=st.integers(1, 6), group=st.sampled_from([8, 16]),
        keep=st.integers(1, 16), step=st.sampled_from([1.0, 1.5, 2.0, 4.0, 7.0]), seed=st.integers(0, 99),
-       dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16]), coder=st.sampled_from(["zvc", "rans", "ctxrans"]))
+       dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16]), coder=st.sampled_from(["zvc", "rans", "ctxrans", "ctx"]))
 def test_decoded_error_is_within_the_stated_bound(n, c, h, group, keep, step, seed, dtype, coder):
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype)
@@ -141,7 +141,8 @@ def _stream(**params):
     return codecs.get("dctcm", bits=8, **({"keep": 3, "step": 2.0} | params)).encode(_relu_maps((2, 20, 6, 6)))
 
 
-@pytest.mark.parametrize("params", [{}, {"transform": False}], ids=["dct", "requant"])
+@pytest.mark.parametrize("params", [{}, {"transform": False}, {"coder": "ctx"}, {"transform": False, "coder": "ctx"}],
+                         ids=["dct", "requant", "dct-ctx", "requant-ctx"])
 def test_every_truncation_is_refused_and_flips_never_crash(params):
     stream = _stream(**params)
     for cut in range(len(stream)):
@@ -172,7 +173,7 @@ def _channel_codec(channels: int, **params):
     return codecs.get("dctcm", bits=8, transform=False, channel_steps=steps, **params), np.array(steps)
 
 
-@pytest.mark.parametrize("coder", ["zvc", "rans", "ctxrans"])
+@pytest.mark.parametrize("coder", ["zvc", "rans", "ctxrans", "ctx"])
 def test_each_channel_is_requantized_with_its_own_step(coder):
     x = _relu_maps((3, 20, 6, 6), smooth=False)
     codec, steps = _channel_codec(20, coder=coder)

@@ -23,7 +23,7 @@ def _maps(shape, dtype=np.uint8, seed=0) -> np.ndarray:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=st.sampled_from([(2, 3, 5, 7), (1, 4, 9), (3, 2)]), dtype=st.sampled_from([np.uint8, np.int16]),
-       step=st.sampled_from([1.0, 2.0, 5.5, 64.0]), coder=st.sampled_from(["zvc", "rans", "ctxrans"]),
+       step=st.sampled_from([1.0, 2.0, 5.5, 64.0]), coder=st.sampled_from(["zvc", "rans", "ctxrans", "ctx"]),
        seed=st.integers(0, 20))
 def test_error_is_at_most_half_a_step_and_decode_is_reconstruct(shape, dtype, step, coder, seed):
     x = _maps(shape, dtype, seed)

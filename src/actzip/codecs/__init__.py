@@ -16,7 +16,7 @@ import inspect
 from ..errors import ActzipError
 # Import order is the listing order: the baseline first, the byte compressors last.
 from . import raw, zvc, rle, golomb, huffman, rans, context, ctxrans, generic, requant, dctcm, klt  # noqa: F401,I001  (each registers its codec)
-from .base import Codec, LossyCodec, registry
+from .base import Codec, LossyCodec, registry, set_threads, threads
 
 
 def names(lossy: bool = False) -> list[str]:
@@ -48,4 +48,4 @@ def from_config(config: dict) -> Codec:
     return get(config["id"], **{k: v for k, v in config.items() if k != "id"})
 
 
-__all__ = ["Codec", "LossyCodec", "from_config", "get", "names", "summary"]
+__all__ = ["Codec", "LossyCodec", "from_config", "get", "names", "set_threads", "summary", "threads"]

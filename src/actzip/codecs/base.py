@@ -124,16 +124,32 @@ def check_count(header: Header, payload_bits: int, values_per_bit: float, codec:
                                  f"may hold at most {limit}")
 
 
+_threads = [os.cpu_count() or 1]  # a list: set_threads changes it for every module
+
+
+def threads() -> int:
+    """How many threads the codecs share a stream's chunks between (see set_threads)."""
+    return _threads[0]
+
+
+def set_threads(n: int) -> None:
+    """Let the codecs use n threads (default: one per core; 1 codes in the calling thread). As
+    torch.set_num_threads, it holds for the whole process; the streams do not depend on it."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"codec threads must be a positive int, got {n!r}")
+    _threads[0] = n
+
+
 @cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="actzip-codec")
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actzip-codec")
 
 
 def parallel_map(fn, items: list) -> list:
-    """fn over items on the codec thread pool (in this thread when there is only one item)."""
-    if len(items) <= 1:
+    """fn over items on the codec thread pool (in this thread when there is only one item or thread)."""
+    if len(items) <= 1 or threads() == 1:
         return [fn(x) for x in items]
-    return list(_pool().map(fn, items))
+    return list(_pool(threads()).map(fn, items))
 
 
 def zigzag(a: np.ndarray) -> np.ndarray:

@@ -32,7 +32,6 @@ True
 from __future__ import annotations
 
 import ctypes
-import os
 from functools import cache
 
 import numpy as np
@@ -41,7 +40,8 @@ from numba import njit
 from ..errors import CorruptStreamError
 from . import ans, native
 from .base import (MAX_VALUES, Codec, check_input, decode_chunks, pack_header, parallel_map,
-                   parse_header, read_varint, register, split_chunks, stream_bytes, unzigzag, write_varint, zigzag)
+                   parse_header, read_varint, register, split_chunks, stream_bytes, threads, unzigzag, write_varint,
+                   zigzag)
 from .bits import PAD, pack_values, packed_bytes, padded, unpack_values
 from .layout import next_position, plane_shape
 
@@ -302,7 +302,7 @@ def encode_native(a: np.ndarray, bits: int, width: int, height: int) -> tuple[np
     the payloads, not one per chunk)."""
     chunk, lib = CHUNK_VALUES[CODED], native.library()
     starts = np.arange(0, a.size, chunk)
-    shares = [s for s in np.array_split(starts, min(len(starts), os.cpu_count() or 1)) if len(s)]
+    shares = [s for s in np.array_split(starts, min(len(starts), threads())) if len(s)]
     tables = encode_tables(bits)
 
     def first_pass(share):
@@ -379,7 +379,7 @@ def decode_native(buf: bytes, pos: int, chunk: int, h, width: int, height: int, 
     ring = 1 << int(width).bit_length() if width <= chunk else 2  # more than a row of classes
     groups = np.arange(0, count, lanes)
     shares = [(g[0], min(g[-1] + lanes, count) - g[0])
-              for g in np.array_split(groups, min(len(groups), os.cpu_count() or 1))]
+              for g in np.array_split(groups, min(len(groups), threads()))]
     freq = np.ascontiguousarray(freq, np.int64)
     table = np.empty((CONTEXTS, ans.M), np.uint32)
     lib.actzip_ctxrans_table(freq.ctypes.data, CONTEXTS, freq.shape[1], table.ctypes.data)

@@ -5,8 +5,10 @@ group goes through an orthonormal DCT-II of length G, only the frequencies in th
 and they are re-quantized with one step per site: c = floor(y / step + 1/2). The DC coefficients
 and the others go to two separate lossless streams, because the DC needs more range: each is
 coded by `zvc` (a zero bitmap plus the non-zeros at the smallest width that holds them; the
-paper's bitmap coding), by `rans`, or by `ctxrans` (which sees each coefficient's spatial
-neighbours: the streams are passed as H x W planes). Decoding inverts the kept part of the
+paper's bitmap coding), by `rans`, by `ctxrans` (which sees each coefficient's spatial
+neighbours: the streams are passed as H x W planes), or by `ctx` (whose mixing model also sees
+the previous plane: 12-18 % smaller streams than ctxrans on Lite0's maps, decoded 20-40x
+slower; docs/results/codec_peers.md). Decoding inverts the kept part of the
 transform, rounds to the nearest code and clips to the input's range.
 
 With `transform=False` (or `channel_steps`, one step per channel) the codes are re-quantized in
@@ -49,7 +51,7 @@ from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, wri
 from .search import choose
 from .transform import MAX_GROUP, Settings, coefficients, keep_mask, read_steps, reconstruction, step_index
 
-CODERS = ("zvc", "rans", "ctxrans")  # the inner lossless coders, by registered name; a stream stores the index
+CODERS = ("zvc", "rans", "ctxrans", "ctx")  # the inner lossless coders, by registered name; a stream stores the index
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
 # The stream's transform byte: DCT, or REQUANT (a `requant` stream follows); PIXEL and PIXEL_PER_CHANNEL
 # are the pixel-domain streams written before requant took them over, which still decode.
@@ -69,7 +71,8 @@ class DCTCM(LossyCodec):
         keep: the frequencies kept: a count k (the k lowest) or a 0/1 mask of G entries; None keeps all.
         step: re-quantization step of the coefficients (None: 1.0).
         transform: False codes in the pixel domain (no DCT; step 1 is lossless there).
-        coder: the inner lossless coder: "zvc" (the paper's bitmap coding), "rans" or "ctxrans".
+        coder: the inner lossless coder: "zvc" (the paper's bitmap coding), "rans", "ctxrans" (fast)
+            or "ctx" (smallest).
         axis: the channel axis of the input.
         budget: a relative squared error in (0, 1): each encode chooses transform, keep and step
             itself to stay within it. "auto" (the default) means DEFAULT_BUDGET when none of keep,

@@ -6,12 +6,11 @@ The products run as float32 BLAS matrix products; the roundings on the codec poo
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from numba import njit
 
-from .base import check_input, parallel_map
+from .base import check_input, parallel_map, threads
 from .layout import as_3d, sample_pixels, value_range
 
 MAX_CHANNELS = 512  # the basis grows as C^2: 512 channels keep it (as float16, base64) under the container's header limit
@@ -71,7 +70,7 @@ def _by_rows(kernel, y: np.ndarray, out: np.ndarray, *args, row_arrays: tuple = 
     arrays' A * C rows on the codec pool (the kernels release the GIL)."""
     y2, out2 = y.reshape(-1, y.shape[-1]), out.reshape(-1, out.shape[-1])
     rows = y2.shape[0]
-    bounds = np.linspace(0, rows, min(rows, os.cpu_count() or 1) + 1).astype(int)
+    bounds = np.linspace(0, rows, min(rows, threads()) + 1).astype(int)
     parallel_map(lambda i: kernel(y2[bounds[i]:bounds[i + 1]], bounds[i], *args, out2[bounds[i]:bounds[i + 1]],
                                   *(a[bounds[i]:bounds[i + 1]] for a in row_arrays)), list(range(len(bounds) - 1)))
 

@@ -36,7 +36,7 @@ from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, wri
 from .search import choose
 from .transform import Settings, coefficients, read_steps, reconstruction, step_index
 
-CODERS = ("zvc", "rans", "ctxrans")  # the inner lossless coders, by registered name; a stream stores the index
+CODERS = ("zvc", "rans", "ctxrans", "ctx")  # the inner lossless coders, by registered name; a stream stores the index
 DEFAULT_BUDGET = 1e-3  # relative squared error of a requant given no step: ~0.1 % of the maps' energy
 
 
@@ -48,7 +48,7 @@ class Requant(LossyCodec):
         bits: the codes' bit width (None: taken from each input).
         step: the re-quantization step (None: 1.0, lossless).
         channel_steps: one step per channel instead, each 2^(k/4) for k in 0..80.
-        coder: the inner lossless coder: "zvc", "rans" or "ctxrans".
+        coder: the inner lossless coder: "zvc", "rans", "ctxrans" (fast) or "ctx" (smallest).
         axis: the channel axis of the input.
         budget: a relative squared error in (0, 1): each encode picks its step to stay within it.
             "auto" (the default) means DEFAULT_BUDGET when neither step nor channel_steps is
