@@ -8,9 +8,9 @@ from hypothesis.extra.numpy import arrays
 
 from actzip import codecs
 from actzip.codecs import klt
-from actzip.codecs.base import FREE_VALUES, pack_header, write_varint
+from actzip.codecs.base import FREE_VALUES, pack_header, read_varint, write_varint
 from actzip.codecs import context, native
-from actzip.codecs.ctxrans import CHUNK_VALUES, CLASSES, CODED, value_tables
+from actzip.codecs.ctxrans import CLASSES, LANES_WANTED, SIZED, chunk_values, value_tables
 from actzip.errors import ActzipWarning, CorruptStreamError
 
 NAMES = codecs.names()
@@ -166,8 +166,22 @@ def test_ctxrans_lands_on_the_conditional_entropy_of_its_symbols():
     stream = codecs.get("ctxrans").encode(a)
     floor = (entropy + raw_bits) / 8
     # on top: the table (at most 2 bytes per used cell and 1 per unused one below it), 10 bytes a chunk
-    assert floor < len(stream) <= 1.01 * floor + 2 * 81 * 36 + 10 * -(-a.size // CHUNK_VALUES[CODED])
+    assert floor < len(stream) <= 1.01 * floor + 2 * 81 * 36 + 10 * -(-a.size // chunk_values(a.size))
     assert len(stream) < 0.95 * len(codecs.get("rans").encode(a))  # the neighbours are worth it here
+
+
+def test_ctxrans_cuts_a_stream_into_whole_groups_of_lanes_for_two_cores():
+    for n in (1, 5000, 32 << 11, (32 << 11) + 1, 326_700, (32 << 14) - 1, 32 << 14, (32 << 14) + 1, 10**8):
+        chunk = chunk_values(n)
+        count = -(-n // chunk)
+        assert 2048 <= chunk <= 1 << 14
+        assert count % LANES_WANTED == 0 or chunk == 2048  # every lane of both cores busy
+    a = _chunky(3, (2, 4, 60, 60), np.uint8, 8, 0.5)
+    stream = bytearray(codecs.get("ctxrans").encode(a))
+    at = len(pack_header(a.ravel(), 8)) + 1
+    for bad in (b"\x00", b"\x81\x80\x04"):  # a size of 0, of 2^16 + 1
+        with pytest.raises(CorruptStreamError, match="chunk size"):
+            codecs.get("ctxrans").decode(bytes(stream[:at]) + bad + bytes(stream[at + 2:]))
 
 
 @pytest.mark.parametrize("shape, dtype", [((2, 3, 300, 301), np.uint8), ((3, 5, 97, 211), np.int16),
@@ -180,7 +194,8 @@ def test_ctxrans_chunks_split_rows_and_planes_anywhere(shape, dtype):
     a[rng.random(shape) < 0.5] = 0
     c = codecs.get("ctxrans")
     stream = c.encode(a)
-    assert stream[len(pack_header(a.ravel(), a.dtype.itemsize * 8))] == CODED  # coded, not stored raw
+    at = len(pack_header(a.ravel(), a.dtype.itemsize * 8))
+    assert stream[at] == SIZED and read_varint(stream, at + 1, "")[0] == chunk_values(a.size)  # coded, not raw
     assert np.array_equal(c.decode(stream), a.ravel())
 
 
@@ -209,7 +224,7 @@ def _chunky(seed: int, shape: tuple, dtype, bits: int, zeros: float) -> np.ndarr
     return x.clip(lo, hi).astype(dtype)
 
 
-CHUNKY_SHAPES = [(3, 9, 100, 121),  # 20 chunks of 2^14, the last short: two groups of 16 lanes
+CHUNKY_SHAPES = [(3, 9, 100, 121),  # 40 chunks of 2^13, the last short: three groups of 16 lanes
                  (1, 1, 130, 2**14 + 5),  # rows longer than a chunk: no upper neighbours
                  (40_000,), (5, 1, 1, 9000), (2, 1, 300, 1), (1, 3, 2**14, 1)]
 

@@ -5,7 +5,7 @@ length m + 1 becomes one symbol, (m + 1, the K = 2 bits below its leading one), 
 its remaining m - 2 bits go raw into a plain bitstream. The symbol is coded in the context of
 the bit lengths of its left and upper neighbours (9 classes each, 81 contexts). One table of
 frequencies per context serves the whole stream (two passes: count, then code), and the values
-are coded in independent chunks of 2^14, in parallel. That keeps most of what `ctx`'s adaptive
+are coded in independent chunks of at most 2^14 values, in parallel. That keeps most of what `ctx`'s adaptive
 binary model finds (zero runs, smooth magnitudes) at several times its speed.
 
 The coder is compiled (kernels.c, through `native`): the encoder's two passes run a whole run of
@@ -15,8 +15,9 @@ write and read the same streams.
 
 Stream: the header, a mode byte, then either the values packed raw (when coding would not
 shrink them) or the plane width and height, the table, and the chunks (sizes, then payloads:
-word count, raw bit count, the rANS words of two interleaved states, the raw bits). Mode 2 has
-chunks of 2^14 values, mode 1 (written before) of 2^16. Cost: the table (`ans.write_table`: 0.3
+word count, raw bit count, the rANS words of two interleaved states, the raw bits). Mode 3 names
+its values per chunk in a varint after the mode (see chunk_values; up to 2^16); modes 2 and 1
+(written before) have chunks of 2^14 and 2^16 values. Cost: the table (`ans.write_table`: 0.3
 to 2 KB), the symbols' conditional entropy plus under 0.5 % for the table's 11-bit precision,
 about 12 bytes per chunk, and the raw bits. Below some 10^5 values the table weighs: `ctx`,
 which needs none, then codes smaller.
@@ -48,12 +49,22 @@ from .layout import next_position, plane_shape
 K = 2  # bits below the leading one that go into the symbol
 CLASSES = 9  # a neighbour's bit length as a context class, 0 (zero or absent) .. 8
 CONTEXTS = CLASSES * CLASSES
-# Values per chunk, by mode. Chunks spread a stream over the cores, and the C decoder advances 16 of
-# them side by side, so a stream wants dozens: 2^14 costs 0.15 % of the ratio against 2^16 (the chunk
-# lengths and states, and the neighbours lost at each start).
-RAW, CODED_64K, CODED = 0, 1, 2
+# Values per chunk. Chunks spread a stream over the cores, and the C decoder advances 16 of them side
+# by side, as long as the longest. So SIZED streams (mode 3) come in a multiple of 2 x 16 chunks (two
+# cores' lanes, all full) of at most 2^14 values, or in chunks of 2^11 when that is too short, and
+# name their size; the modes written before have one size. 2^14 costs 0.15 % of the ratio against
+# 2^16 (the chunk lengths and states, and the neighbours lost at each start).
+RAW, CODED_64K, CODED, SIZED = 0, 1, 2, 3
 CHUNK_VALUES = {CODED_64K: 1 << 16, CODED: 1 << 14}
+LANES_WANTED, LONGEST, SHORTEST = 32, 1 << 14, 1 << 11
+MAX_CHUNK = 1 << 16  # the most a SIZED stream may name: bounds the decoders' padding
 _WORD, _U16, _U32, _BYTE = np.uint64(0xFFFF), np.uint64(16), np.uint64(32), np.uint64(0xFF)
+
+
+def chunk_values(n: int) -> int:
+    """Values per chunk for a stream of n values (mode SIZED)."""
+    count = LANES_WANTED * -(-n // (LANES_WANTED * LONGEST))
+    return max(-(-n // count), SHORTEST)
 
 
 @cache
@@ -215,26 +226,38 @@ class ContextRANS(Codec):
         head = pack_header(a, bits)
         if a.size:
             _, height, width = plane_shape(np.shape(a_in))
+            chunk = chunk_values(a.size)
             if native.library() is None:
-                freq, payloads = self._encode_numba(a, bits, width, height)
+                freq, payloads = self._encode_numba(a, bits, width, height, chunk)
                 sizes, joined = [len(p) for p in payloads], b"".join(payloads)
             else:
-                freq, sizes, joined = encode_native(a, bits, width, height)
-            coded = b"".join([head, bytes([CODED]), write_varint(width), write_varint(height), ans.write_table(freq),
+                freq, sizes, joined = encode_native(a, bits, width, height, chunk)
+            coded = b"".join([head, bytes([SIZED]), write_varint(chunk), write_varint(width), write_varint(height), ans.write_table(freq),
                               *(write_varint(int(s)) for s in sizes), joined])
             if len(coded) < len(head) + 1 + packed_bytes(a.size * bits):
                 return coded
         return head + bytes([RAW]) + pack_values(zigzag(a), bits)
 
-    def _encode_numba(self, a, bits, width, height) -> tuple[np.ndarray, list[bytes]]:
+    def _encode_numba(self, a, bits, width, height, chunk) -> tuple[np.ndarray, list[bytes]]:
         """(frequencies, chunk payloads) with the numba loops, a chunk at a time on the codec pool."""
         native.warn_if_missing()
-        chunk = CHUNK_VALUES[CODED]
         passes = parallel_map(lambda start: self._symbolize(a[start:start + chunk], bits, width, height, start),
                               list(range(0, a.size, chunk)))
         freq = ans.normalize(sum(counts for *_, counts in passes))
         enc = ans.encoder_table(freq)
         return freq, parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
+
+    @staticmethod
+    def _chunk_values(buf: bytes, pos: int, mode: int) -> tuple[int, int]:
+        """(values per chunk, where the plane size starts) for a coded stream of this mode."""
+        if mode in CHUNK_VALUES:
+            return CHUNK_VALUES[mode], pos
+        if mode != SIZED:
+            raise CorruptStreamError(f"ctxrans: unknown mode {mode}")
+        chunk, pos = read_varint(buf, pos, "chunk size")
+        if not 0 < chunk <= MAX_CHUNK:
+            raise CorruptStreamError(f"ctxrans: chunk size {chunk} out of range")
+        return chunk, pos
 
     @staticmethod
     def _symbolize(a, bits, width, height, start):
@@ -263,10 +286,8 @@ class ContextRANS(Codec):
         mode = buf[h.size]
         if mode == RAW:
             return unzigzag(unpack_values(buf, h.size + 1, h.n, h.bits, "ctxrans"), h.dtype)
-        if mode not in CHUNK_VALUES:
-            raise CorruptStreamError(f"ctxrans: unknown mode {mode}")
-        chunk = CHUNK_VALUES[mode]
-        width, pos = read_varint(buf, h.size + 1, "width")
+        chunk, pos = self._chunk_values(buf, h.size + 1, mode)
+        width, pos = read_varint(buf, pos, "width")
         height, pos = read_varint(buf, pos, "height")
         if not (0 < width <= MAX_VALUES and 0 < height <= MAX_VALUES):
             raise CorruptStreamError("ctxrans: bad plane size")
@@ -296,11 +317,11 @@ def encode_tables(bits: int) -> tuple[np.ndarray, ...]:
     return symbols, classes, raw.astype(np.uint8)
 
 
-def encode_native(a: np.ndarray, bits: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+def encode_native(a: np.ndarray, bits: int, width: int, height: int, chunk: int) -> tuple[np.ndarray, np.ndarray, bytes]:
     """(frequencies, chunk payload sizes, the payloads one after another) with the C encoder, each
     codec thread taking a contiguous run of chunks through both passes (one call per pass and for
     the payloads, not one per chunk)."""
-    chunk, lib = CHUNK_VALUES[CODED], native.library()
+    lib = native.library()
     starts = np.arange(0, a.size, chunk)
     shares = [s for s in np.array_split(starts, min(len(starts), threads())) if len(s)]
     tables = encode_tables(bits)
