@@ -19,9 +19,10 @@ The achieved aggregate error is reported beside the rate.
 Scaling: ctxrans's wall-clock speed on the held-out photos with 1 and 2 codec threads, timed in
 turns.
 Ratio: raw b-bit size over coded size, summed over streams. Speed: MB/s of raw b-bit data over the
-CPU time of the process (the peers are asked for one thread; a coder that runs more is charged for
-all of them), median over repeats (JPEG-XL effort 9 once: it is slow), and as a ratio of plain zstd
--3's speed in the same run.
+CPU time of the process, one thread each (the peers are asked for one, actzip's codecs set to one;
+a coder that still ran more would be charged for all of them), median over repeats (JPEG-XL
+effort 9 once: it is slow), and as a ratio of plain zstd -3's speed in the same run. The scaling
+section gives ctxrans's wall-clock speed on two threads.
 
     python benchmarks/codec_peers.py [--images 6] [--repeats 2] [--ceilings 5e-5 1e-4 ... 2e-2]
     python benchmarks/codec_peers.py --lossy-only | --scaling-only   # one part again, into the JSON
@@ -119,8 +120,16 @@ def _timed(fn, *args):
 
 
 def measure(streams: list[np.ndarray], bits: int, repeats: int) -> list[dict]:
-    """Every coder on the streams: ratio, MB/s, and speed relative to plain zstd -3. The first
-    repeat checks that every stream comes back exactly."""
+    """Every coder on the streams, on one thread as the peers: ratio, MB/s, and speed relative to
+    plain zstd -3. The first repeat checks that every stream comes back exactly."""
+    codecs.set_threads(1)
+    try:
+        return _measure(streams, bits, repeats)
+    finally:
+        codecs.set_threads(os.cpu_count() or 1)
+
+
+def _measure(streams: list[np.ndarray], bits: int, repeats: int) -> list[dict]:
     raw = sum(s.size for s in streams) * bits / 8
     rows = []
     for name, (encode, decode) in coders(bits).items():
@@ -267,7 +276,7 @@ def best_blosc2(rows: list[dict]) -> list[dict]:
 
 def table(d: dict) -> str:
     parts = [f"`{d['command']}` on {d['machine']}; speed columns: MB/s of raw b-bit data over the process's "
-             "CPU time and, in brackets, as a ratio of plain zstd -3's speed.\n"]
+             "CPU time, every coder on one thread, and, in brackets, as a ratio of plain zstd -3's speed.\n"]
     for photos, by_bits in d["sets"].items():
         for bits, info in by_bits.items():
             parts.append(f"\n## {photos}, {bits}-bit maps\n\n{info['values']:,} values in {info['streams']} "

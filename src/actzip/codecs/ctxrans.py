@@ -5,8 +5,8 @@ length m + 1 becomes one symbol, (m + 1, the K = 2 bits below its leading one), 
 its remaining m - 2 bits go raw into a plain bitstream. The symbol is coded in the context of
 the bit lengths of its left and upper neighbours (9 classes each, 81 contexts). One table of
 frequencies per context serves the whole stream (two passes: count, then code), and the values
-are coded in independent chunks of at most 2^14 values, in parallel. That keeps most of what `ctx`'s adaptive
-binary model finds (zero runs, smooth magnitudes) at several times its speed.
+are coded in independent chunks of at most 2^14 values, in parallel. That keeps most of what
+`ctx`'s adaptive binary model finds (zero runs, smooth magnitudes) at several times its speed.
 
 The coder is compiled (kernels.c, through `native`): the encoder's two passes run a whole run of
 chunks per call, and the decoder advances 16 chunks side by side, one per AVX-512 lane (portable
@@ -232,8 +232,8 @@ class ContextRANS(Codec):
                 sizes, joined = [len(p) for p in payloads], b"".join(payloads)
             else:
                 freq, sizes, joined = encode_native(a, bits, width, height, chunk)
-            coded = b"".join([head, bytes([SIZED]), write_varint(chunk), write_varint(width), write_varint(height), ans.write_table(freq),
-                              *(write_varint(int(s)) for s in sizes), joined])
+            coded = b"".join([head, bytes([SIZED]), write_varint(chunk), write_varint(width), write_varint(height),
+                              ans.write_table(freq), *(write_varint(int(s)) for s in sizes), joined])
             if len(coded) < len(head) + 1 + packed_bytes(a.size * bits):
                 return coded
         return head + bytes([RAW]) + pack_values(zigzag(a), bits)

@@ -6,7 +6,6 @@ The products run as float32 BLAS matrix products; the roundings on the codec poo
 
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit
 
