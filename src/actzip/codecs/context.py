@@ -416,7 +416,9 @@ class Context(ChunkedCodec):
     """
 
     codec_id = "ctx"
-    values_per_bit = 64.0  # an adaptive coder can go far below a bit per value, not below 1/64
+    # a decision's probability is at most 4095/4096 in both models (the mixing model's 12-bit
+    # squash), so a value costs at least log2(4096/4095) bits: fewer than 4096 values per bit
+    values_per_bit = 4096.0
 
     def __init__(self, bits: int | None = None, neighbours: bool = True, channel: bool = False,
                  repeats: bool = True, prediction: bool | None = None, mixing: bool | None = None):
