@@ -34,7 +34,7 @@ def _codec(x, step=2.0, **params):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 3), c=st.integers(2, 40), h=st.integers(2, 6), step=st.sampled_from([1.0, 2.0, 4.0, 11.3]),
-       seed=st.integers(0, 99), coder=st.sampled_from(["ctxrans", "rans"]))
+       seed=st.integers(0, 99), coder=st.sampled_from(["ctxrans", "rans", "ctx"]))
 def test_decoded_error_is_within_the_stated_bound_and_decode_is_reconstruct(n, c, h, step, seed, coder):
     x = _low_rank_maps((n, c, h, h), seed=seed)
     codec = _codec(x, step, coder=coder)

@@ -4,7 +4,7 @@ The inputs of a depthwise conv are a ReLU6 of a 1x1 conv from a few times fewer 
 each pixel their channel vector lies close to a low-dimensional subspace. The DCT's fixed basis
 does not find it; the principal axes of the site's channels do (`pca.fit`, on calibration maps). At
 each pixel the codes x (C channels) become coefficients c = floor(B^T (x - mean) / step + 1/2),
-one step per site, which `ctxrans` (or `rans`) codes as int16 planes; the decoder rounds
+one step per site, which `ctxrans` (or `rans`, or `ctx`) codes as int16 planes; the decoder rounds
 B c step + mean - offset to the nearest code and clips it to the code range.
 
 The offsets are what makes this work inside a network. The error of a coefficient lands on every
@@ -51,7 +51,7 @@ from .base import LossyCodec, check_input, pack_header, parse_header, register, 
 from .layout import STEP_RANGE, as_3d, narrow, planes, read_shape, shape_3d, write_shape
 from .pca import MAX_CHANNELS, coefficients, fit, offsets, reconstruction  # noqa: F401  (fit, offsets: as klt.fit, klt.offsets)
 
-CODERS = ("ctxrans", "rans")  # the inner lossless coders, by registered name; a stream stores the index
+CODERS = ("ctxrans", "rans", "ctx")  # the inner lossless coders, by registered name; a stream stores the index
 CODER_IDS = {name: i for i, name in enumerate(CODERS)}
 FINGERPRINT = 8  # bytes
 
