@@ -32,9 +32,9 @@ section gives ctxrans's wall-clock speed on two threads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import os
 import platform
 import statistics
 import time
@@ -119,14 +119,22 @@ def _timed(fn, *args):
     return out, time.process_time() - start
 
 
+@contextlib.contextmanager
+def codec_threads(n: int):
+    """actzip's codecs on n threads inside the block, as they were after it."""
+    before = codecs.threads()
+    codecs.set_threads(n)
+    try:
+        yield
+    finally:
+        codecs.set_threads(before)
+
+
 def measure(streams: list[np.ndarray], bits: int, repeats: int) -> list[dict]:
     """Every coder on the streams, on one thread as the peers: ratio, MB/s, and speed relative to
     plain zstd -3. The first repeat checks that every stream comes back exactly."""
-    codecs.set_threads(1)
-    try:
+    with codec_threads(1):
         return _measure(streams, bits, repeats)
-    finally:
-        codecs.set_threads(os.cpu_count() or 1)
 
 
 def _measure(streams: list[np.ndarray], bits: int, repeats: int) -> list[dict]:
@@ -229,16 +237,15 @@ def scaling(streams: list[np.ndarray], bits: int, rounds: int) -> list[dict]:
     times = {(n, step): [] for n in (1, 2) for step in ("encode", "decode")}
     for _ in range(rounds):
         for n in (1, 2):
-            codecs.set_threads(n)
-            start = time.perf_counter()
-            for s in streams:
-                c.encode(s)
-            middle = time.perf_counter()
-            for b in blobs:
-                c.decode(b)
+            with codec_threads(n):
+                start = time.perf_counter()
+                for s in streams:
+                    c.encode(s)
+                middle = time.perf_counter()
+                for b in blobs:
+                    c.decode(b)
             times[n, "encode"].append(middle - start)
             times[n, "decode"].append(time.perf_counter() - middle)
-    codecs.set_threads(os.cpu_count() or 1)
     return [{"bits": bits, "threads": n, "step": step, "MBps": values * (bits // 8) / 1e6 / statistics.median(t),
              "spread": [values * (bits // 8) / 1e6 / max(t), values * (bits // 8) / 1e6 / min(t)]}
             for (n, step), t in times.items()]
