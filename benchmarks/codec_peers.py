@@ -246,9 +246,9 @@ def scaling(streams: list[np.ndarray], bits: int, rounds: int) -> list[dict]:
                     c.decode(b)
             times[n, "encode"].append(middle - start)
             times[n, "decode"].append(time.perf_counter() - middle)
-    return [{"bits": bits, "threads": n, "step": step, "MBps": values * (bits // 8) / 1e6 / statistics.median(t),
-             "spread": [values * (bits // 8) / 1e6 / max(t), values * (bits // 8) / 1e6 / min(t)]}
-            for (n, step), t in times.items()]
+    megabytes = values * bits / 8 / 1e6
+    return [{"bits": bits, "threads": n, "step": step, "MBps": megabytes / statistics.median(t),
+             "spread": [megabytes / max(t), megabytes / min(t)]} for (n, step), t in times.items()]
 
 
 def scaling_table(rows: list[dict]) -> str:

@@ -1,6 +1,5 @@
 """The codec peers benchmark's own pieces: the tiling the image coders see, and one small run."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -72,12 +71,13 @@ def test_ctxrans_is_timed_on_one_and_two_threads_and_left_as_it_was():
 
     rng = np.random.default_rng(4)
     streams = [np.maximum(rng.integers(-40, 60, size=(1, 8, 64, 64)), 0).astype(np.uint8)]
+    before = codecs.threads()
     codecs.set_threads(3)  # not the default: the benchmark must put back what it found
     try:
         rows = codec_peers.scaling(streams, 8, 1)
         after = codecs.threads()
     finally:
-        codecs.set_threads(os.cpu_count() or 1)
+        codecs.set_threads(before)
     assert {(r["threads"], r["step"]) for r in rows} == {(1, "encode"), (1, "decode"), (2, "encode"), (2, "decode")}
     assert all(r["spread"][0] <= r["MBps"] <= r["spread"][1] for r in rows) and after == 3
     assert "| 8 | decode |" in codec_peers.scaling_table(rows)

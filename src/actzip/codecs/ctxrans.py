@@ -248,7 +248,7 @@ class ContextRANS(Codec):
         return freq, parallel_map(lambda job: self._code_chunk(*job[:4], enc), passes)
 
     @staticmethod
-    def _chunk_values(buf: bytes, pos: int, mode: int) -> tuple[int, int]:
+    def _read_chunk_size(buf: bytes, pos: int, mode: int) -> tuple[int, int]:
         """(values per chunk, where the plane size starts) for a coded stream of this mode."""
         if mode in CHUNK_VALUES:
             return CHUNK_VALUES[mode], pos
@@ -286,7 +286,7 @@ class ContextRANS(Codec):
         mode = buf[h.size]
         if mode == RAW:
             return unzigzag(unpack_values(buf, h.size + 1, h.n, h.bits, "ctxrans"), h.dtype)
-        chunk, pos = self._chunk_values(buf, h.size + 1, mode)
+        chunk, pos = self._read_chunk_size(buf, h.size + 1, mode)
         width, pos = read_varint(buf, pos, "width")
         height, pos = read_varint(buf, pos, "height")
         if not (0 < width <= MAX_VALUES and 0 < height <= MAX_VALUES):
