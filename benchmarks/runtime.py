@@ -12,8 +12,10 @@ Each at batch 1 and 8 and at each thread count. The JSON keeps every engine's ti
 the compiled model's speedup over onnxruntime and over the fastest dense engine.
 
     python benchmarks/runtime.py [--threads 1 2] [--batches 1 8] [--sparsities 0 0.2 0.3 0.5]
+    python benchmarks/runtime.py --sparsities   # no semi-structured rows: only the unstructured ones
     python benchmarks/runtime.py --l1-runs runs/sparsify_table/mobilenet-v1-l1-0.3-kd0.5-30ep --threads 1 2
     python benchmarks/runtime.py --table   # docs/results/runtime.md from the JSON
+A run replaces the JSON's rows it measured again (same kind, model, batch, threads and s) and keeps the rest.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
         warnings.simplefilter("ignore")
         r = benchmark_runtime(net, example, sparsity, rounds=rounds)
     layers = r["compile"]["layers"]
-    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros")}
+    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel")}
     del r["compile"]["layers"]
     return r
 
@@ -93,6 +95,18 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def merged(out: Path, fresh: list[dict]) -> list[dict]:
+    """The rows of the JSON `out`, each replaced in place by its `fresh` measurement if there is
+    one, then the fresh rows of settings it did not have."""
+    def key(r):
+        return r["kind"], r["model"], r["batch"], r["threads"], r["sparsity"]
+
+    new = {key(r): r for r in fresh}
+    old = json.loads(out.read_text()) if out.is_file() else []
+    rows = [new.pop(key(r), r) for r in old]
+    return rows + list(new.values())
+
+
 def summary(r: dict) -> str:
     return (f"{r['kind']:<22} {r['model']:<19} b{r['batch']} t{r['threads']} s={r['sparsity']:.2f}: "
             f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x onnxruntime ({r.get('engine')}), "
@@ -110,7 +124,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['kind']} | {r['model']} | {r['batch']} | {r['threads']} | {r['sparsity']:.2f} | "
                      f"{ort:.1f} | {graph:.1f} | {ort / graph:.2f}x | {r.get('engine', 'actzip')}, "
                      f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | "
-                     f"{r['paths']['sparse']} / {r['paths']['zeros']} |")
+                     f"{r['paths']['sparse']} / {r['paths']['zeros'] + r['paths'].get('zeros-pixel', 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,7 +133,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.2, 0.3, 0.5])
+    ap.add_argument("--sparsities", nargs="*", type=float, default=[0.0, 0.2, 0.3, 0.5])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "runtime.json")
     ap.add_argument("--l1-runs", nargs="+", type=Path, default=[],
@@ -127,13 +141,9 @@ def main():
     ap.add_argument("--l1-batch", type=int, default=64)
     ap.add_argument("--table", action="store_true", help="only write docs/results/runtime.md from the JSON")
     args = ap.parse_args()
-    if args.l1_runs and not args.table:
-        fresh = measure_l1_runs(args)
-        keep = [r for r in (json.loads(args.out.read_text()) if args.out.is_file() else [])
-                if (r["kind"], r["model"]) not in {(f["kind"], f["model"]) for f in fresh}]
-        args.out.write_text(json.dumps(keep + fresh, indent=1))
-    elif not args.table:
-        args.out.write_text(json.dumps(measure(args), indent=1))
+    if not args.table:
+        fresh = measure_l1_runs(args) if args.l1_runs else measure(args)
+        args.out.write_text(json.dumps(merged(args.out, fresh), indent=1))
     if args.out == HERE / "runtime.json":
         from pages import write_page
 

@@ -30,11 +30,11 @@ def _reference(x, weight, bias, lo, hi, residual):
     return out.clamp(lo, hi)
 
 
-def _run(x, weight, bias, lo=-float("inf"), hi=float("inf"), residual=None):
+def _run(x, weight, bias, lo=-float("inf"), hi=float("inf"), residual=None, by_pixel=False):
     packed, packed_bias = native.packed_weight(weight, bias)
     out = torch.full((x.shape[0], weight.shape[0]), float("nan"))
     lists = torch.empty(native.lists_size(*x.shape), dtype=torch.int32)
-    return native.sparse_conv1x1(x, packed, packed_bias, out, lists, lo, hi, residual)
+    return native.sparse_conv1x1(x, packed, packed_bias, out, lists, lo, hi, residual, by_pixel)
 
 
 def _maps(pixels, channels, zeros, seed, correlated):
@@ -49,13 +49,15 @@ def _maps(pixels, channels, zeros, seed, correlated):
     return x
 
 
-SHAPES = [(1, 3, 5), (7, 5, 3), (33, 40, 200), (64, 96, 24), (130, 1152, 192), (9, 17, 97), (12, 512, 520)]
+SHAPES = [(1, 3, 5), (7, 5, 3), (33, 40, 200), (64, 96, 24), (130, 1152, 192), (9, 17, 97), (12, 512, 520),
+          (260, 70, 209)]  # pixel by pixel: blocks of 128 pixels, 64 input and 192 output channels
 
 
 @pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.8, 1.0])
 @pytest.mark.parametrize("correlated", [False, True])
-def test_kernel_equals_the_dense_product(monkeypatch, isa, zeros, correlated):
+@pytest.mark.parametrize("by_pixel", [False, True])
+def test_kernel_equals_the_dense_product(monkeypatch, isa, zeros, correlated, by_pixel):
     _use_isa(monkeypatch, isa)
     assert native.isa() == isa
     for i, (pixels, cin, cout) in enumerate(SHAPES):
@@ -63,7 +65,7 @@ def test_kernel_equals_the_dense_product(monkeypatch, isa, zeros, correlated):
         weight, bias = torch.randn(cout, cin, 1, 1), torch.randn(cout)
         residual = torch.randn(pixels, cout) if i % 2 else None
         lo, hi = ((0.0, 6.0), (-float("inf"), float("inf")), (0.0, float("inf")))[i % 3]
-        got = _run(x, weight, bias, lo, hi, residual)
+        got = _run(x, weight, bias, lo, hi, residual, by_pixel)
         want = _reference(x, weight, bias, lo, hi, residual)
         assert not got.isnan().any()
         # float32 sums of cin products, in any order: within cin * eps of the sum of magnitudes
@@ -71,10 +73,11 @@ def test_kernel_equals_the_dense_product(monkeypatch, isa, zeros, correlated):
         assert (got.double() - want).abs().max() <= 1e-6 * cin * scale + 1e-6, (pixels, cin, cout)
 
 
-def test_nan_in_an_input_reaches_its_own_pixel_only():
-    x = _maps(8, 32, 0.5, 0, False)
-    x[5, 3] = float("nan")
-    got = _run(x, torch.randn(16, 32, 1, 1), torch.randn(16))
+@pytest.mark.parametrize("by_pixel", [False, True])
+def test_nan_in_an_input_reaches_its_own_pixel_only(by_pixel):
+    x = _maps(8, 70, 0.5, 0, False)
+    x[5, 66] = float("nan")  # in the second block of input channels
+    got = _run(x, torch.randn(16, 70, 1, 1), torch.randn(16), by_pixel=by_pixel)
     assert got[5].isnan().all() and not got[[0, 1, 2, 3, 6, 7]].isnan().any()
 
 
@@ -123,13 +126,16 @@ def test_compiled_model_on_the_zeros_path_equals_the_model():
     compiled = compile(model, x, repeats=1, engines=OWN)
     projects = [c for c in compiled.layers if c.input_zeros is not None and c.input_zeros > 0.5]
     assert len(projects) == 2 and all(c.sparse_ms is not None for c in projects)
-    for m in compiled.modules():  # whatever the timing chose, the zeros path must give the model's output
-        if getattr(m, "zeros_capable", False):
-            m.path = "zeros"
-    with torch.no_grad():
-        want = model(x)
-        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
-        assert (compiled(x[:1]) - want[:1]).abs().max() <= 1e-4 * want.abs().max()  # another batch size
+    timed = {m.alternatives for m in compiled.modules() if getattr(m, "alternatives", None)}
+    assert timed == {("zeros", "zeros-pixel") if native.isa() == "avx512" else ("zeros",)}  # both kernels timed
+    for path in ("zeros", "zeros-pixel"):  # whatever the timing chose, both must give the model's output
+        for m in compiled.modules():
+            if getattr(m, "zeros_capable", False):
+                m.path = path
+        with torch.no_grad():
+            want = model(x)
+            assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+            assert (compiled(x[:1]) - want[:1]).abs().max() <= 1e-4 * want.abs().max()  # another batch size
 
 
 def test_without_the_compiled_kernels_the_runtime_warns_and_runs_dense(monkeypatch):
@@ -145,15 +151,16 @@ def test_without_the_compiled_kernels_the_runtime_warns_and_runs_dense(monkeypat
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_kernels_split_between_threads_give_the_same_rows(threads):
+@pytest.mark.parametrize("by_pixel", [False, True])
+def test_kernels_split_between_threads_give_the_same_rows(threads, by_pixel):
     before = torch.get_num_threads()
     x = _maps(1030, 1152, 0.7, 3, True)  # enough work for every thread, and a tile split unevenly
     weight, bias = torch.randn(192, 1152, 1, 1), torch.randn(192)
     try:
         torch.set_num_threads(1)
-        one = _run(x, weight, bias, 0.0, 6.0)
+        one = _run(x, weight, bias, 0.0, 6.0, by_pixel=by_pixel)
         torch.set_num_threads(threads)
-        assert torch.equal(_run(x, weight, bias, 0.0, 6.0), one)  # the same sums, row by row
+        assert torch.equal(_run(x, weight, bias, 0.0, 6.0, by_pixel=by_pixel), one)  # the same sums, row by row
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)

@@ -47,6 +47,8 @@ IDLE_GAP = 0.05  # seconds between engines timed in turns: idle worker threads s
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.
 ZEROS_WORTH_TIMING = 0.3
+# The kernels that skip zeros, by whether this CPU runs the pixel-by-pixel one (AVX-512 only)
+ZEROS_PATHS = {False: ("zeros",), True: ("zeros", "zeros-pixel")}
 
 
 @dataclass
@@ -59,8 +61,9 @@ class LayerChoice:
     macs: int  # multiply-accumulates of the dense conv over the batch
     sparsity: float | None  # masked fraction of output pixels; None: no mask
     dense_ms: float | None
-    sparse_ms: float | None  # its sparse path: kept pixels only ("sparse") or skipping zeros ("zeros")
-    path: str  # "dense", "sparse" (kept output pixels only) or "zeros" (skips the input's zeros)
+    sparse_ms: float | None  # its faster other path: kept pixels only, or skipping zeros
+    path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
+    # pixels) or "zeros-pixel" (skips each pixel's own zero channels)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
 
@@ -99,11 +102,13 @@ def _residual_add(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 
 def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: torch.Tensor,
                    repeats: int, pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
-    """Median ms of each conv in `convs` on the dense path and on its own other path
-    (`conv.alternative`), timed inside whole runs of the model with every conv of `convs` on the
-    same side (the runs alternate between the sides), and the hand-over `pairs` on where they apply."""
+    """Median ms of each conv in `convs` on the dense path and on each of its other paths
+    (`conv.alternatives`), timed inside whole runs of the model with every conv of `convs` on the
+    same side (the runs alternate between the sides; side i runs a conv's i-th alternative, or its
+    last), and the hand-over `pairs` on where they apply."""
     modules = dict(gm.named_modules())
-    times = {name: {"dense": [], conv.alternative: []} for name, conv in convs.items()}
+    times = {name: {path: [] for path in ("dense",) + conv.alternatives} for name, conv in convs.items()}
+    sides = max(len(conv.alternatives) for conv in convs.values())
     started: dict[str, float] = {}
     hooks = []
     for name, conv in convs.items():
@@ -113,9 +118,9 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
     try:
         with torch.no_grad():
             for r in range(repeats + 1):  # the first round warms both paths up and is dropped
-                for side in ("dense", "alternative"):
+                for side in range(-1, sides):
                     for conv in convs.values():
-                        conv.path = "dense" if side == "dense" else conv.alternative
+                        conv.path = "dense" if side < 0 else conv.alternatives[min(side, len(conv.alternatives) - 1)]
                     _hand_over(modules, pairs)
                     gm(example)
                 if r == 0:
@@ -187,12 +192,12 @@ class CompiledModel(nn.Module):
                 "engine_ms": self.engine_ms, "layers": [asdict(c) for c in self.layers]}
 
     def summary(self) -> str:
-        lines = [self.note, f"{'conv':<34} {'kernel':>6} {'s':>5} {'dense ms':>9} {'sparse ms':>9}  path    why"]
+        lines = [self.note, f"{'conv':<34} {'kernel':>6} {'s':>5} {'dense ms':>9} {'sparse ms':>9}  {'path':<11} why"]
         for c in self.layers:
             s = f"{c.sparsity:.2f}" if c.sparsity is not None else "-"
             d = f"{c.dense_ms:.3f}" if c.dense_ms is not None else "-"
             sp = f"{c.sparse_ms:.3f}" if c.sparse_ms is not None else "-"
-            lines.append(f"{c.name:<34} {c.kernel[0]}x{c.kernel[1]:<4} {s:>5} {d:>9} {sp:>9}  {c.path:<7} {c.reason}")
+            lines.append(f"{c.name:<34} {c.kernel[0]}x{c.kernel[1]:<4} {s:>5} {d:>9} {sp:>9}  {c.path:<11} {c.reason}")
         return "\n".join(lines)
 
 
@@ -217,9 +222,9 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable}, example)
     candidates = {}
     for name, conv in compiled.items():
-        conv.alternative = "sparse" if _sparse_candidate(conv) else "zeros" if zeros.get(name, 0) >= ZEROS_WORTH_TIMING \
-            else None
-        if conv.alternative:
+        conv.alternatives = ("sparse",) if _sparse_candidate(conv) else ZEROS_PATHS[native.isa() == "avx512"] \
+            if zeros.get(name, 0) >= ZEROS_WORTH_TIMING else ()
+        if conv.alternatives:
             candidates[name] = conv
     pairs = _hand_over_pairs(gm)
     ms = _time_in_model(gm, candidates, example, repeats, pairs) if candidates else {}
@@ -310,7 +315,7 @@ def _fuse(gm: fx.GraphModule, node: fx.Node, conv: MaskedConv2d, modules: dict, 
 def _note(layers: list[LayerChoice]) -> str:
     """One line on what the compiled convs do; warns where there is nothing sparse to run."""
     masked = [c for c in layers if c.sparsity is not None]
-    on_zeros = sum(c.path == "zeros" for c in layers)
+    on_zeros = sum(c.path.startswith("zeros") for c in layers)
     zeros_note = f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else ""
     if masked:
         sparse = sum(c.path == "sparse" for c in layers)
@@ -400,10 +405,12 @@ def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: d
         return choice(path, f"with its chain of {len(chain)} hand-over convs, sparse measured "
                             f"{dense_sum / sparse_sum:.2f}x", ms["dense"], ms["sparse"])
     if ms is not None:  # timed against its other path
-        dense_ms, other_ms = ms["dense"], ms[conv.alternative]
-        what = "sparse" if conv.alternative == "sparse" else f"skipping {100 * zeros:.0f} % zeros"
+        other = min(conv.alternatives, key=ms.__getitem__)
+        dense_ms, other_ms = ms["dense"], ms[other]
+        what = "sparse" if other == "sparse" else f"skipping {100 * zeros:.0f} % zeros" \
+            + (" pixel by pixel" if other == "zeros-pixel" else "")
         if other_ms < dense_ms:
-            return choice(conv.alternative, f"{what}: measured {dense_ms / other_ms:.2f}x faster", dense_ms, other_ms)
+            return choice(other, f"{what}: measured {dense_ms / other_ms:.2f}x faster", dense_ms, other_ms)
         return choice("dense", f"{what} measured {dense_ms / other_ms:.2f}x", dense_ms, other_ms)
     if not conv.masked:
         return choice("dense", "no mask" + (f", {100 * zeros:.0f} % zeros in its input" if zeros is not None else ""))

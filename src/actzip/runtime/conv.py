@@ -22,9 +22,11 @@ expands them into the output (`rows.py`). (MKL's sgemm behind `torch.mm` runs at
 oneDNN on this machine's AMD CPU, so the gathered GEMM goes through oneDNN as well.) Grouped convs
 other than depthwise, and depthwise convs without the compiled kernels, have only the dense path.
 
-A third path, "zeros", serves unstructured zeros in the input of an unmasked 1x1 conv (the input of
-MobileNet's and EfficientNet's project convs, after a ReLU): the compiled kernel of `native.py`
-skips the input channels that are zero in every pixel of a small tile.
+Two more paths serve unstructured zeros in the input of an unmasked 1x1 conv (the input of
+MobileNet's and EfficientNet's project convs, after a ReLU), with the compiled kernel of `native.py`:
+"zeros" skips the input channels that are zero in every pixel of a small tile (best where
+neighbouring pixels share their zeros, and with large weights), "zeros-pixel" each pixel's own zero
+channels (best where zeros are independent; AVX-512 only).
 """
 
 from __future__ import annotations
@@ -282,7 +284,7 @@ class CompiledConv2d(nn.Module):
         residual = _nhwc(identity).reshape(rows.shape[0], -1) if identity is not None else None
         lists = self.workspace.get(native.lists_size(rows.shape[0], c), torch.int32)
         native.sparse_conv1x1(rows, self.packed_weight, self.packed_bias, out.view(rows.shape[0], -1), lists,
-                              self.lo, self.hi, residual)
+                              self.lo, self.hi, residual, by_pixel=self.path == "zeros-pixel")
         return out.permute(0, 3, 1, 2)
 
     def _sparse_native(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
@@ -506,7 +508,7 @@ class CompiledConv2d(nn.Module):
             return self.sparse(x, identity)
         if not x.is_contiguous(memory_format=CHANNELS_LAST):
             x = x.contiguous(memory_format=CHANNELS_LAST)
-        if self.path == "zeros":
+        if self.path in ("zeros", "zeros-pixel"):
             return self.zeros(x, identity)
         return self.sparse(x, identity) if self.path == "sparse" else self.dense(x, identity)
 

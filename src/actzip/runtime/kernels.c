@@ -354,6 +354,91 @@ int actzip_sparse_conv1x1(const float *x, const float *w, const float *bias, con
     return 0;
 }
 
+/* The same conv with each pixel over its own non-zero channels, for zeros that neighbouring pixels
+   do not share: there a tile's union covers most channels (1 - z^4 of them for independent zeros),
+   while a pixel alone does only its own. Without a tile, each weight row a pixel reads serves that
+   pixel alone, so the rows must come from L1: the input channels go in blocks of PIXEL_CHANNELS (one
+   64-bit mask of a pixel's non-zeros), and PIXEL_BLOCK pixels pass over a block's rows (at most
+   64 x 192 floats, 48 KB) before the next block; their partial sums wait in y. A panel is 192
+   outputs, 12 accumulators: one broadcast of x feeds 12 FMAs. AVX-512 only; elsewhere the tiles run. */
+#define PIXEL_CHANNELS 64
+#define PIXEL_BLOCK 128
+#define PIXEL_PANEL 192
+
+__attribute__((target("avx512f"), always_inline))
+static inline uint64_t nonzero_mask_avx512(const float *x, int64_t n) {
+    uint64_t m = 0;
+    for (int64_t j = 0; j < n; j += 16)  /* NaN counts as non-zero, so it reaches the output */
+        m |= (uint64_t)_mm512_cmp_ps_mask(load_part(x + j, n - j), _mm512_setzero_ps(), _CMP_NEQ_UQ) << j;
+    return m;
+}
+
+#define PIXEL_FMA(r) if (R > r) acc[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wrow + 16 * r), acc[r]);
+/* Pixels [p0, p1) on input channels [k0, k0 + kb) and the panel of R vectors at c0. */
+__attribute__((target("avx512f"), always_inline))
+static inline void pixels_block_avx512_r(const Conv1x1 *a, int64_t p0, int64_t p1, int64_t c0, int64_t width,
+                                         int64_t k0, int64_t kb, const int R) {
+    const int first = k0 == 0, last = k0 + kb >= a->cin;
+    const float *w = a->w + k0 * a->ldw + c0;
+    for (int64_t p = p0; p < p1; p++) {
+        const float *x = a->x + p * a->cin + k0;
+        float *out = a->y + p * a->cout + c0;
+        __m512 acc[12];
+        for (int r = 0; r < R; r++)
+            acc[r] = first ? _mm512_loadu_ps(a->bias + c0 + 16 * r) : load_part(out + 16 * r, width - 16 * r);
+        for (uint64_t m = nonzero_mask_avx512(x, kb); m; m &= m - 1) {
+            const int64_t c = __builtin_ctzll(m);
+            const __m512 v = _mm512_set1_ps(x[c]);
+            const float *wrow = w + c * a->ldw;
+            PIXEL_FMA(0) PIXEL_FMA(1) PIXEL_FMA(2) PIXEL_FMA(3) PIXEL_FMA(4) PIXEL_FMA(5)
+            PIXEL_FMA(6) PIXEL_FMA(7) PIXEL_FMA(8) PIXEL_FMA(9) PIXEL_FMA(10) PIXEL_FMA(11)
+        }
+        if (last)
+            store_pixel_avx512(a, p, c0, width, acc, R);
+        else
+            for (int r = 0; r < R; r++) store_part(out + 16 * r, acc[r], width - 16 * r);
+    }
+}
+#undef PIXEL_FMA
+
+__attribute__((target("avx512f")))
+static void pixels_block_avx512(const Conv1x1 *a, int64_t p0, int64_t p1, int64_t c0, int64_t width, int64_t k0,
+                                int64_t kb) {
+    switch ((width + 15) / 16) {
+        case 1: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 1); break;
+        case 2: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 2); break;
+        case 3: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 3); break;
+        case 4: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 4); break;
+        case 5: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 5); break;
+        case 6: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 6); break;
+        case 7: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 7); break;
+        case 8: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 8); break;
+        case 9: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 9); break;
+        case 10: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 10); break;
+        case 11: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 11); break;
+        default: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 12); break;
+    }
+}
+
+/* Pixels [begin, end), the same arguments as actzip_sparse_conv1x1 (which runs where AVX-512 does not). */
+static int pixels_conv1x1(const float *x, const float *w, const float *bias, const float *residual, float *y,
+                          int32_t *lists, int64_t begin, int64_t end, int64_t cin, int64_t cout, int64_t ldw,
+                          float lo, float hi, int isa) {
+    if (isa != 2 || cin == 0)
+        return actzip_sparse_conv1x1(x, w, bias, residual, y, lists, begin, end, cin, cout, ldw, lo, hi, isa);
+    if (ldw < cout || ldw % 16) return -1;
+    Conv1x1 a = {x, w, bias, residual, y, lists, cin, cout, ldw, lo, hi};
+    for (int64_t p0 = begin; p0 < end; p0 += PIXEL_BLOCK) {
+        const int64_t p1 = end - p0 < PIXEL_BLOCK ? end : p0 + PIXEL_BLOCK;
+        for (int64_t c0 = 0; c0 < cout; c0 += PIXEL_PANEL) {
+            const int64_t width = cout - c0 < PIXEL_PANEL ? cout - c0 : PIXEL_PANEL;
+            for (int64_t k0 = 0; k0 < cin; k0 += PIXEL_CHANNELS)
+                pixels_block_avx512(&a, p0, p1, c0, width, k0, cin - k0 < PIXEL_CHANNELS ? cin - k0 : PIXEL_CHANNELS);
+        }
+    }
+    return 0;
+}
+
 /* Kept output pixels of a conv, straight from the zero-padded NHWC input (no im2col buffer):
 
    y[out_rows[k] + o] = clamp(bias[o] + sum over taps t inside the input, channels c of
@@ -491,7 +576,8 @@ static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int6
    count stays as the user set it; `thread_num` is that runtime's omp_get_thread_num. */
 typedef struct Job {
     int (*thread_num)(void);
-    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows, 4: producer_depthwise */
+    int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows, 4: producer_depthwise,
+                   5: sparse_conv1x1 pixel by pixel */
     int threads, isa, status;
     int64_t rows, list_ints, ntaps, kw, cin, cout, ldw;
     const float *x, *w, *bias, *residual, *zeros;
@@ -735,9 +821,10 @@ void actzip_share(void *p) {
     int64_t begin = j->thread_num() * share, end = begin + share < j->rows ? begin + share : j->rows;
     if (begin >= end) return;
     int status = 0;
-    if (j->kernel == 0)
-        status = actzip_sparse_conv1x1(j->x, j->w, j->bias, j->residual, j->y, j->lists + begin / TILE * j->list_ints,
-                                       begin, end, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
+    if (j->kernel == 0 || j->kernel == 5)
+        status = (j->kernel == 0 ? actzip_sparse_conv1x1 : pixels_conv1x1)(
+            j->x, j->w, j->bias, j->residual, j->y, j->lists + begin / TILE * j->list_ints, begin, end, j->cin,
+            j->cout, j->ldw, j->lo, j->hi, j->isa);
     else if (j->kernel == 1)
         status = rows_conv(j, begin, end);
     else if (j->kernel == 3)

@@ -121,11 +121,13 @@ def packed_weight(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tenso
 
 def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
                    lists: torch.Tensor, lo: float = -float("inf"), hi: float = float("inf"),
-                   residual: torch.Tensor | None = None) -> torch.Tensor:
+                   residual: torch.Tensor | None = None, by_pixel: bool = False) -> torch.Tensor:
     """out (P, cout) = clamp(x (P, cin) @ weight + bias (+ residual), lo, hi), skipping x's zeros.
 
     `weight` and `bias` come from `packed_weight`; `lists` is an int32 workspace of at least
-    `lists_size(P, cin)` elements. Every tensor is float32, contiguous, on the CPU."""
+    `lists_size(P, cin)` elements. Every tensor is float32, contiguous, on the CPU. `by_pixel`: each
+    pixel over its own non-zero channels (AVX-512 only; elsewhere, and by default, tiles of TILE
+    pixels over the union of theirs): faster where neighbouring pixels share few zero channels."""
     p, cin = x.shape
     cout = out.shape[1]
     for t in (x, weight, bias, out) + ((residual,) if residual is not None else ()):
@@ -135,7 +137,7 @@ def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
         raise ValueError("sparse_conv1x1: shapes do not match")
     if residual is not None and residual.shape != out.shape:
         raise ValueError("sparse_conv1x1: the residual must have the output's shape")
-    job = Job(kernel=0, isa=ISAS.index(isa()), rows=p, list_ints=lists_size(TILE, cin), cin=cin, cout=cout,
+    job = Job(kernel=5 if by_pixel else 0, isa=ISAS.index(isa()), rows=p, list_ints=lists_size(TILE, cin), cin=cin, cout=cout,
               ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
               residual=residual.data_ptr() if residual is not None else None, lists=lists.data_ptr(), lo=lo, hi=hi)
     run_job(job, p * cin * cout)
