@@ -362,7 +362,7 @@ int actzip_sparse_conv1x1(const float *x, const float *w, const float *bias, con
    64 x 192 floats, 48 KB) before the next block; their partial sums wait in y. A panel is 192
    outputs, 12 accumulators: one broadcast of x feeds 12 FMAs. AVX-512 only; elsewhere the tiles run. */
 #define PIXEL_CHANNELS 64
-#define PIXEL_BLOCK 128
+#define PIXEL_BLOCK 256
 #define PIXEL_PANEL 192
 
 __attribute__((target("avx512f"), always_inline))
@@ -374,18 +374,22 @@ static inline uint64_t nonzero_mask_avx512(const float *x, int64_t n) {
 }
 
 #define PIXEL_FMA(r) if (R > r) acc[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wrow + 16 * r), acc[r]);
-/* Pixels [p0, p1) on input channels [k0, k0 + kb) and the panel of R vectors at c0. */
+#define PIXEL_LOAD(p, r) (TAIL && r == R - 1 ? _mm512_maskz_loadu_ps(tail, p) : _mm512_loadu_ps(p))
+/* Pixels [p0, p1) on input channels [k0, k0 + kb) and the panel of R vectors at c0, the last one
+   partial if TAIL. Both are constants at each call site, so that no store branches per vector. */
 __attribute__((target("avx512f"), always_inline))
 static inline void pixels_block_avx512_r(const Conv1x1 *a, int64_t p0, int64_t p1, int64_t c0, int64_t width,
-                                         int64_t k0, int64_t kb, const int R) {
+                                         int64_t k0, int64_t kb, const int R, const int TAIL) {
     const int first = k0 == 0, last = k0 + kb >= a->cin;
     const float *w = a->w + k0 * a->ldw + c0;
+    const __mmask16 tail = tail_mask(width - 16 * (R - 1));
+    const __m512 lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
     for (int64_t p = p0; p < p1; p++) {
         const float *x = a->x + p * a->cin + k0;
         float *out = a->y + p * a->cout + c0;
+        const float *src = first ? a->bias + c0 : out;
         __m512 acc[12];
-        for (int r = 0; r < R; r++)
-            acc[r] = first ? _mm512_loadu_ps(a->bias + c0 + 16 * r) : load_part(out + 16 * r, width - 16 * r);
+        for (int r = 0; r < R; r++) acc[r] = PIXEL_LOAD(src + 16 * r, r);
         for (uint64_t m = nonzero_mask_avx512(x, kb); m; m &= m - 1) {
             const int64_t c = __builtin_ctzll(m);
             const __m512 v = _mm512_set1_ps(x[c]);
@@ -393,32 +397,36 @@ static inline void pixels_block_avx512_r(const Conv1x1 *a, int64_t p0, int64_t p
             PIXEL_FMA(0) PIXEL_FMA(1) PIXEL_FMA(2) PIXEL_FMA(3) PIXEL_FMA(4) PIXEL_FMA(5)
             PIXEL_FMA(6) PIXEL_FMA(7) PIXEL_FMA(8) PIXEL_FMA(9) PIXEL_FMA(10) PIXEL_FMA(11)
         }
-        if (last)
-            store_pixel_avx512(a, p, c0, width, acc, R);
-        else
-            for (int r = 0; r < R; r++) store_part(out + 16 * r, acc[r], width - 16 * r);
+        if (last) {  /* + residual, clamp (NaN stays NaN, as in store_pixel_avx512) */
+            const float *res = a->residual ? a->residual + p * a->cout + c0 : NULL;
+            for (int r = 0; r < R; r++) {
+                const __m512 v = res ? _mm512_add_ps(acc[r], PIXEL_LOAD(res + 16 * r, r)) : acc[r];
+                acc[r] = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+            }
+        }
+        for (int r = 0; r < R; r++)  /* only a partial last vector goes under a mask (see load_part) */
+            if (TAIL && r == R - 1)
+                _mm512_mask_storeu_ps(out + 16 * r, tail, acc[r]);
+            else
+                _mm512_storeu_ps(out + 16 * r, acc[r]);
     }
 }
+#undef PIXEL_LOAD
 #undef PIXEL_FMA
 
+#define PIXEL_CASE(n) case n: tail ? pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, n, 1) \
+                              : pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, n, 0); break;
 __attribute__((target("avx512f")))
 static void pixels_block_avx512(const Conv1x1 *a, int64_t p0, int64_t p1, int64_t c0, int64_t width, int64_t k0,
                                 int64_t kb) {
+    const int tail = width % 16 != 0;
     switch ((width + 15) / 16) {
-        case 1: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 1); break;
-        case 2: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 2); break;
-        case 3: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 3); break;
-        case 4: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 4); break;
-        case 5: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 5); break;
-        case 6: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 6); break;
-        case 7: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 7); break;
-        case 8: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 8); break;
-        case 9: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 9); break;
-        case 10: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 10); break;
-        case 11: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 11); break;
-        default: pixels_block_avx512_r(a, p0, p1, c0, width, k0, kb, 12); break;
+        PIXEL_CASE(1) PIXEL_CASE(2) PIXEL_CASE(3) PIXEL_CASE(4) PIXEL_CASE(5) PIXEL_CASE(6)
+        PIXEL_CASE(7) PIXEL_CASE(8) PIXEL_CASE(9) PIXEL_CASE(10) PIXEL_CASE(11) PIXEL_CASE(12)
+        default: break;
     }
 }
+#undef PIXEL_CASE
 
 /* Pixels [begin, end), the same arguments as actzip_sparse_conv1x1 (which runs where AVX-512 does not). */
 static int pixels_conv1x1(const float *x, const float *w, const float *bias, const float *residual, float *y,

@@ -109,9 +109,12 @@ def run_job(job: Job, work: int) -> None:
 
 def packed_weight(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A 1x1 conv's (cout, cin, 1, 1) weight as the (cin, ldw) rows the kernel reads, and its bias,
-    both zero-padded to ldw = cout rounded up to 16 (the kernel loads whole vectors)."""
+    both zero-padded to ldw = cout rounded up to 16 (the kernel loads whole vectors), plus 16 where
+    that is a multiple of 256: rows 1 KB apart fall in a few sets of the L1 cache and evict each
+    other, which halved the pixel-by-pixel kernel's speed on weights 512 or 1024 wide."""
     cout, cin = weight.shape[:2]
     ldw = -(-cout // 16) * 16
+    ldw += 16 if ldw % 256 == 0 else 0
     w = torch.zeros(cin, ldw)
     w[:, :cout] = weight.detach().reshape(cout, cin).t()
     b = torch.zeros(ldw)
