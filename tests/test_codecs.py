@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -6,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from actzip import codecs
 from actzip.codecs import klt
-from actzip.codecs.base import FREE_VALUES, pack_header, read_varint, write_varint
+from actzip.codecs.base import FREE_VALUES, pack_header, parallel_map, read_varint, write_varint
 from actzip.codecs import context, native
 from actzip.codecs.ctxrans import CLASSES, LANES_WANTED, SIZED, chunk_values, value_tables
 from actzip.errors import ActzipWarning, CorruptStreamError
@@ -280,6 +282,19 @@ def test_the_codec_thread_count_changes_neither_streams_nor_values(monkeypatch, 
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="positive int"):
             codecs.set_threads(bad)
+
+
+def test_parallel_map_keeps_order_and_works_in_the_calling_thread():
+    """The caller takes the first item itself; the results come back in the items' order."""
+    before = codecs.threads()
+    try:
+        codecs.set_threads(2)
+        got = parallel_map(lambda i: (i, threading.current_thread().name), list(range(5)))
+    finally:
+        codecs.set_threads(before)
+    assert [i for i, _ in got] == list(range(5))
+    assert got[0][1] == threading.current_thread().name
+    assert all(name.startswith("actzip-codec") for _, name in got[1:])
 
 
 def test_ctxrans_without_the_compiled_coder_warns_once_and_codes(monkeypatch):

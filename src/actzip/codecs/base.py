@@ -146,10 +146,13 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def parallel_map(fn, items: list) -> list:
-    """fn over items on the codec thread pool (in this thread when there is only one item or thread)."""
+    """fn over items on the codec thread pool (in this thread when there is only one item or thread).
+    This thread takes the first item itself rather than wait idle: a hand-off to the pool costs
+    tens of microseconds, as much as a short stream's whole share."""
     if len(items) <= 1 or threads() == 1:
         return [fn(x) for x in items]
-    return list(_pool(threads()).map(fn, items))
+    rest = [_pool(threads()).submit(fn, x) for x in items[1:]]
+    return [fn(items[0])] + [f.result() for f in rest]
 
 
 def zigzag(a: np.ndarray) -> np.ndarray:
