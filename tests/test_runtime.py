@@ -113,6 +113,41 @@ def test_both_paths_equal_the_masked_conv(name, bounds):
     assert fast.sparse_capable == (groups == 1 or groups == cin == cout and native.available())
 
 
+@pytest.mark.parametrize("k, stride, hw", [(3, 1, (15, 13)), (3, 2, (15, 13)), (5, 2, (9, 12)), (5, 1, (4, 3))])
+def test_an_unmasked_depthwise_conv_on_actzips_kernel_equals_the_conv(k, stride, hw):
+    if not native.available():
+        pytest.skip("the compiled kernels are not built")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 24, k, stride, k // 2, groups=24, bias=False)
+    x = torch.randn(3, 24, *hw)
+    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(24), nn.ReLU6()))
+    ref = folded(conv, model[1])
+    with torch.no_grad():
+        want = model(x)
+        fast = CompiledConv2d(ref, (0.0, 6.0), tuple(x.shape), Workspace())
+        assert fast.paths() == ("dense", "kernel") and not fast.masked
+        fast.path = "kernel"
+        for n in (3, 1):  # and another batch size
+            got = fast(x[:n].contiguous(memory_format=torch.channels_last))
+            assert got.shape == want[:n].shape
+            assert (got - want[:n]).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_compile_times_actzips_kernel_for_unmasked_depthwise_convs():
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(mobilenet_v1(width=0.5))
+    x = torch.rand(2, 1, 28, 28)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    depthwise = [c for c in compiled.layers if c.groups > 1]
+    assert depthwise and all(c.dense_ms is not None and c.sparse_ms is not None for c in depthwise)
+    assert all(c.path in ("dense", "kernel") and c.sparsity is None for c in depthwise)
+    for m in compiled.modules():  # whatever the timing chose, the kernel path must give the model's output
+        if getattr(m, "every_pixel", False):
+            m.path = "kernel"
+    with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+
+
 @pytest.mark.parametrize("name", ["1x1", "3x3", "3x3 stride 2"])
 @pytest.mark.parametrize("bounds", [None, (0.0, float("inf"))])
 def test_residual_conv_adds_before_its_activation_on_both_paths(name, bounds):

@@ -13,7 +13,7 @@ from torch import nn
 from actzip.errors import ActzipError
 from actzip.models.small import mobilenet_v1, resnet20
 from actzip.runtime.pool import CompiledMaxPool2d
-from actzip.runtime import compile, load, save
+from actzip.runtime import CompiledConv2d, compile, load, native, save
 from actzip.runtime.compile import _hand_over, _hand_over_pairs
 from actzip.sparsify import PixelMask, attach_pixel_masks
 
@@ -62,6 +62,8 @@ def test_a_saved_model_runs_in_a_new_process(build, sparsity, engine, tmp_path):
         for m in compiled.modules():  # and every path of the graph
             if getattr(m, "sparse_capable", False) and m.masked:
                 m.path = "sparse"
+            if getattr(m, "every_pixel", False):
+                m.path = "kernel"
         gm = compiled.graph_module  # with every hand-over of kept pixels those paths allow
         _hand_over(dict(gm.named_modules()), _hand_over_pairs(gm))
     save(compiled, tmp_path / "m.azc")
@@ -109,3 +111,21 @@ def test_cli_compile_writes_a_model_that_loads(tmp_path):
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     r = CliRunner().invoke(app, ["compile", "--model", "resnet20", "--sparsity", "1.5", "--out", str(tmp_path / "x.azc")])
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "x.azc").exists()
+
+
+def test_a_path_this_machine_cannot_run_loads_as_the_dense_conv(tmp_path, monkeypatch):
+    x = torch.rand(2, 1, 28, 28)
+    model = _model(lambda: mobilenet_v1(width=0.5), 0.0, x)
+    compiled = compile(model, x, repeats=1, engines=("actzip",))
+    depthwise = [m for m in compiled.modules() if getattr(m, "every_pixel", False)]
+    assert depthwise
+    for m in depthwise:
+        m.path = "kernel"
+    save(compiled, tmp_path / "m.azc")
+    monkeypatch.setattr(native, "library", lambda: None)  # a machine where the kernels were not built
+    loaded = load(tmp_path / "m.azc")
+    convs = [m for m in loaded.modules() if isinstance(m, CompiledConv2d)]
+    assert convs and all(m.path == "dense" for m in convs)
+    with torch.no_grad():
+        want = model(x)
+        assert (loaded(x) - want).abs().max() <= 1e-4 * want.abs().max()

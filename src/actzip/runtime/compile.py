@@ -63,7 +63,8 @@ class LayerChoice:
     dense_ms: float | None
     sparse_ms: float | None  # its faster other path: kept pixels only, or skipping zeros
     path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
-    # pixels) or "zeros-pixel" (skips each pixel's own zero channels)
+    # pixels), "zeros-pixel" (skips each pixel's own zero channels) or "kernel" (an unmasked depthwise
+    # conv by actzip's kernel)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
 
@@ -222,8 +223,8 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable}, example)
     candidates = {}
     for name, conv in compiled.items():
-        conv.alternatives = ("sparse",) if _sparse_candidate(conv) else ZEROS_PATHS[native.isa() == "avx512"] \
-            if zeros.get(name, 0) >= ZEROS_WORTH_TIMING else ()
+        conv.alternatives = ("sparse",) if _sparse_candidate(conv) else ("kernel",) if conv.every_pixel \
+            else ZEROS_PATHS[native.isa() == "avx512"] if zeros.get(name, 0) >= ZEROS_WORTH_TIMING else ()
         if conv.alternatives:
             candidates[name] = conv
     pairs = _hand_over_pairs(gm)
@@ -316,11 +317,13 @@ def _note(layers: list[LayerChoice]) -> str:
     """One line on what the compiled convs do; warns where there is nothing sparse to run."""
     masked = [c for c in layers if c.sparsity is not None]
     on_zeros = sum(c.path.startswith("zeros") for c in layers)
-    zeros_note = f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else ""
+    on_kernel = sum(c.path == "kernel" for c in layers)
+    zeros_note = (f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else "") \
+        + (f"; {on_kernel} depthwise convs run actzip's kernel" if on_kernel else "")
     if masked:
         sparse = sum(c.path == "sparse" for c in layers)
         return f"{sparse} of {len(masked)} masked convs run sparse ({len(layers)} convs in all){zeros_note}"
-    note = "no pixel masks in this model: the convs run dense (BatchNorm folded, activations fused)"
+    note = "no pixel masks in this model: BatchNorm folded, activations fused"
     if not zeros_note:
         warnings.warn(note, ActzipWarning, stacklevel=3)
     return note + zeros_note
@@ -407,8 +410,8 @@ def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: d
     if ms is not None:  # timed against its other path
         other = min(conv.alternatives, key=ms.__getitem__)
         dense_ms, other_ms = ms["dense"], ms[other]
-        what = "sparse" if other == "sparse" else f"skipping {100 * zeros:.0f} % zeros" \
-            + (" pixel by pixel" if other == "zeros-pixel" else "")
+        what = {"sparse": "sparse", "kernel": "actzip's kernel on every pixel"}.get(other) \
+            or f"skipping {100 * zeros:.0f} % zeros" + (" pixel by pixel" if other == "zeros-pixel" else "")
         if other_ms < dense_ms:
             return choice(other, f"{what}: measured {dense_ms / other_ms:.2f}x faster", dense_ms, other_ms)
         return choice("dense", f"{what} measured {dense_ms / other_ms:.2f}x", dense_ms, other_ms)

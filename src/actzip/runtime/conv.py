@@ -26,7 +26,8 @@ Two more paths serve unstructured zeros in the input of an unmasked 1x1 conv (th
 MobileNet's and EfficientNet's project convs, after a ReLU), with the compiled kernel of `native.py`:
 "zeros" skips the input channels that are zero in every pixel of a small tile (best where
 neighbouring pixels share their zeros, and with large weights), "zeros-pixel" each pixel's own zero
-channels (best where zeros are independent; AVX-512 only).
+channels (best where zeros are independent; AVX-512 only). And an unmasked depthwise conv may run
+"kernel": the kept-pixel depthwise kernel with every pixel kept.
 """
 
 from __future__ import annotations
@@ -117,9 +118,20 @@ class CompiledConv2d(nn.Module):
         self.pad_buffer: torch.Tensor | None = None  # the zero-bordered input of an asymmetric pad
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
         self.passes_input = False  # set by compile: its depthwise consumer runs it (`fuse_producer`)
-        if self.masked:
-            self._set_mask(mask, conv.masked_value.reshape(-1))
+        # an unmasked depthwise conv may run actzip's kernel on every pixel ("kernel"): oneDNN's
+        # stride-2 depthwise convs measured 1.3-2x slower than it on AMD Zen 5
+        self.every_pixel = (not self.masked and not residual and native.available()
+                            and self.groups == self.in_channels == self.out_channels)
+        if self.masked or self.every_pixel:
+            keep = mask if self.masked else torch.ones(self.output_hw)
+            self._set_mask(keep, conv.masked_value.reshape(-1) if self.masked else torch.zeros(self.out_channels))
             self._prepare_sparse(weight, bias)
+
+    def paths(self) -> tuple[str, ...]:
+        """The paths this conv can run here (see the module doc)."""
+        return (("dense",) + (("sparse",) if self.masked and self.sparse_capable else ())
+                + (("kernel",) if self.every_pixel else ())
+                + (("zeros", "zeros-pixel") if self.zeros_capable else ()))
 
     def _set_mask(self, mask: torch.Tensor, value: torch.Tensor) -> None:
         """The kept and masked output pixels, and the masked pixels' value after the activation."""
@@ -510,7 +522,7 @@ class CompiledConv2d(nn.Module):
             x = x.contiguous(memory_format=CHANNELS_LAST)
         if self.path in ("zeros", "zeros-pixel"):
             return self.zeros(x, identity)
-        return self.sparse(x, identity) if self.path == "sparse" else self.dense(x, identity)
+        return self.sparse(x, identity) if self.path in ("sparse", "kernel") else self.dense(x, identity)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -181,7 +181,9 @@ def _module(spec: dict, state: dict, workspace: Workspace) -> nn.Module:
         conv = MaskedConv2d(base, state["weight"], state["bias"], mask, value)
         fast = CompiledConv2d(conv, tuple(spec["bounds"]) if spec["bounds"] else None, tuple(spec["input_shape"]),
                               workspace, spec["residual"])
-        fast.path, fast.feeds_kept_only = spec["path"], spec["feeds_kept_only"]
+        # a path this machine cannot run (saved where the compiled kernels were built) runs dense
+        fast.path = spec["path"] if spec["path"] in fast.paths() else "dense"
+        fast.feeds_kept_only = spec["feeds_kept_only"]
         return fast
     if spec["kind"] not in MODULES:
         raise ActzipError(f"a saved graph holds a {spec['kind']!r}, which actzip does not load")
