@@ -47,7 +47,7 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
         warnings.simplefilter("ignore")
         r = benchmark_runtime(net, example, sparsity, rounds=rounds)
     layers = r["compile"]["layers"]
-    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel")}
+    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel", "kernel")}
     del r["compile"]["layers"]
     return r
 
@@ -115,7 +115,7 @@ def summary(r: dict) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| kind | model | batch | threads | s | onnxruntime ms | actzip graph ms | graph vs onnxruntime | "
-             "compiled: engine, vs onnxruntime | convs sparse / zeros |",
+             "compiled: engine, vs onnxruntime | convs sparse / zeros / kernel |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ms = r["ms"]
@@ -124,7 +124,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['kind']} | {r['model']} | {r['batch']} | {r['threads']} | {r['sparsity']:.2f} | "
                      f"{ort:.1f} | {graph:.1f} | {ort / graph:.2f}x | {r.get('engine', 'actzip')}, "
                      f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | "
-                     f"{r['paths']['sparse']} / {r['paths']['zeros'] + r['paths'].get('zeros-pixel', 0)} |")
+                     f"{r['paths']['sparse']} / {r['paths']['zeros'] + r['paths'].get('zeros-pixel', 0)} / "
+                     f"{r['paths'].get('kernel', 0)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -140,9 +140,10 @@ def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
         raise ValueError("sparse_conv1x1: shapes do not match")
     if residual is not None and residual.shape != out.shape:
         raise ValueError("sparse_conv1x1: the residual must have the output's shape")
-    job = Job(kernel=5 if by_pixel else 0, isa=ISAS.index(isa()), rows=p, list_ints=lists_size(TILE, cin), cin=cin, cout=cout,
-              ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
-              residual=residual.data_ptr() if residual is not None else None, lists=lists.data_ptr(), lo=lo, hi=hi)
+    job = Job(kernel=5 if by_pixel else 0, isa=ISAS.index(isa()), rows=p, list_ints=lists_size(TILE, cin), cin=cin,
+              cout=cout, ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(),
+              y=out.data_ptr(), residual=residual.data_ptr() if residual is not None else None,
+              lists=lists.data_ptr(), lo=lo, hi=hi)
     run_job(job, p * cin * cout)
     return out
 
