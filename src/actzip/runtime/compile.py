@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ActzipError, ActzipWarning
-from .conv import CHANNELS_LAST, CompiledConv2d, Workspace
+from .conv import CHANNELS_LAST, ZEROS_PATHS, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
 from . import native, onnx
 from .memory import hold_freed_memory
@@ -47,8 +47,6 @@ IDLE_GAP = 0.05  # seconds between engines timed in turns: idle worker threads s
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.
 ZEROS_WORTH_TIMING = 0.3
-# The kernels that skip zeros, by whether this CPU runs the pixel-by-pixel one (AVX-512 only)
-ZEROS_PATHS = {False: ("zeros",), True: ("zeros", "zeros-pixel")}
 
 
 @dataclass
@@ -224,7 +222,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     candidates = {}
     for name, conv in compiled.items():
         conv.alternatives = ("sparse",) if _sparse_candidate(conv) else ("kernel",) if conv.every_pixel \
-            else ZEROS_PATHS[native.isa() == "avx512"] if zeros.get(name, 0) >= ZEROS_WORTH_TIMING else ()
+            else _zeros_paths() if zeros.get(name, 0) >= ZEROS_WORTH_TIMING else ()
         if conv.alternatives:
             candidates[name] = conv
     pairs = _hand_over_pairs(gm)
@@ -386,6 +384,11 @@ def _chains(pairs: list[tuple[str, str]], names: set[str]) -> dict[str, list[str
                 for name in (joined := first + second):
                     chain_of[name] = joined
     return chain_of
+
+
+def _zeros_paths() -> tuple[str, ...]:
+    """The zeros kernels worth timing here: the pixel-by-pixel one runs the tiles without AVX-512."""
+    return ZEROS_PATHS if native.isa() == "avx512" else ZEROS_PATHS[:1]
 
 
 def _sparse_candidate(conv: CompiledConv2d) -> bool:

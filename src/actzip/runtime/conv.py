@@ -40,6 +40,7 @@ from .fold import MaskedConv2d
 from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
+ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
 DEPTHWISE_BAND = 32  # depthwise kept pixels per band of a fused producer (`native.producer_depthwise`)
 _pointwise = torch.ops.mkldnn._convolution_pointwise
 _reorder = torch.ops.mkldnn._reorder_convolution_weight
@@ -131,7 +132,7 @@ class CompiledConv2d(nn.Module):
         """The paths this conv can run here (see the module doc)."""
         return (("dense",) + (("sparse",) if self.masked and self.sparse_capable else ())
                 + (("kernel",) if self.every_pixel else ())
-                + (("zeros", "zeros-pixel") if self.zeros_capable else ()))
+                + (ZEROS_PATHS if self.zeros_capable else ()))
 
     def _set_mask(self, mask: torch.Tensor, value: torch.Tensor) -> None:
         """The kept and masked output pixels, and the masked pixels' value after the activation."""
@@ -520,7 +521,7 @@ class CompiledConv2d(nn.Module):
             return self.sparse(x, identity)
         if not x.is_contiguous(memory_format=CHANNELS_LAST):
             x = x.contiguous(memory_format=CHANNELS_LAST)
-        if self.path in ("zeros", "zeros-pixel"):
+        if self.path in ZEROS_PATHS:
             return self.zeros(x, identity)
         return self.sparse(x, identity) if self.path in ("sparse", "kernel") else self.dense(x, identity)
 
