@@ -21,10 +21,10 @@ turns.
 Ratio: raw b-bit size over coded size, summed over streams. Speed: MB/s of raw b-bit data over the
 CPU time of the process, one thread each (the peers are asked for one, actzip's codecs set to one;
 a coder that still ran more would be charged for all of them), median over repeats (JPEG-XL
-effort 9 once: it is slow), and as a ratio of plain zstd -3's speed in the same run. The scaling
+effort 9 once: it is slow), each stream by every coder in turn, and as a ratio of plain zstd -3's speed in the same run. The scaling
 section gives ctxrans's wall-clock speed on two threads.
 
-    python benchmarks/codec_peers.py [--images 6] [--repeats 2] [--ceilings 5e-5 1e-4 ... 2e-2]
+    python benchmarks/codec_peers.py [--images 6] [--repeats 3] [--ceilings 5e-5 1e-4 ... 2e-2]
     python benchmarks/codec_peers.py --lossy-only | --scaling-only   # one part again, into the JSON
     python benchmarks/codec_peers.py --table   # docs/results/codec_peers.md from the JSON
 """
@@ -139,27 +139,41 @@ def measure(streams: list[np.ndarray], bits: int, repeats: int) -> list[dict]:
 
 def _measure(streams: list[np.ndarray], bits: int, repeats: int) -> list[dict]:
     raw = sum(s.size for s in streams) * bits / 8
-    rows = []
-    for name, (encode, decode) in coders(bits).items():
-        image = name.startswith(("JPEG", "WebP"))
-        enc_t, dec_t = [], []
-        for rep in range(1 if "e9" in name else repeats):
-            size, enc, dec = 0, 0.0, 0.0
-            for s in streams:
+    runs = coders(bits)
+    sizes = dict.fromkeys(runs, 0)
+    enc_t, dec_t = ({name: [0.0] * repeats for name in runs} for _ in range(2))
+    # each stream by every coder in turn: on this shared machine a coder's speed swings 2x within
+    # seconds, and turns this short let every coder meet the same spells
+    for rep in range(repeats):
+        for s in streams:
+            for name, (encode, decode) in runs.items():
+                if rep and "e9" in name:
+                    continue
                 blob, t = _timed(encode, s)
                 back, u = _timed(decode, blob, s)
-                if rep == 0 and not np.array_equal(np.asarray(back).reshape(-1), (tiled(s, bits) if image else s).reshape(-1)):
-                    raise SystemExit(f"{name} did not round-trip a {bits}-bit stream")
-                size, enc, dec = size + len(blob), enc + t, dec + u
-            enc_t.append(enc)
-            dec_t.append(dec)
-        rows.append({"codec": name, "ratio": raw / size, "encode_MBps": raw / 1e6 / statistics.median(enc_t),
-                     "decode_MBps": raw / 1e6 / statistics.median(dec_t)})
+                if rep == 0:
+                    _check(name, back, s, bits)
+                    sizes[name] += len(blob)
+                enc_t[name][rep] += t
+                dec_t[name][rep] += u
+    rows = []
+    for name in runs:
+        done = slice(0, 1 if "e9" in name else repeats)
+        rows.append({"codec": name, "ratio": raw / sizes[name],
+                     "encode_MBps": raw / 1e6 / statistics.median(enc_t[name][done]),
+                     "decode_MBps": raw / 1e6 / statistics.median(dec_t[name][done])})
     zstd = next(r for r in rows if r["codec"] == "zstd -3")
     for r in rows:
         r["encode_vs_zstd3"] = r["encode_MBps"] / zstd["encode_MBps"]
         r["decode_vs_zstd3"] = r["decode_MBps"] / zstd["decode_MBps"]
     return rows
+
+
+def _check(name: str, back, s: np.ndarray, bits: int) -> None:
+    """That the coder gave the stream back exactly (the image coders its tiled image)."""
+    want = tiled(s, bits) if name.startswith(("JPEG", "WebP")) else s
+    if not np.array_equal(np.asarray(back).reshape(-1), want.reshape(-1)):
+        raise SystemExit(f"{name} did not round-trip a {bits}-bit stream")
 
 
 def untiled(image: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -327,7 +341,7 @@ def lossy_tables(rows: list[dict]) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6, help="photos of each set (the held-out set has 6)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ceilings", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2])
     ap.add_argument("--table", action="store_true", help="only write docs/results/codec_peers.md from the JSON")
     ap.add_argument("--lossy-only", action="store_true", help="measure the lossy part again into the JSON")

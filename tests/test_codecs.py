@@ -235,9 +235,11 @@ def _chunky(seed: int, shape: tuple, dtype, bits: int, zeros: float) -> np.ndarr
     return x.clip(lo, hi).astype(dtype)
 
 
-CHUNKY_SHAPES = [(3, 9, 100, 121),  # 40 chunks of 2^13, the last short: three groups of 16 lanes
-                 (1, 1, 130, 2**14 + 5),  # rows longer than a chunk: no upper neighbours
-                 (40_000,), (5, 1, 1, 9000), (2, 1, 300, 1), (1, 3, 2**14, 1)]
+CHUNKY_SHAPES = [(3, 9, 100, 121),  # 32 chunks, the last short: two full groups of 16 lanes
+                 (1, 1, 130, 2**14 + 5),  # rows longer than a chunk: no upper neighbours; 160 chunks
+                 (40_000,),  # 20 chunks: a second group of 4 lanes
+                 (32_773,),  # 17 chunks: a second group of one chunk of 5 values, the first goes on alone
+                 (5, 1, 1, 9000), (2, 1, 300, 1), (1, 3, 2**14, 1)]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -261,6 +263,24 @@ def test_ctxrans_compiled_and_numba_coders_agree_to_the_bit(seed, shape, dtype, 
             assert c.encode(a) == reference
             out = c.decode(reference)
             assert out.dtype == a.dtype and np.array_equal(out, a.ravel())
+
+
+@pytest.mark.parametrize("path", CTXRANS_PATHS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16])
+@pytest.mark.parametrize("shape", [(32_773,), (40_000,), (2, 9, 100, 121), (1, 1, 130, 2**14 + 5)])
+def test_ctxrans_decodes_two_groups_of_lanes_in_turns(path, dtype, shape):
+    """The AVX-512 decoder steps two groups of chunks in turns: a second group of one short chunk,
+    of a few lanes, of full lanes, and groups left over after the pairs all decode exactly."""
+    with pytest.MonkeyPatch.context() as mp:
+        _use_ctxrans(mp, path)
+        a = _chunky(3, shape, dtype, 8 if dtype == np.uint8 else 12, 0.6)
+        c = codecs.get("ctxrans", bits=8 if dtype == np.uint8 else 12)
+        before = codecs.threads()
+        try:
+            codecs.set_threads(1)
+            assert np.array_equal(c.decode(c.encode(a)), a.ravel())
+        finally:
+            codecs.set_threads(before)
 
 
 @pytest.mark.parametrize("path", CTXRANS_PATHS)

@@ -9,8 +9,8 @@ are coded in independent chunks of at most 2^14 values, in parallel. That keeps 
 `ctx`'s adaptive binary model finds (zero runs, smooth magnitudes) at several times its speed.
 
 The coder is compiled (kernels.c, through `native`): the encoder's two passes run a whole run of
-chunks per call, and the decoder advances 16 chunks side by side, one per AVX-512 lane (portable
-C elsewhere); the numba loops below are the fallback where the install had no C compiler, and
+chunks per call, and the decoder advances 16 chunks side by side, one per AVX-512 lane, two such
+groups in turns (portable C elsewhere); the numba loops below are the fallback where the install had no C compiler, and
 write and read the same streams.
 
 Stream: the header, a mode byte, then either the values packed raw (when coding would not
@@ -58,6 +58,7 @@ RAW, CODED_64K, CODED, SIZED = 0, 1, 2, 3
 CHUNK_VALUES = {CODED_64K: 1 << 16, CODED: 1 << 14}
 LANES_WANTED, LONGEST, SHORTEST = 32, 1 << 14, 1 << 11
 MAX_CHUNK = 1 << 16  # the most a SIZED stream may name: bounds the decoders' padding
+TABLE_PAD = 16  # slots the C decoder's table builder may write past the table (kernels.c)
 _WORD, _U16, _U32, _BYTE = np.uint64(0xFFFF), np.uint64(16), np.uint64(32), np.uint64(0xFF)
 
 
@@ -405,14 +406,14 @@ def decode_native(buf: bytes, pos: int, chunk: int, h, width: int, height: int, 
     shares = [(g[0], min(g[-1] + lanes, count) - g[0])
               for g in np.array_split(groups, min(len(groups), threads()))]
     freq = np.ascontiguousarray(freq, np.int64)
-    table = np.empty((CONTEXTS, ans.M), np.uint32)
+    table = np.empty(CONTEXTS * ans.M + TABLE_PAD, np.uint32)
     lib.actzip_ctxrans_table(freq.ctypes.data, CONTEXTS, freq.shape[1], table.ctypes.data)
     used, info = (freq.sum(1) > 0).astype(np.uint8), symbol_info(h.bits)
     isa = native.isa() if data.size < 1 << 31 else 0  # the AVX-512 path addresses the stream by 32-bit offsets
 
     def run(share):
         first, count = share
-        rings = np.zeros(lanes * ring, np.uint8)
+        rings = np.empty(2 * lanes * ring, np.uint8)  # two groups' rings, for the AVX-512 decoder
         model = native.Model(table.ctypes.data, used.ctypes.data, info.ctypes.data, rings.ctypes.data, data.ctypes.data,
                              width, height, ring, out.itemsize, int(h.dtype.kind == "i"), h.bits)
         return lib.actzip_ctxrans_decode(ctypes.byref(chunks, int(first) * ctypes.sizeof(native.Chunk)), int(count),

@@ -38,7 +38,7 @@ typedef struct {
     const uint32_t *table;  /* (CLASSES^2, 2^PROB_BITS): symbol | freq << 8 | offset << 20 */
     const uint8_t *used;    /* per context: whether its row of the table is used */
     const uint64_t *symbol; /* per symbol: base value | raw bit count << 32 | class << 40 */
-    uint8_t *rings;         /* LANES rings of ring_size class bytes, zeroed by the caller */
+    uint8_t *rings;         /* 2 x LANES rings of ring_size class bytes (zeroed per group here) */
     const uint8_t *base;    /* every chunk's buffers lie within 2^31 bytes from here (AVX-512 path) */
     int64_t width, height, ring_size, value_bytes, is_signed, bits;
 } Model;
@@ -133,165 +133,240 @@ static int decode_group(const Chunk *c, int count, const Model *m) {
     return failed;
 }
 
-/* The AVX-512 decoder: lane l of every vector is chunk l of the group, each step decodes one value
-   of every chunk. Gathers fetch the table entries, the renormalisation words and the raw bits
-   (by offsets from the model's base: every chunk lies in one copy of the stream); a symbol's class, raw bit count and
-   base value are computed, not looked up; the classes go to a ring of rows (LANES bytes per
-   position, so the upper neighbours of all lanes are one load). Values are staged in a tile of
-   TILE_STEPS x LANES and copied out to their chunks when it fills. A lane past its chunk's end
-   keeps its state (`live`), so one group may hold a shorter last chunk. */
-typedef struct {
-    __m512i state, other, x, y, bp, bad, left;
-    __m512i words, raw; /* byte offsets from the model's base */
-} Vectors;
+/* The AVX-512 decoder: lane l of a group's vectors is chunk l of the group, and each step decodes one
+   value of every chunk. Gathers fetch the table entries, the renormalisation words and the raw bits
+   (by offsets from the model's base: every chunk lies in one copy of the stream); a symbol's class,
+   raw bit count and base value are computed, not looked up; the classes go to a ring of rows (LANES
+   bytes per position, so the upper neighbours of all lanes are one load). A lane past its chunk's
+   end keeps its state (`live`), so a group may hold a shorter last chunk.
 
-__attribute__((target("avx512f,avx512bw"))) static void flush_tile(const Chunk *c, int count, const uint8_t *tile,
-                                                                    int64_t first, int64_t steps, int bytes) {
-    for (int l = 0; l < count; l++) {
-        int64_t end = c[l].n - first < steps ? c[l].n - first : steps;
-        if (bytes == 1)
-            for (int64_t j = 0; j < end; j++) ((uint8_t *)c[l].out)[first + j] = tile[j * LANES + l];
-        else
-            for (int64_t j = 0; j < end; j++)
-                ((uint16_t *)c[l].out)[first + j] = ((const uint16_t *)tile)[j * LANES + l];
+   A group's steps form a chain through the table gather: a value's context needs its left
+   neighbour's class, which comes from the entry the step before gathered, and the table (several
+   hundred KB) lives in L2. So two groups are stepped in turns: one's gathers are in flight while
+   the other's wait. Values are staged in a tile of TILE_STEPS x LANES per group and go out to their
+   chunks when it fills (bytes by a transpose in registers). */
+typedef struct {
+    __m512i state, other, x, y, bp, bad, left, n, raw_limit;
+    __m512i words, raw; /* byte offsets from the model's base */
+    const Chunk *c;
+    uint8_t *rings, *tile;
+    int64_t row, longest;
+    __mmask16 has_rows;
+    int count;
+} Group;
+
+/* Where step t of a tile of bytes goes: the 16 steps of a block of 16 share one 64-byte row, a block
+   per 128-bit lane, so that flush_bytes transposes four 16 x 16 blocks at once. */
+static inline int64_t tile_row(int64_t t) { return ((t & 15) * 4 + (t >> 4)) * LANES; }
+
+/* A tile of bytes (tile_row's order) out to the group's chunks, steps first .. first + steps - 1:
+   four rounds of unpacks transpose each 16 x 16 block in its 128-bit lane, which leaves chunk
+   bit-reverse(j) in register j, its 64 values in order. */
+__attribute__((target("avx512f,avx512bw"))) static void flush_bytes(const Chunk *c, int count, const uint8_t *tile,
+                                                                     int64_t first, int64_t steps) {
+    __m512i r[16], t[16];
+    for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_si512(tile + 64 * k);
+    for (int i = 0; i < 8; i++) {
+        t[i] = _mm512_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+        t[i + 8] = _mm512_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
+        r[i + 8] = _mm512_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
+    }
+    for (int i = 0; i < 8; i++) {
+        t[i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[i + 8] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]);
+        r[i + 8] = _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]);
+    }
+    for (int j = 0; j < 16; j++) {
+        int l = (j & 1) << 3 | (j & 2) << 1 | (j & 4) >> 1 | (j & 8) >> 3;
+        int64_t end = l < count ? (c[l].n - first < steps ? c[l].n - first : steps) : 0;
+        uint8_t *out = (uint8_t *)c[l < count ? l : 0].out + first;
+        if (end == TILE_STEPS)
+            _mm512_storeu_si512(out, r[j]);
+        else if (end > 0)
+            _mm512_mask_storeu_epi8(out, (__mmask64)((1ull << end) - 1), r[j]);
     }
 }
 
-__attribute__((target("avx512f,avx512bw"))) static void start_vectors(Vectors *v, const Chunk *c, int count,
-                                                                       const uint8_t *base, __m512i *n) {
-    uint32_t st[LANES], ot[LANES], x[LANES], y[LANES], len[LANES], bad[LANES], wp[LANES], rp[LANES];
+__attribute__((target("avx512f,avx512bw"))) static void flush_words(const Chunk *c, int count, const uint8_t *tile,
+                                                                     int64_t first, int64_t steps) {
+    for (int l = 0; l < count; l++) {
+        int64_t end = c[l].n - first < steps ? c[l].n - first : steps;
+        for (int64_t j = 0; j < end; j++) ((uint16_t *)c[l].out)[first + j] = ((const uint16_t *)tile)[j * LANES + l];
+    }
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void start_group(Group *g, const Chunk *c, int count,
+                                                                     const Model *m, uint8_t *rings, uint8_t *tile) {
+    uint32_t st[LANES], ot[LANES], x[LANES], y[LANES], len[LANES], bad[LANES], wp[LANES], rp[LANES], lim[LANES];
+    g->longest = 0;
     for (int l = 0; l < LANES; l++) { /* a lane with no chunk starts in the final states, reads nothing */
         st[l] = l < count ? word_at(c[l].words, 0) << 16 | word_at(c[l].words, 1) : STATE_LOW;
         ot[l] = l < count ? word_at(c[l].words, 2) << 16 | word_at(c[l].words, 3) : STATE_LOW;
         bad[l] = l < count && (c[l].n_words < 4 || st[l] < STATE_LOW || ot[l] < STATE_LOW || st[l] >= 1u << 31 ||
                                ot[l] >= 1u << 31);
-        wp[l] = l < count ? (uint32_t)(c[l].words + 8 - base) : 0;
-        rp[l] = l < count ? (uint32_t)(c[l].raw - base) : 0;
+        wp[l] = l < count ? (uint32_t)(c[l].words + 8 - m->base) : 0;
+        rp[l] = l < count ? (uint32_t)(c[l].raw - m->base) : 0;
         x[l] = l < count ? (uint32_t)c[l].x0 : 0;
         y[l] = l < count ? (uint32_t)c[l].y0 : 0;
         len[l] = l < count ? (uint32_t)c[l].n : 0;
+        lim[l] = l < count ? (uint32_t)c[l].raw_bits : 0;
+        if (l < count && c[l].n > g->longest) g->longest = c[l].n;
     }
-    v->state = _mm512_loadu_si512(st);
-    v->other = _mm512_loadu_si512(ot);
-    v->x = _mm512_loadu_si512(x);
-    v->y = _mm512_loadu_si512(y);
-    v->bad = _mm512_loadu_si512(bad);
-    v->bp = _mm512_setzero_si512();
-    v->left = _mm512_setzero_si512();
-    v->words = _mm512_loadu_si512(wp);
-    v->raw = _mm512_loadu_si512(rp);
-    *n = _mm512_loadu_si512(len);
+    g->state = _mm512_loadu_si512(st);
+    g->other = _mm512_loadu_si512(ot);
+    g->x = _mm512_loadu_si512(x);
+    g->y = _mm512_loadu_si512(y);
+    g->bad = _mm512_loadu_si512(bad);
+    g->bp = _mm512_setzero_si512();
+    g->left = _mm512_setzero_si512();
+    g->words = _mm512_loadu_si512(wp);
+    g->raw = _mm512_loadu_si512(rp);
+    g->n = _mm512_loadu_si512(len);
+    g->raw_limit = _mm512_loadu_si512(lim);
+    g->c = c;
+    g->count = count;
+    g->rings = rings;
+    g->tile = tile;
+    /* a chunk shorter than a row has no upper neighbours (as the encoder had it) */
+    g->row = m->width <= g->longest ? m->width : 0;
+    g->has_rows = g->row ? _mm512_cmpge_epi32_mask(g->n, _mm512_set1_epi32((int)m->width)) : 0;
+    memset(rings, 0, (size_t)(LANES * m->ring_size));
 }
 
 /* How many lanes failed their end checks: every word and raw bit used, the initial states back. */
-__attribute__((target("avx512f,avx512bw"))) static int finished_vectors(const Vectors *v, const Chunk *c,
-                                                                         int count, const uint8_t *base) {
+__attribute__((target("avx512f,avx512bw"))) static int finished_group(const Group *g, const Model *m) {
     uint32_t st[LANES], ot[LANES], bp[LANES], bad[LANES], wp[LANES];
-    _mm512_storeu_si512(st, v->state);
-    _mm512_storeu_si512(ot, v->other);
-    _mm512_storeu_si512(bp, v->bp);
-    _mm512_storeu_si512(bad, v->bad);
-    _mm512_storeu_si512(wp, v->words);
+    _mm512_storeu_si512(st, g->state);
+    _mm512_storeu_si512(ot, g->other);
+    _mm512_storeu_si512(bp, g->bp);
+    _mm512_storeu_si512(bad, g->bad);
+    _mm512_storeu_si512(wp, g->words);
     int failed = 0;
-    for (int l = 0; l < count; l++)
-        failed += bad[l] || wp[l] != (uint64_t)(c[l].words + 2 * c[l].n_words - base) || bp[l] != c[l].raw_bits ||
+    for (int l = 0; l < g->count; l++) {
+        const Chunk *c = &g->c[l];
+        failed += bad[l] || wp[l] != (uint64_t)(c->words + 2 * c->n_words - m->base) || bp[l] != c->raw_bits ||
                   st[l] != STATE_LOW || ot[l] != STATE_LOW;
+    }
     return failed;
 }
 
-__attribute__((target("avx512f,avx512bw"))) static int decode_group_avx512(const Chunk *c, int count,
-                                                                            const Model *m) {
+/* Step i of every chunk of the group. */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void step_group(Group *g, const Model *m,
+                                                                                       int64_t i) {
     const __m512i one = _mm512_set1_epi32(1), low = _mm512_set1_epi32(STATE_LOW);
-    const __m512i prob_mask = _mm512_set1_epi32(PROB_MASK), byte = _mm512_set1_epi32(0xFF);
     const __m512i width = _mm512_set1_epi32((int)m->width), height = _mm512_set1_epi32((int)m->height);
     const __m512i swap = _mm512_set_epi8(12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9,
                                          10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0,
                                          1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3);
-    uint32_t lim[LANES];
-    int64_t longest = 0;
-    for (int l = 0; l < LANES; l++) {
-        lim[l] = l < count ? (uint32_t)c[l].raw_bits : 0;
-        if (l < count && c[l].n > longest) longest = c[l].n;
-    }
-    const __m512i raw_limit = _mm512_loadu_si512(lim);
-    Vectors v;
-    __m512i n;
-    start_vectors(&v, c, count, m->base, &n);
-    /* a chunk shorter than a row has no upper neighbours (as the encoder had it) */
-    const int64_t row = m->width <= longest ? m->width : 0;
-    __mmask16 has_rows = row ? _mm512_cmpge_epi32_mask(n, width) : 0;
     const int64_t mask = m->ring_size - 1;
-    const int wide = m->bits > 8;
-    uint8_t tile[TILE_STEPS * LANES * 2];
-    for (int64_t i = 0; i < longest; i++) {
-        __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32((int)i), n);
-        __m512i up = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(m->rings + ((i - row) & mask) * LANES)));
-        up = _mm512_maskz_mov_epi32(has_rows & _mm512_cmpgt_epi32_mask(v.y, _mm512_setzero_si512()), up);
-        __m512i left = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(v.x, _mm512_setzero_si512()), v.left);
-        __m512i ctx = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(left, 3), left), up);
-        __m512i slot = _mm512_or_si512(_mm512_slli_epi32(ctx, PROB_BITS), _mm512_and_si512(v.state, prob_mask));
-        __m512i e = _mm512_i32gather_epi32(slot, (const void *)m->table, 4);
-        __m512i freq = _mm512_and_si512(_mm512_srli_epi32(e, 8), _mm512_set1_epi32(0xFFF));
-        v.bad = _mm512_mask_mov_epi32(v.bad, live & _mm512_cmpeq_epi32_mask(freq, _mm512_setzero_si512()), one);
-        __m512i next = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(v.state, PROB_BITS)),
-                                        _mm512_srli_epi32(e, 20));
-        __mmask16 need = _mm512_cmplt_epu32_mask(next, low) & live;
-        __m512i word = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), need, v.words, (const void *)m->base, 1);
-        next = _mm512_mask_or_epi32(next, need, _mm512_slli_epi32(next, 16),
-                                    _mm512_and_si512(word, _mm512_set1_epi32(0xFFFF)));
-        v.words = _mm512_mask_add_epi32(v.words, need, v.words, _mm512_set1_epi32(2));
-        v.state = _mm512_mask_mov_epi32(v.state, live, v.other);
-        v.other = _mm512_mask_mov_epi32(v.other, live, next);
-        /* the symbol (length << 2 | top) as ctxrans.symbol_tables has it */
-        __m512i sym = _mm512_and_si512(e, byte);
-        __m512i length = _mm512_srli_epi32(sym, 2), top = _mm512_and_si512(sym, _mm512_set1_epi32(3));
-        __m512i mm = _mm512_max_epi32(_mm512_sub_epi32(length, one), _mm512_setzero_si512());
-        __m512i r = _mm512_sub_epi32(mm, _mm512_min_epi32(mm, _mm512_set1_epi32(2)));
-        __m512i base = _mm512_maskz_or_epi32(_mm512_cmpgt_epi32_mask(length, _mm512_setzero_si512()),
-                                             _mm512_sllv_epi32(one, mm), _mm512_sllv_epi32(top, r));
-        __m512i cls = wide ? _mm512_srli_epi32(_mm512_add_epi32(length, one), 1) : length;
-        cls = _mm512_min_epi32(cls, _mm512_set1_epi32(CLASSES - 1));
-        /* raw bits: 32 bits (MSB first) from the byte holding the lane's bit position, shifted past
-           the bits before it (at most 7: 25 remain, and r is at most 13), then their top r */
-        __m512i at = _mm512_add_epi32(v.raw, _mm512_srli_epi32(v.bp, 3));
-        __m512i window = _mm512_shuffle_epi8(_mm512_i32gather_epi32(at, (const void *)m->base, 1), swap);
-        window = _mm512_sllv_epi32(window, _mm512_and_si512(v.bp, _mm512_set1_epi32(7)));
-        __m512i raw = _mm512_srlv_epi32(_mm512_srli_epi32(window, 1), _mm512_sub_epi32(_mm512_set1_epi32(31), r));
-        __m512i value = _mm512_or_si512(base, raw);
-        __m512i bp = _mm512_add_epi32(v.bp, r);
-        v.bad = _mm512_mask_mov_epi32(v.bad, live & _mm512_cmpgt_epu32_mask(bp, raw_limit), one);
-        v.bp = _mm512_mask_mov_epi32(v.bp, live, _mm512_min_epu32(bp, raw_limit));
-        if (m->is_signed)
-            value = _mm512_xor_si512(_mm512_srli_epi32(value, 1),
-                                     _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_and_si512(value, one)));
-        int64_t t = i % TILE_STEPS;
+    __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32((int)i), g->n);
+    __m512i up = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g->rings + ((i - g->row) & mask) * LANES)));
+    up = _mm512_maskz_mov_epi32(g->has_rows & _mm512_cmpgt_epi32_mask(g->y, _mm512_setzero_si512()), up);
+    __m512i left = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(g->x, _mm512_setzero_si512()), g->left);
+    __m512i ctx = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(left, 3), left), up);
+    __m512i slot = _mm512_or_si512(_mm512_slli_epi32(ctx, PROB_BITS),
+                                   _mm512_and_si512(g->state, _mm512_set1_epi32(PROB_MASK)));
+    /* the next renormalisation word of every live lane, needed or not: its address does not wait
+       for the table entry, so this gather is off the chain */
+    __m512i word = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, g->words, (const void *)m->base, 1);
+    __m512i e = _mm512_i32gather_epi32(slot, (const void *)m->table, 4);
+    __m512i freq = _mm512_and_si512(_mm512_srli_epi32(e, 8), _mm512_set1_epi32(0xFFF));
+    g->bad = _mm512_mask_mov_epi32(g->bad, live & _mm512_cmpeq_epi32_mask(freq, _mm512_setzero_si512()), one);
+    __m512i next = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(g->state, PROB_BITS)),
+                                    _mm512_srli_epi32(e, 20));
+    __mmask16 need = _mm512_cmplt_epu32_mask(next, low) & live;
+    next = _mm512_mask_or_epi32(next, need, _mm512_slli_epi32(next, 16),
+                                _mm512_and_si512(word, _mm512_set1_epi32(0xFFFF)));
+    g->words = _mm512_mask_add_epi32(g->words, need, g->words, _mm512_set1_epi32(2));
+    g->state = _mm512_mask_mov_epi32(g->state, live, g->other);
+    g->other = _mm512_mask_mov_epi32(g->other, live, next);
+    /* the symbol (length << 2 | top) as ctxrans.symbol_tables has it */
+    __m512i sym = _mm512_and_si512(e, _mm512_set1_epi32(0xFF));
+    __m512i length = _mm512_srli_epi32(sym, 2), top = _mm512_and_si512(sym, _mm512_set1_epi32(3));
+    __m512i mm = _mm512_max_epi32(_mm512_sub_epi32(length, one), _mm512_setzero_si512());
+    __m512i r = _mm512_sub_epi32(mm, _mm512_min_epi32(mm, _mm512_set1_epi32(2)));
+    __m512i base = _mm512_maskz_or_epi32(_mm512_cmpgt_epi32_mask(length, _mm512_setzero_si512()),
+                                         _mm512_sllv_epi32(one, mm), _mm512_sllv_epi32(top, r));
+    __m512i cls = m->bits > 8 ? _mm512_srli_epi32(_mm512_add_epi32(length, one), 1) : length;
+    cls = _mm512_min_epi32(cls, _mm512_set1_epi32(CLASSES - 1));
+    /* raw bits: 32 bits (MSB first) from the byte holding the lane's bit position, shifted past
+       the bits before it (at most 7: 25 remain, and r is at most 13), then their top r */
+    __m512i at = _mm512_add_epi32(g->raw, _mm512_srli_epi32(g->bp, 3));
+    __m512i window = _mm512_shuffle_epi8(_mm512_i32gather_epi32(at, (const void *)m->base, 1), swap);
+    window = _mm512_sllv_epi32(window, _mm512_and_si512(g->bp, _mm512_set1_epi32(7)));
+    __m512i raw = _mm512_srlv_epi32(_mm512_srli_epi32(window, 1), _mm512_sub_epi32(_mm512_set1_epi32(31), r));
+    __m512i value = _mm512_or_si512(base, raw);
+    __m512i bp = _mm512_add_epi32(g->bp, r);
+    g->bad = _mm512_mask_mov_epi32(g->bad, live & _mm512_cmpgt_epu32_mask(bp, g->raw_limit), one);
+    g->bp = _mm512_mask_mov_epi32(g->bp, live, _mm512_min_epu32(bp, g->raw_limit));
+    if (m->is_signed)
+        value = _mm512_xor_si512(_mm512_srli_epi32(value, 1),
+                                 _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_and_si512(value, one)));
+    int64_t t = i % TILE_STEPS;
+    if (m->value_bytes == 1)
+        _mm_storeu_si128((__m128i *)(g->tile + tile_row(t)), _mm512_cvtepi32_epi8(value));
+    else
+        _mm256_storeu_si256((__m256i *)(g->tile + 2 * t * LANES), _mm512_cvtepi32_epi16(value));
+    _mm_storeu_si128((__m128i *)(g->rings + (i & mask) * LANES), _mm512_cvtepi32_epi8(cls));
+    g->left = cls;
+    __m512i xn = _mm512_add_epi32(g->x, one);
+    __mmask16 wrap = _mm512_cmpeq_epi32_mask(xn, width);
+    g->x = _mm512_mask_mov_epi32(g->x, live, _mm512_maskz_mov_epi32(~wrap, xn));
+    __m512i yn = _mm512_mask_add_epi32(g->y, wrap, g->y, one);
+    yn = _mm512_maskz_mov_epi32(~_mm512_cmpeq_epi32_mask(yn, height), yn);
+    g->y = _mm512_mask_mov_epi32(g->y, live, yn);
+    if (t == TILE_STEPS - 1 || i == g->longest - 1) {
         if (m->value_bytes == 1)
-            _mm_storeu_si128((__m128i *)(tile + t * LANES), _mm512_cvtepi32_epi8(value));
+            flush_bytes(g->c, g->count, g->tile, i - t, t + 1);
         else
-            _mm256_storeu_si256((__m256i *)(tile + 2 * t * LANES), _mm512_cvtepi32_epi16(value));
-        _mm_storeu_si128((__m128i *)(m->rings + (i & mask) * LANES), _mm512_cvtepi32_epi8(cls));
-        v.left = cls;
-        __m512i xn = _mm512_add_epi32(v.x, one);
-        __mmask16 wrap = _mm512_cmpeq_epi32_mask(xn, width);
-        v.x = _mm512_mask_mov_epi32(v.x, live, _mm512_maskz_mov_epi32(~wrap, xn));
-        __m512i yn = _mm512_mask_add_epi32(v.y, wrap, v.y, one);
-        yn = _mm512_maskz_mov_epi32(~_mm512_cmpeq_epi32_mask(yn, height), yn);
-        v.y = _mm512_mask_mov_epi32(v.y, live, yn);
-        if (t == TILE_STEPS - 1 || i == longest - 1) flush_tile(c, count, tile, i - t, t + 1, (int)m->value_bytes);
+            flush_words(g->c, g->count, g->tile, i - t, t + 1);
     }
-    return finished_vectors(&v, c, count, m->base);
+}
+
+/* Decodes `count` (1 .. 2 x LANES) chunks: up to LANES in group a, the rest in group b, both
+   stepped in turns as long as both have values; returns how many chunks failed their checks. */
+__attribute__((target("avx512f,avx512bw"))) static int decode_groups_avx512(const Chunk *c, int count,
+                                                                             const Model *m) {
+    uint8_t tile_a[TILE_STEPS * LANES * 2], tile_b[TILE_STEPS * LANES * 2];
+    Group a, b;
+    start_group(&a, c, count < LANES ? count : LANES, m, m->rings, tile_a);
+    if (count <= LANES) {
+        for (int64_t i = 0; i < a.longest; i++) step_group(&a, m, i);
+        return finished_group(&a, m);
+    }
+    start_group(&b, c + LANES, count - LANES, m, m->rings + LANES * m->ring_size, tile_b);
+    int64_t common = a.longest < b.longest ? a.longest : b.longest, i;
+    for (i = 0; i < common; i++) {
+        step_group(&a, m, i);
+        step_group(&b, m, i);
+    }
+    for (int64_t j = i; j < a.longest; j++) step_group(&a, m, j);
+    for (int64_t j = i; j < b.longest; j++) step_group(&b, m, j);
+    return finished_group(&a, m) + finished_group(&b, m);
 }
 
 /* The decoder's table from the frequencies (contexts x symbols, each used row summing to
    2^PROB_BITS, as ans.read_table checked): per slot of each context, its symbol | freq << 8 |
    (slot - the symbol's start) << 20 (ans.decoder_table, which numba runs where this is not built).
-   Unused rows are zeroed: the decoders take a zero frequency for an unused context. */
-void actzip_ctxrans_table(const int64_t *freq, int64_t contexts, int64_t symbols, uint32_t *table) {
+   Unused rows are zeroed: the decoders take a zero frequency for an unused context. A symbol's
+   slots are written 16 at a time, so the last may run up to 15 slots on: into slots written
+   after it, or past the table, which the caller pads by 16 slots (ctxrans.TABLE_PAD). */
+typedef uint32_t Slots __attribute__((vector_size(64)));
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void actzip_ctxrans_table(const int64_t *freq, int64_t contexts, int64_t symbols, uint32_t *table) {
+    const Slots ramp = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     for (int64_t r = 0; r < contexts; r++) {
         uint32_t *row = table + (r << PROB_BITS), start = 0;
         for (int64_t sym = 0; sym < symbols; sym++) {
-            uint32_t f = (uint32_t)freq[r * symbols + sym], entry = (uint32_t)sym | f << 8;
-            for (uint32_t o = 0; o < f; o++) row[start + o] = entry | o << 20;
+            uint32_t f = (uint32_t)freq[r * symbols + sym];
+            Slots entries = ((uint32_t)sym | f << 8) | ramp << 20;
+            for (uint32_t o = 0; o < f; o += 16, entries += 16u << 20) memcpy(row + start + o, &entries, sizeof entries);
             start += f;
         }
         if (start == 0) memset(row, 0, sizeof(uint32_t) << PROB_BITS);
@@ -337,11 +412,15 @@ int actzip_ctxrans_chunks(const uint8_t *buf, int64_t pos, int64_t len, int64_t 
 /* Decodes `count` chunks, LANES at a time, with AVX-512 (isa 2) or portable C (any other);
    returns the number that failed (0: all decoded). */
 int actzip_ctxrans_decode(const Chunk *chunks, int64_t count, const Model *m, int isa) {
-    int failed = 0;
-    for (int64_t g = 0; g < count; g += LANES) {
-        int in_group = count - g < LANES ? (int)(count - g) : LANES;
-        memset(m->rings, 0, (size_t)(LANES * m->ring_size));
-        failed += isa == 2 ? decode_group_avx512(chunks + g, in_group, m) : decode_group(chunks + g, in_group, m);
+    int failed = 0, step = isa == 2 ? 2 * LANES : LANES;
+    for (int64_t g = 0; g < count; g += step) {
+        int in_step = count - g < step ? (int)(count - g) : step;
+        if (isa == 2) {
+            failed += decode_groups_avx512(chunks + g, in_step, m);
+        } else {
+            memset(m->rings, 0, (size_t)(LANES * m->ring_size));
+            failed += decode_group(chunks + g, in_step, m);
+        }
     }
     return failed;
 }
