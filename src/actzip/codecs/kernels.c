@@ -166,22 +166,16 @@ __attribute__((target("avx512f,avx512bw"))) static void flush_bytes(const Chunk 
                                                                      int64_t first, int64_t steps) {
     __m512i r[16], t[16];
     for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_si512(tile + 64 * k);
-    for (int i = 0; i < 8; i++) {
-        t[i] = _mm512_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-        t[i + 8] = _mm512_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+#define INTERLEAVE(from, to, bits)                                                   \
+    for (int i = 0; i < 8; i++) {                                                    \
+        to[i] = _mm512_unpacklo_epi##bits(from[2 * i], from[2 * i + 1]);             \
+        to[i + 8] = _mm512_unpackhi_epi##bits(from[2 * i], from[2 * i + 1]);         \
     }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
-        r[i + 8] = _mm512_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
-    }
-    for (int i = 0; i < 8; i++) {
-        t[i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[i + 8] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]);
-        r[i + 8] = _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]);
-    }
+    INTERLEAVE(r, t, 8)
+    INTERLEAVE(t, r, 16)
+    INTERLEAVE(r, t, 32)
+    INTERLEAVE(t, r, 64)
+#undef INTERLEAVE
     for (int j = 0; j < 16; j++) {
         int l = (j & 1) << 3 | (j & 2) << 1 | (j & 4) >> 1 | (j & 8) >> 3;
         int64_t end = l < count ? (c[l].n - first < steps ? c[l].n - first : steps) : 0;
@@ -333,7 +327,7 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void st
    stepped in turns as long as both have values; returns how many chunks failed their checks. */
 __attribute__((target("avx512f,avx512bw"))) static int decode_groups_avx512(const Chunk *c, int count,
                                                                              const Model *m) {
-    uint8_t tile_a[TILE_STEPS * LANES * 2], tile_b[TILE_STEPS * LANES * 2];
+    uint8_t tile_a[TILE_STEPS * LANES * 2] = {0}, tile_b[TILE_STEPS * LANES * 2] = {0}; /* a last tile is read whole */
     Group a, b;
     start_group(&a, c, count < LANES ? count : LANES, m, m->rings, tile_a);
     if (count <= LANES) {
