@@ -20,9 +20,9 @@ Scaling: ctxrans's wall-clock speed on the held-out photos with 1 and 2 codec th
 turns.
 Ratio: raw b-bit size over coded size, summed over streams. Speed: MB/s of raw b-bit data over the
 CPU time of the process, one thread each (the peers are asked for one, actzip's codecs set to one;
-a coder that still ran more would be charged for all of them), median over repeats (JPEG-XL
-effort 9 once: it is slow), each stream by every coder in turn, and as a ratio of plain zstd -3's speed in the same run. The scaling
-section gives ctxrans's wall-clock speed on two threads.
+a coder that still ran more would be charged for all of them), each stream by every coder in turn,
+median over repeats (JPEG-XL effort 9 once: it is slow), and as a ratio of plain zstd -3's speed in
+the same run. The scaling section gives ctxrans's wall-clock speed on two threads.
 
     python benchmarks/codec_peers.py [--images 6] [--repeats 3] [--ceilings 5e-5 1e-4 ... 2e-2]
     python benchmarks/codec_peers.py --lossy-only | --scaling-only   # one part again, into the JSON

@@ -268,19 +268,19 @@ def test_ctxrans_compiled_and_numba_coders_agree_to_the_bit(seed, shape, dtype, 
 @pytest.mark.parametrize("path", CTXRANS_PATHS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16])
 @pytest.mark.parametrize("shape", [(32_773,), (40_000,), (2, 9, 100, 121), (1, 1, 130, 2**14 + 5)])
-def test_ctxrans_decodes_two_groups_of_lanes_in_turns(path, dtype, shape):
+def test_ctxrans_decodes_two_groups_of_lanes_in_turns(monkeypatch, path, dtype, shape):
     """The AVX-512 decoder steps two groups of chunks in turns: a second group of one short chunk,
     of a few lanes, of full lanes, and groups left over after the pairs all decode exactly."""
-    with pytest.MonkeyPatch.context() as mp:
-        _use_ctxrans(mp, path)
-        a = _chunky(3, shape, dtype, 8 if dtype == np.uint8 else 12, 0.6)
-        c = codecs.get("ctxrans", bits=8 if dtype == np.uint8 else 12)
-        before = codecs.threads()
-        try:
-            codecs.set_threads(1)
-            assert np.array_equal(c.decode(c.encode(a)), a.ravel())
-        finally:
-            codecs.set_threads(before)
+    _use_ctxrans(monkeypatch, path)
+    bits = 8 if dtype == np.uint8 else 12
+    a = _chunky(3, shape, dtype, bits, 0.6)
+    c = codecs.get("ctxrans", bits=bits)
+    before = codecs.threads()
+    try:
+        codecs.set_threads(1)  # one thread's share holds every group
+        assert np.array_equal(c.decode(c.encode(a)), a.ravel())
+    finally:
+        codecs.set_threads(before)
 
 
 @pytest.mark.parametrize("path", CTXRANS_PATHS)
