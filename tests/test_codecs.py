@@ -284,6 +284,22 @@ def test_ctxrans_decodes_two_groups_of_lanes_in_turns(monkeypatch, path, dtype, 
 
 
 @pytest.mark.parametrize("path", CTXRANS_PATHS)
+@pytest.mark.parametrize("bits", range(2, 17))
+def test_ctxrans_decodes_every_bit_depth_at_full_range(monkeypatch, path, bits):
+    """Values of every length up to the top of the range: the AVX-512 decoder refills its raw
+    bits every 25 // (bits - 3) steps, which must hold even when every value takes the most."""
+    _use_ctxrans(monkeypatch, path)
+    rng = np.random.default_rng(bits)
+    hi = (1 << bits) - 1
+    a = rng.integers(hi // 2, hi + 1, (4, 8, 64, 64)) * (rng.random((4, 8, 64, 64)) < 0.3)  # zeros to shrink it
+    a = a.astype(np.uint8 if bits <= 8 else np.uint16)
+    c = codecs.get("ctxrans", bits=bits)
+    stream = c.encode(a)
+    assert len(stream) < a.size * bits / 8  # coded, not stored raw
+    assert np.array_equal(c.decode(stream), a.ravel())
+
+
+@pytest.mark.parametrize("path", CTXRANS_PATHS)
 def test_the_codec_thread_count_changes_neither_streams_nor_values(monkeypatch, path):
     """One thread codes in the calling thread, three split the chunks three ways: the same bytes."""
     _use_ctxrans(monkeypatch, path)

@@ -134,11 +134,12 @@ static int decode_group(const Chunk *c, int count, const Model *m) {
 }
 
 /* The AVX-512 decoder: lane l of a group's vectors is chunk l of the group, and each step decodes one
-   value of every chunk. Gathers fetch the table entries, the renormalisation words and the raw bits
-   (by offsets from the model's base: every chunk lies in one copy of the stream); a symbol's class,
-   raw bit count and base value are computed, not looked up; the classes go to a ring of rows (LANES
-   bytes per position, so the upper neighbours of all lanes are one load). A lane past its chunk's
-   end keeps its state (`live`), so a group may hold a shorter last chunk.
+   value of every chunk. Gathers fetch the table entries, and every few steps the renormalisation
+   words and the raw bits (by offsets from the model's base: every chunk lies in one copy of the
+   stream), which wait in registers until they are taken; a symbol's class, raw bit count and base
+   value are computed, not looked up; the classes go to a ring of rows (LANES bytes per position,
+   so the upper neighbours of all lanes are one load). A lane past its chunk's end keeps its state
+   (`live`), so a group may hold a shorter last chunk.
 
    A group's steps form a chain through the table gather: a value's context needs its left
    neighbour's class, which comes from the entry the step before gathered, and the table (several
@@ -148,6 +149,9 @@ static int decode_group(const Chunk *c, int count, const Model *m) {
 typedef struct {
     __m512i state, other, x, y, bp, bad, left, n, raw_limit;
     __m512i words, raw; /* byte offsets from the model's base */
+    __m512i pending;    /* the next two renormalisation words, the next one low */
+    __m512i window;     /* unread raw bits, MSB first, from the last refill */
+    int64_t refill_every, refill_in; /* steps a refilled window covers, and until the next refill */
     const Chunk *c;
     uint8_t *rings, *tile;
     int64_t row, longest;
@@ -223,6 +227,10 @@ __attribute__((target("avx512f,avx512bw"))) static void start_group(Group *g, co
     g->raw = _mm512_loadu_si512(rp);
     g->n = _mm512_loadu_si512(len);
     g->raw_limit = _mm512_loadu_si512(lim);
+    g->pending = g->window = _mm512_setzero_si512();
+    /* a refill leaves at least 25 bits, and a value takes at most bits - 3 (bits <= 16) */
+    g->refill_every = m->bits > 3 ? 25 / (m->bits - 3) : 25;
+    g->refill_in = 0;
     g->c = c;
     g->count = count;
     g->rings = rings;
@@ -266,9 +274,11 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void st
     __m512i ctx = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(left, 3), left), up);
     __m512i slot = _mm512_or_si512(_mm512_slli_epi32(ctx, PROB_BITS),
                                    _mm512_and_si512(g->state, _mm512_set1_epi32(PROB_MASK)));
-    /* the next renormalisation word of every live lane, needed or not: its address does not wait
-       for the table entry, so this gather is off the chain */
-    __m512i word = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, g->words, (const void *)m->base, 1);
+    /* the next two renormalisation words of every live lane, needed or not, every other step (a
+       step takes at most one): their address does not wait for the table entry, so this gather is
+       off the chain, and at half the rate it leaves the core's gather slots to the table */
+    if ((i & 1) == 0)
+        g->pending = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, g->words, (const void *)m->base, 1);
     __m512i e = _mm512_i32gather_epi32(slot, (const void *)m->table, 4);
     __m512i freq = _mm512_and_si512(_mm512_srli_epi32(e, 8), _mm512_set1_epi32(0xFFF));
     g->bad = _mm512_mask_mov_epi32(g->bad, live & _mm512_cmpeq_epi32_mask(freq, _mm512_setzero_si512()), one);
@@ -276,8 +286,9 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void st
                                     _mm512_srli_epi32(e, 20));
     __mmask16 need = _mm512_cmplt_epu32_mask(next, low) & live;
     next = _mm512_mask_or_epi32(next, need, _mm512_slli_epi32(next, 16),
-                                _mm512_and_si512(word, _mm512_set1_epi32(0xFFFF)));
+                                _mm512_and_si512(g->pending, _mm512_set1_epi32(0xFFFF)));
     g->words = _mm512_mask_add_epi32(g->words, need, g->words, _mm512_set1_epi32(2));
+    g->pending = _mm512_mask_srli_epi32(g->pending, need, g->pending, 16);
     g->state = _mm512_mask_mov_epi32(g->state, live, g->other);
     g->other = _mm512_mask_mov_epi32(g->other, live, next);
     /* the symbol (length << 2 | top) as ctxrans.symbol_tables has it */
@@ -289,12 +300,18 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void st
                                          _mm512_sllv_epi32(one, mm), _mm512_sllv_epi32(top, r));
     __m512i cls = m->bits > 8 ? _mm512_srli_epi32(_mm512_add_epi32(length, one), 1) : length;
     cls = _mm512_min_epi32(cls, _mm512_set1_epi32(CLASSES - 1));
-    /* raw bits: 32 bits (MSB first) from the byte holding the lane's bit position, shifted past
-       the bits before it (at most 7: 25 remain, and r is at most 13), then their top r */
-    __m512i at = _mm512_add_epi32(g->raw, _mm512_srli_epi32(g->bp, 3));
-    __m512i window = _mm512_shuffle_epi8(_mm512_i32gather_epi32(at, (const void *)m->base, 1), swap);
-    window = _mm512_sllv_epi32(window, _mm512_and_si512(g->bp, _mm512_set1_epi32(7)));
-    __m512i raw = _mm512_srlv_epi32(_mm512_srli_epi32(window, 1), _mm512_sub_epi32(_mm512_set1_epi32(31), r));
+    /* raw bits: a refill gathers 32 bits (MSB first) from the byte holding the lane's bit position,
+       shifted past the bits before it (at most 7: 25 remain); each step takes the window's top r.
+       At 8 bits r is at most 5, so one gather serves 5 steps: gathers, not the table's latency
+       alone, bounded the loop */
+    if (g->refill_in-- == 0) {
+        g->refill_in = g->refill_every - 1;
+        __m512i at = _mm512_add_epi32(g->raw, _mm512_srli_epi32(g->bp, 3));
+        g->window = _mm512_shuffle_epi8(_mm512_i32gather_epi32(at, (const void *)m->base, 1), swap);
+        g->window = _mm512_sllv_epi32(g->window, _mm512_and_si512(g->bp, _mm512_set1_epi32(7)));
+    }
+    __m512i raw = _mm512_srlv_epi32(_mm512_srli_epi32(g->window, 1), _mm512_sub_epi32(_mm512_set1_epi32(31), r));
+    g->window = _mm512_sllv_epi32(g->window, r);
     __m512i value = _mm512_or_si512(base, raw);
     __m512i bp = _mm512_add_epi32(g->bp, r);
     g->bad = _mm512_mask_mov_epi32(g->bad, live & _mm512_cmpgt_epu32_mask(bp, g->raw_limit), one);
