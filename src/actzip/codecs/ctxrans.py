@@ -394,8 +394,9 @@ def decode_native(buf: bytes, pos: int, chunk: int, h, width: int, height: int, 
     lib, lanes, count = native.library(), native.lanes(), -(-h.n // chunk)
     if count > len(buf) - pos:  # every chunk needs at least its one-byte size
         raise CorruptStreamError(f"ctxrans: {h.n} values need {count} chunks, the stream is too short")
-    data = np.zeros(len(buf) + 2 * (chunk + 6) + PAD, np.uint8)
+    data = np.empty(len(buf) + 2 * (chunk + 6) + PAD, np.uint8)
     data[:len(buf)] = np.frombuffer(buf, np.uint8)
+    data[len(buf):] = 0
     out = np.empty(h.n, h.dtype)
     chunks = (native.Chunk * count)()
     if lib.actzip_ctxrans_chunks(data.ctypes.data, pos, len(buf), count, chunk, h.n, width, height, out.ctypes.data,
@@ -406,9 +407,10 @@ def decode_native(buf: bytes, pos: int, chunk: int, h, width: int, height: int, 
     # a thread's share is whole steps of the decoder: on AVX-512 two groups of lanes in turns, which
     # one core decodes about as fast as two cores decode a group each
     step = 2 * lanes if isa == 2 else lanes
-    starts = np.arange(0, count, step)
-    shares = [(g[0], min(g[-1] + step, count) - g[0])
-              for g in np.array_split(starts, min(len(starts), threads()))]
+    steps = -(-count // step)
+    parts = min(steps, threads())
+    bounds = [step * (k * (steps // parts) + min(k, steps % parts)) for k in range(parts + 1)]  # as np.array_split
+    shares = [(first, min(end, count) - first) for first, end in zip(bounds, bounds[1:])]
     freq = np.ascontiguousarray(freq, np.int64)
     table = np.empty(CONTEXTS * ans.M + TABLE_PAD, np.uint32)
     lib.actzip_ctxrans_table(freq.ctypes.data, CONTEXTS, freq.shape[1], table.ctypes.data)
