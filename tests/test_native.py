@@ -50,7 +50,7 @@ def _maps(pixels, channels, zeros, seed, correlated):
 
 
 SHAPES = [(1, 3, 5), (7, 5, 3), (33, 40, 200), (64, 96, 24), (130, 1152, 192), (9, 17, 97), (12, 512, 520),
-          (260, 70, 209),  # pixel by pixel: blocks of 128 pixels, 64 input and 192 output channels
+          (260, 70, 209),  # pixel by pixel: blocks of 256 pixels, 64 input and 192 output channels
           (40, 96, 256)]  # a weight padded past its width (see packed_weight)
 
 
