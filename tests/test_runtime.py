@@ -282,6 +282,20 @@ def test_onnxruntime_baseline_computes_the_same_model():
         assert (got - want[:len(batch)]).abs().max() <= 1e-4 * want.abs().max()
 
 
+def test_onnxruntime_baseline_takes_inputs_in_any_memory_layout():
+    """channels_last and strided inputs reach onnxruntime as the NCHW values they hold."""
+    from actzip.runtime.onnx import onnxruntime_session
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.rand(2, 3, 16, 32)[..., ::2]  # strided: every other column
+    run = onnxruntime_session(model, x.contiguous())
+    with torch.no_grad():
+        want = model(x)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = torch.from_numpy(run(layout))
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
 def test_runtime_benchmark_reports_both_speedups_and_checks_its_input():
     from actzip.runtime.bench import benchmark_runtime
 
