@@ -8,14 +8,14 @@ Rows (each a call of `actzip.runtime.bench.benchmark_runtime`, engines timed in 
 - L1-sparsified (`--l1-runs DIR...`): trained runs of benchmarks/sparsify_table.py (a folder with
   report.json and weights.pt each) on their dataset's first test images at their trained input size,
   batch 64 (`--l1-batch`), the zeros their activation penalty left.
-Each at batch 1 and 8 and at each thread count. The JSON keeps every engine's time; the table gives
-the compiled model's speedup over onnxruntime and over the fastest dense engine.
+Each at batch 1 and 8 and at each thread count. The JSON keeps every engine's time and the CPU
+(`machine.cpu`); the page gives, per CPU, the compiled model's speedup over onnxruntime.
 
     python benchmarks/runtime.py [--threads 1 2] [--batches 1 8] [--sparsities 0 0.2 0.3 0.5]
     python benchmarks/runtime.py --sparsities   # no semi-structured rows: only the unstructured ones
     python benchmarks/runtime.py --l1-runs runs/sparsify_table/mobilenet-v1-l1-0.3-kd0.5-30ep --threads 1 2
     python benchmarks/runtime.py --table   # docs/results/runtime.md from the JSON
-A run replaces the JSON's rows it measured again (same kind, model, batch, threads and s) and keeps the rest.
+A run replaces the JSON's rows it measured again (same CPU, kind, model, batch, threads and s) and keeps the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from machine import EARLIER, cpu
 
 HERE = Path(__file__).parent
 MODELS = {"resnet18": "torchvision/resnet18", "mobilenetv2": "torchvision/mobilenet_v2",
@@ -67,8 +68,8 @@ def measure_l1_runs(args) -> list[dict]:
         torch.set_num_threads(threads)
         for folder in args.l1_runs:
             model, x, label = trained_run(folder, args.l1_batch)
-            rows.append({"kind": "L1-sparsified", "model": label, "batch": args.l1_batch, "threads": threads,
-                         **one(model, x, 0.0, args.rounds)})
+            rows.append({"cpu": cpu(), "kind": "L1-sparsified", "model": label, "batch": args.l1_batch,
+                         "threads": threads, **one(model, x, 0.0, args.rounds)})
             print(summary(rows[-1]), flush=True)
     return rows
 
@@ -84,12 +85,12 @@ def measure(args) -> list[dict]:
             for batch in args.batches:
                 example = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
                 for s in args.sparsities:
-                    rows.append({"kind": "semi-structured", "model": short, "batch": batch, "threads": threads,
-                                 **one(net, example, s, args.rounds)})
+                    rows.append({"cpu": cpu(), "kind": "semi-structured", "model": short, "batch": batch,
+                                 "threads": threads, **one(net, example, s, args.rounds)})
                     print(summary(rows[-1]), flush=True)
         lite0 = models.load("efficientnet-lite0").eval()
         for batch in args.batches:
-            rows.append({"kind": "unstructured (photos)", "model": "efficientnet-lite0", "batch": batch,
+            rows.append({"cpu": cpu(), "kind": "unstructured (photos)", "model": "efficientnet-lite0", "batch": batch,
                          "threads": threads, **one(lite0, photos(batch), 0.0, args.rounds)})
             print(summary(rows[-1]), flush=True)
     return rows
@@ -99,7 +100,7 @@ def merged(out: Path, fresh: list[dict]) -> list[dict]:
     """The rows of the JSON `out`, each replaced in place by its `fresh` measurement if there is
     one, then the fresh rows of settings it did not have."""
     def key(r):
-        return r["kind"], r["model"], r["batch"], r["threads"], r["sparsity"]
+        return r.get("cpu", EARLIER), r["kind"], r["model"], r["batch"], r["threads"], r["sparsity"]
 
     new = {key(r): r for r in fresh}
     old = json.loads(out.read_text()) if out.is_file() else []
@@ -114,6 +115,14 @@ def summary(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    """One table per CPU, in the order the JSON first names them."""
+    parts = []
+    for name in dict.fromkeys(r.get("cpu", EARLIER) for r in rows):
+        parts.append(f"## {name}\n\n" + cpu_table([r for r in rows if r.get("cpu", EARLIER) == name]))
+    return "\n".join(parts)
+
+
+def cpu_table(rows: list[dict]) -> str:
     lines = ["| kind | model | batch | threads | s | onnxruntime ms | actzip graph ms | graph vs onnxruntime | "
              "compiled: engine, vs onnxruntime | convs sparse / zeros / kernel |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]

@@ -15,6 +15,8 @@ Inputs:
 
     python benchmarks/sparse_conv1x1.py [--threads 1] [--images 8] [--rounds 7]
     python benchmarks/sparse_conv1x1.py --table   # docs/results/sparse_conv1x1.md from the JSON
+
+The JSON holds one run per CPU (`machine.cpu`): a run replaces its CPU's and keeps the others.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import EARLIER, cpu
 from pages import write_page
 from torch import nn
 
@@ -112,7 +115,17 @@ def lite0_inputs(images: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             for n, a in seen.items() if float((a == 0).float().mean()) >= 0.3}
 
 
-def table(result: dict) -> str:
+def runs(saved) -> list[dict]:
+    """The runs of the JSON, one per CPU; a file from before it named the CPU holds one run."""
+    return [{"cpu": EARLIER, **saved}] if isinstance(saved, dict) else saved
+
+
+def table(saved) -> str:
+    """A section per CPU (see `run_table`)."""
+    return "\n".join(f"## {r['cpu']}\n\n" + run_table(r) for r in runs(saved))
+
+
+def run_table(result: dict) -> str:
     """Speedups over the best dense 1x1: real maps per conv, synthetic maps per zero fraction."""
     lines = [f"ISA {result['isa']}, {result['threads']} thread(s). Real maps (pretrained Lite0, bundled photos):", "",
              "| conv | pixels x cin -> cout | zeros | union of 4 | tiles | pixel by pixel | speedup |",
@@ -148,7 +161,7 @@ def main():
     torch.set_num_threads(args.threads)
     if not native.available():
         raise SystemExit("the compiled kernels are not built: pip install -e . with a C compiler")
-    result = {"isa": native.isa(), "threads": args.threads, "rounds": args.rounds, "real": [], "synthetic": []}
+    result = {"cpu": cpu(), "isa": native.isa(), "threads": args.threads, "rounds": args.rounds, "real": [], "synthetic": []}
     for name, (x, weight) in lite0_inputs(args.images).items():
         row = {"conv": name, "shape": [x.shape[0], x.shape[1], weight.shape[0]], **compare(x, weight, args.rounds)}
         result["real"].append(row)
@@ -164,7 +177,9 @@ def main():
                 result["synthetic"].append(row)
                 print(json.dumps({k: row[k] for k in ("case", "correlated", "zeros", "tiles_speedup",
                                                       "pixel_speedup")}), flush=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    others = [r for r in runs(json.loads(args.out.read_text())) if r["cpu"] != result["cpu"]] \
+        if args.out.is_file() else []
+    args.out.write_text(json.dumps(others + [result], indent=1))
     if args.out == HERE / "sparse_conv1x1.json":
         print("wrote", write_page("sparse_conv1x1"))
 
