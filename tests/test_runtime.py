@@ -92,7 +92,9 @@ CONVS = {  # name: (in, out, kernel, stride, padding, groups, dilation)
 
 @pytest.mark.parametrize("name", list(CONVS))
 @pytest.mark.parametrize("bounds", [None, (0.0, 6.0)])
-def test_both_paths_equal_the_masked_conv(name, bounds):
+@pytest.mark.parametrize("tile", [4, 6])  # the kept-pixel kernel's tiles on AMD and on Intel CPUs
+def test_both_paths_equal_the_masked_conv(monkeypatch, name, bounds, tile):
+    monkeypatch.setattr(native, "rows_tile_pixels", lambda cin: tile)
     cin, cout, k, stride, padding, groups, dilation = CONVS[name]
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
@@ -454,7 +456,9 @@ def test_a_steady_state_forward_maps_no_fresh_pages(masked):
         assert minor_faults() - before == 0
 
 
-def test_the_kept_pixel_kernel_in_thread_shares_equals_one_thread():
+@pytest.mark.parametrize("tile", [4, 6])
+def test_the_kept_pixel_kernel_in_thread_shares_equals_one_thread(monkeypatch, tile):
+    monkeypatch.setattr(native, "rows_tile_pixels", lambda cin: tile)
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 64, 3, 1, 1, bias=False)
     x = torch.randn(2, 64, 21, 19)  # ~17 M multiply-adds: enough for two shares

@@ -549,13 +549,16 @@ static int pixels_conv1x1(const float *x, const float *w, const float *bias, con
    row of zeros. Rows [begin, end) of the kept pixels; every input channel counts.
 
    The weight comes packed in panels of PANEL output channels, each panel's (taps * cin, PANEL) rows
-   contiguous, so a panel streams from memory in order. A register tile is PIX pixels x PANEL
-   outputs (16 accumulators): each weight row is loaded once for four pixels, and each input value
-   once for four vectors. Measured on AMD Zen 5 against tiles of 3, 5 and 6 pixels x 64 outputs,
-   4 x 96 and 8 x 48, and against FMAs that broadcast their input from memory: this shape was the
-   fastest, at 0.8-0.9x the time of oneDNN's dense conv at 30 % masked pixels (0.7x would be
-   ideal), lowest at 512 input channels. */
+   contiguous, so a panel streams from memory in order. A register tile is P pixels x PANEL outputs
+   (P x 4 accumulators): each weight row is loaded once for P pixels, and each input value once for
+   four vectors. The best P differs between CPUs (`rows_tile_pixels`). On AMD Zen 5, against tiles
+   of 3, 5 and 6 pixels x 64 outputs, 4 x 96 and 8 x 48, and FMAs that broadcast their input from
+   memory, 4 x 64 was the fastest: 0.8-0.9x the time of oneDNN's dense conv at 30 % masked pixels
+   (0.7x would be ideal). On an Intel Xeon (AVX-512), 6 x 64 took 0.73-0.80x of oneDNN's time on
+   ResNet18's 3x3 convs against 0.81-0.87x for 4 x 64 (7 and 8 pixels spill registers: 0.78-1.0x);
+   with 3 input channels (the stem) 4 stays faster there too. */
 #define PIX 4
+#define ROWS_PIX 6  /* the widest rows-conv tile */
 #define RMAX 4
 #define PANEL (16 * RMAX)
 typedef struct {
@@ -581,27 +584,27 @@ static inline const float *tap_row(const RowsConv *a, int64_t k, int64_t t, int6
     return a->x + (a->in_rows[k] + a->taps[t]);
 }
 
-/* Taps [t0, t1) of up to PIX kept pixels from row k on the panel at c0 (R vectors wide): taps come
+/* Taps [t0, t1) of up to P kept pixels from row k on the panel at c0 (R vectors wide): taps come
    in blocks whose panel rows stay in L2 while every tile passes over them. The first block starts
    from the bias, later ones from the sums the block before stored; only the last adds the residual
    and clamps. A short tile computes its missing pixels on its first pixel's input and drops them. */
 __attribute__((target("avx512f"), always_inline))
 static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width,
-                                      int64_t t0, int64_t t1, const int R) {
+                                      int64_t t0, int64_t t1, const int R, const int P) {
     const int first = t0 == 0, last = t1 == a->ntaps;
     const int64_t cin = a->cin;
-    __m512 acc[PIX][RMAX];
-    for (int j = 0; j < PIX; j++) {
+    __m512 acc[ROWS_PIX][RMAX];
+    for (int j = 0; j < P; j++) {
         for (int r = 0; r < R; r++)
             acc[j][r] = first || j >= rows ? _mm512_loadu_ps(a->bias + c0 + 16 * r)
                                            : load_part(a->y + a->out_rows[k + j] + c0 + 16 * r, width - 16 * r);
     }
     /* a tile whose pixels have every tap inside (most) skips the per-tap check */
     const uint64_t every_tap = (uint64_t)(a->ntaps / a->kw) << 16 | (uint64_t)a->kw << 48;
-    int64_t in_row[PIX];
-    uint64_t inside[PIX];
+    int64_t in_row[ROWS_PIX];
+    uint64_t inside[ROWS_PIX];
     int edge = 0;
-    for (int j = 0; j < PIX; j++) {
+    for (int j = 0; j < P; j++) {
         const int64_t kj = k + (j < rows ? j : 0);
         in_row[j] = a->in_rows[kj];
         inside[j] = a->inside ? a->inside[kj] : every_tap;
@@ -610,24 +613,24 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
     const float *panel = a->w + c0 * a->ntaps * cin;
     for (int64_t t = t0, ti = t0 / a->kw, tj = t0 % a->kw; t < t1; t++, tj = tj + 1 < a->kw ? tj + 1 : 0,
                  ti += tj == 0) {
-        const float *w = panel + t * cin * PANEL, *x[PIX];
+        const float *w = panel + t * cin * PANEL, *x[ROWS_PIX];
         const int64_t tap = a->taps[t];
-        for (int j = 0; j < PIX; j++)
+        for (int j = 0; j < P; j++)
             x[j] = edge && !tap_inside(inside[j], ti, tj) ? a->zeros : a->x + (in_row[j] + tap);
         for (int64_t c = 0; c < cin; c++, w += PANEL) {
-            __m512 v[PIX];
+            __m512 v[ROWS_PIX];
 #pragma GCC unroll 8
-            for (int j = 0; j < PIX; j++) v[j] = _mm512_set1_ps(x[j][c]);
+            for (int j = 0; j < P; j++) v[j] = _mm512_set1_ps(x[j][c]);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 const __m512 wr = _mm512_loadu_ps(w + 16 * r);
 #pragma GCC unroll 8
-                for (int j = 0; j < PIX; j++) acc[j][r] = _mm512_fmadd_ps(v[j], wr, acc[j][r]);
+                for (int j = 0; j < P; j++) acc[j][r] = _mm512_fmadd_ps(v[j], wr, acc[j][r]);
             }
         }
     }
     const __m512 lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
-    for (int j = 0; j < rows; j++) {
+    for (int j = 0; j < rows && j < P; j++) {  /* rows <= P: the bound tells the compiler so */
         float *out = a->y + a->out_rows[k + j] + c0;
         const float *res = a->residual && last ? a->residual + a->out_rows[k + j] + c0 : NULL;
         for (int r = 0; r < R; r++) {
@@ -639,15 +642,23 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
     }
 }
 
+#define ROWS_CASE(r) case r: pixels == ROWS_PIX ? rows_tile_avx512_r(a, k, rows, c0, width, t0, t1, r, ROWS_PIX) \
+                                                  : rows_tile_avx512_r(a, k, rows, c0, width, t0, t1, r, PIX); break;
 __attribute__((target("avx512f")))
-static void rows_tile_avx512(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width, int64_t t0,
-                             int64_t t1) {
+static void rows_tile_avx512(const RowsConv *a, int64_t k, int rows, int pixels, int64_t c0, int64_t width,
+                             int64_t t0, int64_t t1) {
     switch ((width + 15) / 16) {
-        case 1: rows_tile_avx512_r(a, k, rows, c0, width, t0, t1, 1); break;
-        case 2: rows_tile_avx512_r(a, k, rows, c0, width, t0, t1, 2); break;
-        case 3: rows_tile_avx512_r(a, k, rows, c0, width, t0, t1, 3); break;
-        default: rows_tile_avx512_r(a, k, rows, c0, width, t0, t1, 4); break;
+        ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3)
+        default: ROWS_CASE(4)
     }
+}
+#undef ROWS_CASE
+
+/* Pixels per rows-conv tile for `cin` input channels on this CPU, PIX or ROWS_PIX, as measured (see
+   RowsConv's comment). The caller passes it in the Job, so that tests can run both anywhere. */
+int actzip_rows_tile_pixels(int64_t cin) {
+    __builtin_cpu_init();
+    return cin >= 16 && __builtin_cpu_is("intel") ? ROWS_PIX : PIX;
 }
 
 /* The portable path (and AVX2's, which has no tuned kernel here): one pixel and panel at a time. */
@@ -690,6 +701,7 @@ typedef struct Job {
     const int64_t *bands;
     float *ring;
     int64_t nbands, nparts, ring_floats, in_image;
+    int64_t tile;             /* rows_conv: pixels per register tile, PIX or ROWS_PIX */
 } Job;
 
 /* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
@@ -699,17 +711,19 @@ static int rows_conv(const Job *j, int64_t begin, int64_t end) {
     RowsConv a = {j->x, j->w, j->bias, j->residual, j->zeros, j->y, j->in_rows, j->taps, j->out_rows, j->inside,
                   j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi};
     const int64_t ntaps = j->ntaps, cout = j->cout, panel_bytes = ntaps * j->cin * PANEL * 4;
+    const int P = (int)j->tile;
+    if (P != PIX && P != ROWS_PIX) return -1;
     if (j->isa != 2) {
-        for (int64_t k = begin; k < end; k += PIX)
+        for (int64_t k = begin; k < end; k += P)
             for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
-                rows_tile_c(&a, k, end - k < PIX ? (int)(end - k) : PIX, c0, cout - c0 < PANEL ? cout - c0 : PANEL);
+                rows_tile_c(&a, k, end - k < P ? (int)(end - k) : P, c0, cout - c0 < PANEL ? cout - c0 : PANEL);
         return 0;
     }
     if (panel_bytes * ((cout + PANEL - 1) / PANEL) <= (512 << 10)) {
         /* the whole weight stays in L2: each tile writes its output rows whole, once */
-        for (int64_t k = begin; k < end; k += PIX)
+        for (int64_t k = begin; k < end; k += P)
             for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
-                rows_tile_avx512(&a, k, end - k < PIX ? (int)(end - k) : PIX, c0, cout - c0 < PANEL ? cout - c0 : PANEL,
+                rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, cout - c0 < PANEL ? cout - c0 : PANEL,
                                  0, ntaps);
         return 0;
     }
@@ -721,8 +735,8 @@ static int rows_conv(const Job *j, int64_t begin, int64_t end) {
         int64_t width = cout - c0 < PANEL ? cout - c0 : PANEL;
         for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
             int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
-            for (int64_t k = begin; k < end; k += PIX)
-                rows_tile_avx512(&a, k, end - k < PIX ? (int)(end - k) : PIX, c0, width, t0, t1);
+            for (int64_t k = begin; k < end; k += P)
+                rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, width, t0, t1);
         }
     }
     return 0;
