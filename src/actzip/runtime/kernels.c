@@ -568,6 +568,7 @@ typedef struct {
     const uint64_t *inside;
     int64_t ntaps, kw, cin, cout;
     float lo, hi;
+    int rows_side_by_side;  /* each kernel row's taps lie one after the other in the input */
 } RowsConv;
 
 /* Whether the tap at kernel row i, column j lies inside the input for a pixel whose inside ranges
@@ -611,13 +612,18 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
         edge |= inside[j] != every_tap;
     }
     const float *panel = a->w + c0 * a->ntaps * cin;
-    for (int64_t t = t0, ti = t0 / a->kw, tj = t0 % a->kw; t < t1; t++, tj = tj + 1 < a->kw ? tj + 1 : 0,
-                 ti += tj == 0) {
+    for (int64_t t = t0, ti = t0 / a->kw, tj = t0 % a->kw; t < t1;) {
+        /* a whole kernel row of taps inside the input, where they lie side by side, runs as one
+           tap of kw * cin channels (the stem's 3 channels alone left the loop mostly overhead) */
+        const int64_t taps = !edge && a->rows_side_by_side && tj == 0 && t + a->kw <= t1 ? a->kw : 1;
         const float *w = panel + t * cin * PANEL, *x[ROWS_PIX];
         const int64_t tap = a->taps[t];
         for (int j = 0; j < P; j++)
             x[j] = edge && !tap_inside(inside[j], ti, tj) ? a->zeros : a->x + (in_row[j] + tap);
-        for (int64_t c = 0; c < cin; c++, w += PANEL) {
+        t += taps;
+        tj += taps;
+        if (tj == a->kw) tj = 0, ti++;
+        for (int64_t c = 0; c < taps * cin; c++, w += PANEL) {
             __m512 v[ROWS_PIX];
 #pragma GCC unroll 8
             for (int j = 0; j < P; j++) v[j] = _mm512_set1_ps(x[j][c]);
@@ -709,7 +715,9 @@ typedef struct Job {
 static int rows_conv(const Job *j, int64_t begin, int64_t end) {
     if (j->isa < 0 || j->isa > 2 || j->ldw != PANEL) return -1;
     RowsConv a = {j->x, j->w, j->bias, j->residual, j->zeros, j->y, j->in_rows, j->taps, j->out_rows, j->inside,
-                  j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi};
+                  j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi, j->kw > 1};
+    for (int64_t t = 0; t < j->ntaps; t++)  /* no dilation: a tap starts where the one before it ends */
+        if (t % j->kw && j->taps[t] != j->taps[t - 1] + j->cin) a.rows_side_by_side = 0;
     const int64_t ntaps = j->ntaps, cout = j->cout, panel_bytes = ntaps * j->cin * PANEL * 4;
     const int P = (int)j->tile;
     if (P != PIX && P != ROWS_PIX) return -1;
