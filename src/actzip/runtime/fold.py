@@ -45,6 +45,11 @@ class MaskedConv2d(nn.Conv2d):
         if self.pixel_mask.shape[-2:] != out.shape[-2:]:
             raise ValueError(f"pixel mask of {tuple(self.pixel_mask.shape[-2:])} does not fit the conv output "
                              f"{tuple(out.shape[-2:])}: the model was compiled for another input size")
+        if torch.onnx.is_in_onnx_export():
+            # the same values as a multiply-add, which onnxruntime ran 1.1-1.4x faster than Where on
+            # masked ResNet18 and Lite0 at batch 1 (Where also keeps the conv from its activation)
+            keep = self.pixel_mask.to(out.dtype)
+            return out * keep + (1 - keep) * self.masked_value
         return torch.where(self.pixel_mask.bool(), out, self.masked_value)
 
 
