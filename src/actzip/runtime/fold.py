@@ -47,7 +47,7 @@ class MaskedConv2d(nn.Conv2d):
                              f"{tuple(out.shape[-2:])}: the model was compiled for another input size")
         if torch.onnx.is_in_onnx_export():
             # the same values as a multiply-add, which onnxruntime ran 1.1-1.4x faster than Where on
-            # masked ResNet18 and Lite0 at batch 1 (Where also keeps the conv from its activation)
+            # masked ResNet18 and Lite0 at batch 1
             keep = self.pixel_mask.to(out.dtype)
             return out * keep + (1 - keep) * self.masked_value
         return torch.where(self.pixel_mask.bool(), out, self.masked_value)
