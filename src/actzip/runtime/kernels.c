@@ -555,7 +555,7 @@ static int pixels_conv1x1(const float *x, const float *w, const float *bias, con
    of 3, 5 and 6 pixels x 64 outputs, 4 x 96 and 8 x 48, and FMAs that broadcast their input from
    memory, 4 x 64 was the fastest: 0.8-0.9x the time of oneDNN's dense conv at 30 % masked pixels
    (0.7x would be ideal). On an Intel Xeon (AVX-512), 6 x 64 took 0.73-0.80x of oneDNN's time on
-   ResNet18's 3x3 convs against 0.81-0.87x for 4 x 64 (7 and 8 pixels spill registers: 0.78-1.0x);
+   ResNet18's 3x3 convs against 0.81-0.89x for 4 x 64 (7 and 8 pixels spill registers: 0.78-1.07x);
    with 3 input channels (the stem) 4 stays faster there too. */
 #define PIX 4
 #define ROWS_PIX 6  /* the widest rows-conv tile */
