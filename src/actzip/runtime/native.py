@@ -192,9 +192,10 @@ def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: to
     return out
 
 
+@functools.cache
 def rows_tile_pixels(cin: int) -> int:
-    """Pixels per register tile of `rows_conv` for `cin` input channels: 6 on Intel CPUs (from 16
-    channels), 4 elsewhere, the faster of the two as measured on each (kernels.c)."""
+    """Pixels per register tile of `rows_conv` for `cin` input channels on this CPU, as measured
+    (the rule is kernels.c's `actzip_rows_tile_pixels`). Cached: every rows-conv call asks."""
     return library().actzip_rows_tile_pixels(cin)
 
 
