@@ -335,12 +335,12 @@ def test_a_sparse_conv_hands_its_kept_rows_to_a_sparse_1x1_conv():
 
 @pytest.mark.skipif(not native.available(), reason="the depthwise kept-pixel kernel is compiled")
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("expand_path", ["dense", "sparse", "fused"])
+@pytest.mark.parametrize("expand_path", ["dense", "sparse", "fused", "fused-project"])
 def test_a_depthwise_conv_reads_only_the_kept_pixels_its_producer_writes(stride, expand_path):
     """MobileNet's expand -> depthwise -> project: the expand conv writes its kept pixels alone (as
     rows on the sparse path, in place on the dense one; fused, in bands into a ring that the
     depthwise conv reads), the depthwise conv reads the others as their masked value and hands its
-    own kept rows to the project conv."""
+    own kept rows to the project conv (or, fused into it, each band of them as it makes it)."""
     torch.manual_seed(0)
     model = _randomize_batchnorm(nn.Sequential(
         nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32), nn.ReLU6(), nn.Conv2d(32, 32, 3, stride, 1, groups=32),
@@ -354,22 +354,43 @@ def test_a_depthwise_conv_reads_only_the_kept_pixels_its_producer_writes(stride,
     assert len(_hand_over(modules, _hand_over_pairs(compiled.graph_module))) == 2
     assert expand.feeds_kept_only and depthwise.feeds_kept_only and depthwise.input_kept_pixels is not None
     assert (depthwise.fused_producer is expand) == expand.passes_input == (expand_path != "dense")
+    assert (project.fused_depthwise is depthwise) == depthwise.passes_input == (expand_path != "dense")
+    if expand_path in ("sparse", "fused"):
+        project.fuse_depthwise(None)
     if expand_path == "sparse":
         depthwise.fuse_producer(None)
     with torch.no_grad():
         rows = expand(x.contiguous(memory_format=torch.channels_last))
-        assert rows.dim() == (2 if expand_path == "sparse" else 4) and (rows.shape[1] == 8) == (expand_path == "fused")
-        assert depthwise(rows).shape == (3 * depthwise.kept_pixels.numel(), 32)
+        assert rows.dim() == (2 if expand_path == "sparse" else 4) and (rows.shape[1] == 8) == ("fused" in expand_path)
+        if expand_path == "fused-project":
+            assert depthwise(rows) is rows and project(rows).shape == (3, 12, *project.output_hw)
+        else:
+            assert depthwise(rows).shape == (3 * depthwise.kept_pixels.numel(), 32)
         want = model(x)
         for batch in (3, 1):  # and another batch size
             assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block with its residual add: expand 1x1, depthwise 3x3, project 1x1, + input."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                                   nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden), nn.BatchNorm2d(hidden),
+                                   nn.ReLU6(), nn.Conv2d(hidden, channels, 1), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        return x + self.block(x)
 
 
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_producers_equal_the_model_over_many_bands(threads):
     """A stem-like 3x3 stride-2 conv fused into a depthwise conv, and a 1x1 expand conv that reads
-    its producer's kept rows, fused into a 5x5 stride-2 depthwise conv: maps of many bands each."""
+    its producer's kept rows, fused into a 5x5 stride-2 depthwise conv, each depthwise conv fused
+    into the 1x1 conv after it (the first handing its kept rows on, the last adding a residual):
+    maps of many bands each; with one image on two threads, the threads share its bands."""
     torch.manual_seed(0)
     model = _randomize_batchnorm(nn.Sequential(
         nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6(),
@@ -377,7 +398,7 @@ def test_fused_producers_equal_the_model_over_many_bands(threads):
         nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24),
         nn.Conv2d(24, 72, 1), nn.BatchNorm2d(72), nn.ReLU6(),
         nn.Conv2d(72, 72, 5, 2, 2, groups=72), nn.BatchNorm2d(72), nn.ReLU6(),
-        nn.Conv2d(72, 40, 1), nn.BatchNorm2d(40)))
+        nn.Conv2d(72, 40, 1), nn.BatchNorm2d(40), _InvertedResidual(40, 120)))
     x = torch.rand(3, 3, 70, 58)
     attach_pixel_masks(model, PixelMask(0.35), x).update(1.0)
     before = torch.get_num_threads()
@@ -389,8 +410,10 @@ def test_fused_producers_equal_the_model_over_many_bands(threads):
         for m in convs:
             m.path = "sparse"
         _hand_over(modules, _hand_over_pairs(compiled.graph_module))
-        stem, first, project, expand, second, _ = convs
+        stem, first, project, expand, second, last, *block = convs
         assert first.fused_producer is stem and second.fused_producer is expand and project.feeds_kept_only
+        assert project.fused_depthwise is first and last.fused_depthwise is second and block[2].fused_depthwise is block[1]
+        assert block[2].residual and not block[2].feeds_kept_only
         assert len(second._ring_plan(True)[1].ends) > 8  # many bands
         with torch.no_grad():
             want = model(x)
@@ -398,6 +421,31 @@ def test_fused_producers_equal_the_model_over_many_bands(threads):
                 assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
+def test_a_1x1_conv_whose_weight_leaves_the_cache_runs_apart_from_its_depthwise_producer(monkeypatch):
+    """Band by band, a 1x1 conv reads its weight once per band: past PROJECT_WEIGHT_BYTES it runs on
+    the depthwise conv's kept rows instead, and says why if asked to fuse."""
+    import actzip.runtime.conv as conv_module
+
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(_InvertedResidual(8, 24)))
+    x = torch.rand(2, 8, 12, 12)
+    attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    modules = dict(compiled.graph_module.named_modules())
+    expand, depthwise, project = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
+    for m in (expand, depthwise, project):
+        m.path = "sparse"
+    monkeypatch.setattr(conv_module, "PROJECT_WEIGHT_BYTES", project.taps_weight.numel() * 4 - 1)
+    _hand_over(modules, _hand_over_pairs(compiled.graph_module))
+    assert depthwise.fused_producer is expand and project.fused_depthwise is None and not depthwise.passes_input
+    with pytest.raises(ValueError, match="fits in"):
+        project.fuse_depthwise(depthwise)
+    with torch.no_grad():
+        want = model(x)
+        assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_a_compiled_model_leaves_the_thread_count_as_set():

@@ -351,10 +351,13 @@ def _hand_over_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
 
 
 def _hand_over(modules: dict[str, nn.Module], pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Switch the hand-over of each pair on where its consumer runs sparse, off elsewhere, and fuse
-    a sparse producer into its sparse depthwise consumer where the compiled kernel can; the pairs
-    switched on."""
+    """Switch the hand-over of each pair on where its consumer runs sparse, off elsewhere; fuse a
+    sparse producer into its sparse depthwise consumer where the compiled kernel can, and such a
+    depthwise conv into its sparse 1x1 consumer, unless that one is fused into a depthwise conv
+    after it (MobileNet v1's chains); the pairs switched on."""
     on = []
+    for _, consumer_name in pairs:  # undone first: a depthwise conv fused onwards keeps its producer
+        modules[consumer_name].fuse_depthwise(None)
     for producer_name, consumer_name in pairs:
         producer, consumer = modules[producer_name], modules[consumer_name]
         sparse = consumer.path == "sparse"
@@ -365,6 +368,11 @@ def _hand_over(modules: dict[str, nn.Module], pairs: list[tuple[str, str]]) -> l
             consumer.fuse_producer(producer if fusable else None)
         if sparse:
             on.append((producer_name, consumer_name))
+    for producer_name, consumer_name in pairs:  # once every fused producer is known
+        producer, consumer = modules[producer_name], modules[consumer_name]
+        if producer.depthwise and producer.native:  # the depthwise -> 1x1 pair of an inverted residual block
+            fusable = consumer.path == producer.path == "sparse" and consumer.fuses(producer)
+            consumer.fuse_depthwise(producer if fusable else None)
     return on
 
 

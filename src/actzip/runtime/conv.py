@@ -13,7 +13,10 @@ of the masked ones, and a sparse producer hands over its kept rows as they are (
 no scatter here and no gather there. Two consumers do: a sparse 1x1 conv with the same mask
 (MobileNet's depthwise -> project pair), and a sparse depthwise conv (the expand -> depthwise pair),
 which reads the producer's masked pixels as the producer's masked value (`read_masked_input`), so
-the expanded map, the largest of the block, is never written whole.
+the expanded map, the largest of the block, is never written whole. A sparse producer of a sparse
+depthwise conv runs inside it, band by band (`fuse_producer`), and such a depthwise conv can run in
+turn inside the 1x1 conv it hands its kept rows to (`fuse_depthwise`): the whole inverted residual
+block then runs band by band, in one call of the compiled kernels.
 Depthwise convs have a kept-pixel kernel of their own (`native.depthwise_rows`): it reads each kept
 pixel's taps from the full map or from the producer's kept rows, through a per-image table.
 Without the compiled kernels, the sparse path gathers the kept pixels' im2col rows into a
@@ -41,7 +44,10 @@ from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
 ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
-DEPTHWISE_BAND = 32  # depthwise kept pixels per band of a fused producer (`native.producer_depthwise`)
+DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.producer_depthwise`)
+# The most weight bytes of a 1x1 conv that runs its depthwise producer band by band (`fuse_depthwise`):
+# it reads its whole weight once per band, from L2 only if the weight stays there between bands
+PROJECT_WEIGHT_BYTES = 512 << 10
 _pointwise = torch.ops.mkldnn._convolution_pointwise
 _reorder = torch.ops.mkldnn._reorder_convolution_weight
 
@@ -118,7 +124,8 @@ class CompiledConv2d(nn.Module):
         self.path = "dense"
         self.pad_buffer: torch.Tensor | None = None  # the zero-bordered input of an asymmetric pad
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
-        self.passes_input = False  # set by compile: its depthwise consumer runs it (`fuse_producer`)
+        self.passes_input = False  # set by compile: a conv after it runs it (`fuse_producer`, `fuse_depthwise`)
+        self.fused_depthwise: CompiledConv2d | None = None  # set by compile: this conv runs it (`fuse_depthwise`)
         # an unmasked depthwise conv may run actzip's kernel on every pixel ("kernel"): oneDNN's
         # stride-2 depthwise convs measured 1.25-1.95x slower than it on Lite0 (AMD Zen 5)
         self.every_pixel = (not self.masked and not residual and native.available()
@@ -254,6 +261,8 @@ class CompiledConv2d(nn.Module):
         """Run `producer`, a sparse conv by the compiled kernel whose kept pixels this sparse depthwise
         conv reads (`read_masked_input`), band by band with this conv (`native.producer_depthwise`):
         the producer then passes its input through, and this conv reads that. None: undo."""
+        if self.passes_input and producer is not self.fused_producer:
+            raise ValueError("this depthwise conv is fused into the 1x1 conv after it: undo that first")
         if self.fused_producer is not None:
             self.fused_producer.passes_input = False
         if producer is not self.fused_producer:
@@ -264,6 +273,26 @@ class CompiledConv2d(nn.Module):
         self.fused_producer = producer
         if producer is not None:
             producer.passes_input = True
+
+    def fuses(self, depthwise: CompiledConv2d) -> bool:
+        """Whether this conv can run `depthwise` band by band (`fuse_depthwise`), and gains from it."""
+        return (depthwise.fused_producer is not None and depthwise.feeds_kept_only and self.native and not self.depthwise
+                and self.kernel_size == (1, 1) and not self.passes_input
+                and self.taps_weight.numel() * 4 <= PROJECT_WEIGHT_BYTES)
+
+    def fuse_depthwise(self, depthwise: CompiledConv2d | None) -> None:
+        """Run `depthwise`, a sparse depthwise conv with a fused producer that hands its kept rows to
+        this sparse 1x1 conv, together with that producer, band by band with this conv: each band's
+        depthwise rows go straight into this conv, and the depthwise map is never written whole.
+        The depthwise conv then passes its input through, and this conv reads that. None: undo."""
+        if self.fused_depthwise is not None:
+            self.fused_depthwise.passes_input = False
+        if depthwise is not None and not self.fuses(depthwise):
+            raise ValueError("a fused depthwise conv has a fused producer and hands its kept rows to this 1x1 conv, "
+                             f"whose weight fits in {PROJECT_WEIGHT_BYTES} bytes")
+        self.fused_depthwise = depthwise
+        if depthwise is not None:
+            depthwise.passes_input = True
 
     def sparse(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         if self.native and self.depthwise and self.fused_producer is not None:
@@ -310,11 +339,19 @@ class CompiledConv2d(nn.Module):
         else:
             self._check(x)
             n, source = x.shape[0], x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a view: x is channels_last
-        shape = (n * kept, self.out_channels) if self.feeds_kept_only else (n, *self.output_hw, self.out_channels)
-        out = torch.empty(shape)
+        out = self._rows_output(n)
         residual = _nhwc(identity) if identity is not None else None
         native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
                          self.hi, residual)
+        return self._finish_rows(out, identity)
+
+    def _rows_output(self, n: int) -> torch.Tensor:
+        shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
+            (n, *self.output_hw, self.out_channels)
+        return torch.empty(shape)
+
+    def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
+        """Kept rows as they are for a consumer that reads them alone, else the full map, filled."""
         if self.feeds_kept_only:
             return out
         out = out.permute(0, 3, 1, 2)
@@ -336,9 +373,11 @@ class CompiledConv2d(nn.Module):
                               self.lo, self.hi)
         return self._finish_depthwise(out)
 
-    def _fused_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_depthwise(self, x: torch.Tensor, project: CompiledConv2d | None = None,
+                         identity: torch.Tensor | None = None) -> torch.Tensor:
         """This depthwise conv and its fused producer band by band over each image: x is the
-        producer's input (a full map, or its own producer's kept rows)."""
+        producer's input (a full map, or its own producer's kept rows). With `project`, the 1x1 conv
+        that fused this one (`fuse_depthwise`) runs on each band too, and its output is returned."""
         producer, rows_input = self.fused_producer, x.dim() == 2
         if rows_input:  # a 1x1 producer with the mask of its own producer
             per_image = producer.kept_pixels.numel() * producer.in_channels
@@ -347,14 +386,22 @@ class CompiledConv2d(nn.Module):
             producer._check(x)
             per_image = producer.input_hw[0] * producer.input_hw[1] * producer.in_channels
             n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
-        table, bands, producer_rows = self._ring_plan(rows_input)
-        out, ring = self._depthwise_output(n), torch.empty(0, producer.out_channels)  # the ring is the kernel's
+        table, bands, producer_rows = self._ring_plan(rows_input, project is not None)
+        ring = torch.empty(0, producer.out_channels)  # the ring and the band buffer are the kernel's
         first = native.rows_conv_job(source, producer.taps_weight, producer.taps_bias, ring, producer_rows,
                                      producer.lo, producer.hi)
-        second, geometry = native.depthwise_job(ring, self.taps_weight, self.bias, out, table, producer.fill,
+        out = self._depthwise_output(n) if project is None else torch.empty(0, self.out_channels)
+        second, geometry = native.depthwise_job(out, self.taps_weight, self.bias, out, table, producer.fill,
                                                 self.lo, self.hi, n)
-        native.producer_depthwise(first, second, bands, n, per_image)
-        return self._finish_depthwise(out)
+        if project is None:
+            native.producer_depthwise(first, second, bands, n, per_image)
+            return self._finish_depthwise(out)
+        projected = project._rows_output(n)
+        residual = _nhwc(identity) if identity is not None else None
+        third = native.rows_conv_job(out, project.taps_weight, project.taps_bias, projected,
+                                     project._band_rows(DEPTHWISE_BAND), project.lo, project.hi, residual)
+        native.producer_depthwise(first, second, bands, n, per_image, third, DEPTHWISE_BAND, projected.numel() // n)
+        return project._finish_rows(projected, identity)
 
     def _depthwise_output(self, n: int) -> torch.Tensor:
         shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
@@ -411,9 +458,11 @@ class CompiledConv2d(nn.Module):
                 rows.reshape(-1).contiguous(), out_rows.contiguous(), in_image * c, out_image)
         return self._depthwise_rows_by_input[key]
 
-    def _ring_plan(self, rows_input: bool) -> tuple[native.DepthwiseRows, native.Bands, native.KeptRows]:
-        """For the fused producer: this conv's table into the ring, the bands, the producer's rows."""
-        key = rows_input, self.feeds_kept_only
+    def _ring_plan(self, rows_input: bool, projected: bool = False) -> tuple[native.DepthwiseRows, native.Bands,
+                                                                               native.KeptRows]:
+        """For the fused producer: this conv's table into the ring (and, `projected`, out to the band
+        buffer of a fused 1x1 consumer), the bands, the producer's rows."""
+        key = rows_input, self.feeds_kept_only, projected
         if key not in self._ring_plans:
             slots = self._producer_slots()
             valid = slots >= 0
@@ -428,6 +477,8 @@ class CompiledConv2d(nn.Module):
             ring = max([1] + (made - first).tolist())
             ends = torch.stack([made, stops, first], 1).reshape(-1)
             out_rows, out_image = self._out_rows()
+            if projected:  # band b's rows fill the band buffer from its start
+                out_rows, out_image = torch.arange(slots.shape[0]) % DEPTHWISE_BAND * self.out_channels, 0
             table = native.DepthwiseRows(torch.where(valid, slots % ring * self.in_channels, slots).reshape(-1),
                                          out_rows.contiguous(), 0, out_image)
             producer = self.fused_producer
@@ -455,6 +506,16 @@ class CompiledConv2d(nn.Module):
                 in_rows = ((images * self.input_hw[0] * self.input_hw[1]) * c + in_rows[None]).reshape(-1)
                 self._kept_rows_by_batch[key] = native.KeptRows(in_rows.contiguous(), taps, out_rows.contiguous(),
                                                                 inside.repeat(batch), self.kernel_size[1])
+        return self._kept_rows_by_batch[key]
+
+    def _band_rows(self, band: int) -> native.KeptRows:
+        """One image's rows of this 1x1 conv when its input rows come from the band buffer of a fused
+        depthwise conv, `band` rows long (`fuse_depthwise`)."""
+        key = ("band", band, self.feeds_kept_only)
+        if key not in self._kept_rows_by_batch:
+            rows = self._kept_rows(1, True)
+            in_rows = torch.arange(rows.in_rows.numel()) % band * self.in_channels
+            self._kept_rows_by_batch[key] = rows._replace(in_rows=in_rows)
         return self._kept_rows_by_batch[key]
 
     def _taps_in_input(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -515,8 +576,10 @@ class CompiledConv2d(nn.Module):
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         if (identity is not None) != self.residual:
             raise ValueError("a residual conv takes the tensor to add, and only a residual conv does")
-        if self.passes_input:  # its depthwise consumer runs it
+        if self.passes_input:  # a conv after it runs it
             return x
+        if self.fused_depthwise is not None:
+            return self.fused_depthwise._fused_depthwise(x, self, identity)
         if x.dim() == 2:
             return self.sparse(x, identity)
         if not x.is_contiguous(memory_format=CHANNELS_LAST):

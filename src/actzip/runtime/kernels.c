@@ -708,6 +708,10 @@ typedef struct Job {
     float *ring;
     int64_t nbands, nparts, ring_floats, in_image;
     int64_t tile;             /* rows_conv: pixels per register tile, PIX or ROWS_PIX */
+    /* producer_depthwise, optionally: the 1x1 conv reading the depthwise rows, band by band */
+    const struct Job *project;
+    float *band;
+    int64_t band_floats, out_image;
 } Job;
 
 /* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
@@ -908,22 +912,33 @@ static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
    has dropped, and gives the consumer ring offsets in its table), so the producer's map, the
    largest of an inverted residual block, never reaches memory. The producer job covers one image
    (its x is moved to each image here); the consumer job reads the ring (no per-image input offset)
-   and writes each image's rows. */
+   and writes each image's rows.
+   With a `project` job (a rows conv of one image, whose y and residual are moved `out_image` floats
+   per image here), the consumer writes each band's rows into the thread's `band` buffer instead
+   (its table says where), and the project conv reads them from there at once: the depthwise map
+   never reaches memory either. */
 static int producer_depthwise(const Job *j, int64_t begin, int64_t end) {
-    Job producer = *j->producer, consumer = *j->consumer;
-    consumer.x = producer.y = j->ring + j->thread_num() * j->ring_floats;
+    const int thread = j->thread_num();
+    Job producer = *j->producer, consumer = *j->consumer, project = j->project ? *j->project : producer;
+    consumer.x = producer.y = j->ring + thread * j->ring_floats;
+    if (j->project) project.x = consumer.y = j->band + thread * j->band_floats;
     const int64_t kept = consumer.geometry[0], *bands = j->bands;
     for (int64_t u = begin; u < end; u++) {
         const int64_t img = u / j->nparts, part = u % j->nparts;
         const int64_t b0 = part * j->nbands / j->nparts, b1 = (part + 1) * j->nbands / j->nparts;
         if (b0 >= b1) continue;
         producer.x = j->producer->x + img * j->in_image;
+        if (j->project) {
+            project.y = j->project->y + img * j->out_image;
+            project.residual = j->project->residual ? j->project->residual + img * j->out_image : NULL;
+        }
         int64_t made = b0 ? bands[3 * b0 + 2] : 0, used = b0 ? bands[3 * b0 - 2] : 0;
         for (int64_t b = b0; b < b1; b++) {
             const int64_t make = bands[3 * b], use = bands[3 * b + 1];
             if (make > made && rows_conv(&producer, made, make)) return -1;
             made = make > made ? make : made;
-            if (use > used && depthwise_rows(&consumer, img * kept + used, img * kept + use)) return -1;
+            if (use > used && (depthwise_rows(&consumer, img * kept + used, img * kept + use)
+                               || (j->project && rows_conv(&project, used, use)))) return -1;
             used = use > used ? use : used;
         }
     }

@@ -79,7 +79,8 @@ class Job(ctypes.Structure):
         + [(n, _F) for n in ("x", "w", "bias", "residual", "zeros", "y", "lists", "in_rows", "taps", "out_rows",
                              "inside", "geometry")] \
         + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F), ("producer", _F), ("consumer", _F),
-           ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "nparts", "ring_floats", "in_image", "tile")]
+           ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "nparts", "ring_floats", "in_image", "tile")] \
+        + [("project", _F), ("band", _F), ("band_floats", _I64), ("out_image", _I64)]
 
 
 @functools.cache
@@ -296,19 +297,26 @@ class Bands(NamedTuple):
     ring_rows: int
 
 
-def producer_depthwise(producer: Job, consumer: Job, bands: Bands, images: int, in_image: int) -> None:
+def producer_depthwise(producer: Job, consumer: Job, bands: Bands, images: int, in_image: int,
+                       project: Job | None = None, band_rows: int = 0, out_image: int = 0) -> None:
     """Run a rows-conv producer (its job over one image, `in_image` floats apart in x) and the
     depthwise conv reading its kept rows from a ring (its job over `images` images) band by band,
-    so that the producer's rows never leave the cache (see kernels.c). With fewer images than
-    threads, each image's bands are shared between threads."""
+    so that the producer's rows never leave the cache (see kernels.c). With a `project` job (a rows
+    conv over one image, its output and residual `out_image` floats apart), each band's depthwise
+    rows (at most `band_rows`) go to a buffer that the project conv reads at once. With fewer images
+    than threads, each image's bands are shared between threads."""
     threads = torch.get_num_threads()
     parts = 1 if images >= threads else -(-threads // images)
     ring = torch.empty(threads * bands.ring_rows * producer.cout)
+    band = torch.empty(threads * band_rows * consumer.cin if project is not None else 0)
     job = Job(kernel=4, isa=producer.isa, rows=images * parts, producer=ctypes.addressof(producer),
               consumer=ctypes.addressof(consumer), bands=bands.ends.data_ptr(), nbands=bands.ends.numel() // 3,
-              nparts=parts, ring=ring.data_ptr(), ring_floats=bands.ring_rows * producer.cout, in_image=in_image)
-    run_job(job, images * (producer.rows * producer.ntaps * producer.cin * producer.cout + consumer.rows // images
-                           * consumer.ntaps * consumer.cin))
+              nparts=parts, ring=ring.data_ptr(), ring_floats=bands.ring_rows * producer.cout, in_image=in_image,
+              project=ctypes.addressof(project) if project is not None else None, band=band.data_ptr(),
+              band_floats=band_rows * consumer.cin, out_image=out_image)
+    per_image = producer.rows * producer.ntaps * producer.cin * producer.cout + consumer.rows // images \
+        * consumer.ntaps * consumer.cin + (project.rows * project.cin * project.cout if project is not None else 0)
+    run_job(job, images * per_image)
 
 
 def lists_size(pixels: int, cin: int) -> int:
