@@ -44,7 +44,7 @@ from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
 ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
-DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.producer_depthwise`)
+DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.BandedCall`)
 # The most weight bytes of a 1x1 conv that runs its depthwise producer band by band (`fuse_depthwise`):
 # it reads its whole weight once per band, from L2 only if the weight stays there between bands
 PROJECT_WEIGHT_BYTES = 512 << 10
@@ -168,6 +168,7 @@ class CompiledConv2d(nn.Module):
             self._tables_input_mask: torch.Tensor | None = None  # the producer mask its tables are for
             self.fused_producer: CompiledConv2d | None = None
             self._ring_plans: dict[tuple, tuple] = {}
+            self._plans_producer: CompiledConv2d | None = None  # the producer its ring plans are for
         elif self.native:
             self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
             self._kept_rows_by_batch: dict[tuple, native.KeptRows] = {}
@@ -259,14 +260,15 @@ class CompiledConv2d(nn.Module):
 
     def fuse_producer(self, producer: CompiledConv2d | None) -> None:
         """Run `producer`, a sparse conv by the compiled kernel whose kept pixels this sparse depthwise
-        conv reads (`read_masked_input`), band by band with this conv (`native.producer_depthwise`):
+        conv reads (`read_masked_input`), band by band with this conv (`native.BandedCall`):
         the producer then passes its input through, and this conv reads that. None: undo."""
         if self.passes_input and producer is not self.fused_producer:
             raise ValueError("this depthwise conv is fused into the 1x1 conv after it: undo that first")
         if self.fused_producer is not None:
             self.fused_producer.passes_input = False
-        if producer is not self.fused_producer:
-            self._ring_plans.clear()  # plans made for another producer
+        if producer is not None and producer is not self._plans_producer:
+            self._ring_plans.clear()  # plans made for another producer (kept while compile switches paths)
+            self._plans_producer = producer
         if producer is not None and (producer.depthwise or not producer.native or producer.residual
                                      or self.input_kept_pixels is None):
             raise ValueError("a fused producer is a sparse conv by the compiled kernel with a masked depthwise consumer")
@@ -380,28 +382,46 @@ class CompiledConv2d(nn.Module):
         that fused this one (`fuse_depthwise`) runs on each band too, and its output is returned."""
         producer, rows_input = self.fused_producer, x.dim() == 2
         if rows_input:  # a 1x1 producer with the mask of its own producer
-            per_image = producer.kept_pixels.numel() * producer.in_channels
             n, source = x.shape[0] // producer.kept_pixels.numel(), x.contiguous()
         else:
             producer._check(x)
-            per_image = producer.input_hw[0] * producer.input_hw[1] * producer.in_channels
             n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
+        call = self._banded_call(n, rows_input, project)
+        if project is None:
+            out = self._depthwise_output(n)
+            call.run(source, out)
+            return self._finish_depthwise(out)
+        out = project._rows_output(n)
+        call.run(source, out, _nhwc(identity) if identity is not None else None)
+        return project._finish_rows(out, identity)
+
+    def _banded_call(self, n: int, rows_input: bool, project: CompiledConv2d | None) -> native.BandedCall:
+        """The kernel call of `_fused_depthwise` for `n` images, made once per batch size, thread
+        count, instruction set and hand-over (kept with the ring plans)."""
+        key = ("call", n, rows_input, self.feeds_kept_only, project is not None and project.feeds_kept_only,
+               project is not None, torch.get_num_threads(), native.isa())
+        if key in self._ring_plans:
+            return self._ring_plans[key]
+        producer, empty = self.fused_producer, torch.empty(0)
         table, bands, producer_rows = self._ring_plan(rows_input, project is not None)
-        ring = torch.empty(0, producer.out_channels)  # the ring and the band buffer are the kernel's
-        first = native.rows_conv_job(source, producer.taps_weight, producer.taps_bias, ring, producer_rows,
-                                     producer.lo, producer.hi)
-        out = self._depthwise_output(n) if project is None else torch.empty(0, self.out_channels)
-        second, geometry = native.depthwise_job(out, self.taps_weight, self.bias, out, table, producer.fill,
+        in_image = producer.in_channels * (producer.kept_pixels.numel() if rows_input else
+                                           producer.input_hw[0] * producer.input_hw[1])
+        first = native.rows_conv_job(empty, producer.taps_weight, producer.taps_bias, empty.view(0, producer.out_channels),
+                                     producer_rows, producer.lo, producer.hi)
+        out = self._depthwise_output(n) if project is None else empty.view(0, self.out_channels)
+        second, geometry = native.depthwise_job(empty, self.taps_weight, self.bias, out, table, producer.fill,
                                                 self.lo, self.hi, n)
         if project is None:
-            native.producer_depthwise(first, second, bands, n, per_image)
-            return self._finish_depthwise(out)
-        projected = project._rows_output(n)
-        residual = _nhwc(identity) if identity is not None else None
-        third = native.rows_conv_job(out, project.taps_weight, project.taps_bias, projected,
-                                     project._band_rows(DEPTHWISE_BAND), project.lo, project.hi, residual)
-        native.producer_depthwise(first, second, bands, n, per_image, third, DEPTHWISE_BAND, projected.numel() // n)
-        return project._finish_rows(projected, identity)
+            call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
+        else:
+            rows = project._band_rows(DEPTHWISE_BAND)
+            out_image = rows.out_rows.numel() * project.out_channels if project.feeds_kept_only else \
+                project.output_hw[0] * project.output_hw[1] * project.out_channels
+            third = native.rows_conv_job(empty, project.taps_weight, project.taps_bias,
+                                         empty.view(0, project.out_channels), rows, project.lo, project.hi)
+            call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, DEPTHWISE_BAND)
+        self._ring_plans[key] = call
+        return call
 
     def _depthwise_output(self, n: int) -> torch.Tensor:
         shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
