@@ -804,9 +804,14 @@ static void max_pool_avx512(const Job *j, int64_t begin, int64_t end) { max_pool
 static inline float *depthwise_taps(const Job *j, int64_t r, const float **src) {
     const int64_t kept = j->geometry[0], T = j->geometry[1];
     const int64_t img = r / kept, k = r % kept;
+    /* selects, not branches: a masked producer leaves -2s in the table that no predictor learns
+       (MobileNetV2's first fused block at 30 % masks took 1.5x the time with branches here) */
+    const uintptr_t base = (uintptr_t)(j->x + img * j->geometry[2]), zeros = (uintptr_t)j->zeros,
+                    fill = (uintptr_t)j->fill;
     for (int64_t t = 0; t < T; t++) {
         const int64_t o = j->in_rows[k * T + t];
-        src[t] = o >= 0 ? j->x + img * j->geometry[2] + o : o == -1 ? j->zeros : j->fill;
+        const uintptr_t special = o == -1 ? zeros : fill, row = base + (uintptr_t)o * sizeof(float);
+        src[t] = (const float *)(o >= 0 ? row : special);
     }
     return j->y + img * j->geometry[3] + j->out_rows[k];
 }
