@@ -348,11 +348,12 @@ class CompiledConv2d(nn.Module):
         return self._finish_rows(out, identity)
 
     def _rows_output(self, n: int) -> torch.Tensor:
+        """The output of the kept-pixel kernels for `n` images: kept rows, or a full NHWC map."""
         shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
             (n, *self.output_hw, self.out_channels)
         return torch.empty(shape)
 
-    def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
+    def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         """Kept rows as they are for a consumer that reads them alone, else the full map, filled."""
         if self.feeds_kept_only:
             return out
@@ -369,11 +370,11 @@ class CompiledConv2d(nn.Module):
         else:
             self._check(x)
             n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
-        out = self._depthwise_output(n)
+        out = self._rows_output(n)
         fill = self.input_fill if self.input_fill is not None else self.bias  # else no tap reads it
         native.depthwise_rows(source, self.taps_weight, self.bias, out, self._depthwise_rows(compact), fill,
                               self.lo, self.hi)
-        return self._finish_depthwise(out)
+        return self._finish_rows(out)
 
     def _fused_depthwise(self, x: torch.Tensor, project: CompiledConv2d | None = None,
                          identity: torch.Tensor | None = None) -> torch.Tensor:
@@ -388,9 +389,9 @@ class CompiledConv2d(nn.Module):
             n, source = x.shape[0], x.permute(0, 2, 3, 1)  # a contiguous view: x is channels_last
         call = self._banded_call(n, rows_input, project)
         if project is None:
-            out = self._depthwise_output(n)
+            out = self._rows_output(n)
             call.run(source, out)
-            return self._finish_depthwise(out)
+            return self._finish_rows(out)
         out = project._rows_output(n)
         call.run(source, out, _nhwc(identity) if identity is not None else None)
         return project._finish_rows(out, identity)
@@ -408,7 +409,7 @@ class CompiledConv2d(nn.Module):
                                            producer.input_hw[0] * producer.input_hw[1])
         first = native.rows_conv_job(empty, producer.taps_weight, producer.taps_bias, empty.view(0, producer.out_channels),
                                      producer_rows, producer.lo, producer.hi)
-        out = self._depthwise_output(n) if project is None else empty.view(0, self.out_channels)
+        out = self._rows_output(n) if project is None else empty.view(0, self.out_channels)
         second, geometry = native.depthwise_job(empty, self.taps_weight, self.bias, out, table, producer.fill,
                                                 self.lo, self.hi, n)
         if project is None:
@@ -422,19 +423,6 @@ class CompiledConv2d(nn.Module):
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, DEPTHWISE_BAND)
         self._ring_plans[key] = call
         return call
-
-    def _depthwise_output(self, n: int) -> torch.Tensor:
-        shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
-            (n, *self.output_hw, self.out_channels)
-        return torch.empty(shape)
-
-    def _finish_depthwise(self, out: torch.Tensor) -> torch.Tensor:
-        """Kept rows as they are for a consumer that reads them alone, else the full map, filled."""
-        if self.feeds_kept_only:
-            return out
-        out = out.permute(0, 3, 1, 2)
-        fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy())
-        return out
 
     def _tap_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kept pixels, taps): each tap's pixel in the input map (clamped into it), and whether it
