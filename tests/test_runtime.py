@@ -238,14 +238,19 @@ def test_compiled_model_refuses_another_input_size():
             compiled(torch.rand(2, 1, 32, 32))
 
 
-def test_model_without_masks_stays_dense_and_says_so():
+def test_model_without_masks_says_so_and_runs_the_faster_of_onednn_and_actzips_kernels():
     model = _randomize_batchnorm(resnet20(width=0.5))
     x = torch.rand(2, 1, 28, 28)
-    with pytest.warns(ActzipWarning, match="no pixel masks"):
-        compiled = compile(model, x, repeats=1, engines=OWN)
-    assert all(c.path == "dense" and c.reason == "no mask" for c in compiled.layers)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    assert all(c.path in ("dense", "kernel") and c.sparsity is None for c in compiled.layers)
+    if native.available():  # every conv timed on actzip's kernels, every pixel kept
+        assert all(c.dense_ms is not None and c.sparse_ms is not None for c in compiled.layers)
     assert compiled.report()["sparse_convs"] == 0 and "no pixel masks" in compiled.summary()
     with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+        for m in compiled.modules():  # either path, whatever was measured
+            if isinstance(m, CompiledConv2d):
+                m.path = "kernel" if m.every_pixel else "dense"
         assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
 
 
@@ -422,6 +427,29 @@ def test_fused_producers_equal_the_model_over_many_bands(threads):
                 assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
+def test_an_unmasked_inverted_residual_block_runs_fused_on_every_pixel():
+    """Without masks, the kept-pixel kernels keep every pixel ("kernel") and fuse as the sparse path
+    does: the expand conv into the depthwise conv, and that into the project conv."""
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+                                               _InvertedResidual(8, 24)))
+    x = torch.rand(2, 3, 30, 26)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    modules = dict(compiled.graph_module.named_modules())
+    convs = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
+    for m in convs:
+        m.path = "kernel"
+    _hand_over(modules, _hand_over_pairs(compiled.graph_module))
+    _, expand, depthwise, project = convs
+    assert not any(m.masked for m in convs) and depthwise.fused_producer is expand
+    assert project.fused_depthwise is depthwise and project.residual
+    with torch.no_grad():
+        want = model(x)
+        for batch in (2, 1):
+            assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
 
 
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")

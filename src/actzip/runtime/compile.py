@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ActzipError, ActzipWarning
-from .conv import CHANNELS_LAST, ZEROS_PATHS, CompiledConv2d, Workspace
+from .conv import CHANNELS_LAST, KEPT_PATHS, ZEROS_PATHS, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
 from . import native, onnx
 from .memory import hold_freed_memory
@@ -61,8 +61,8 @@ class LayerChoice:
     dense_ms: float | None
     sparse_ms: float | None  # its faster other path: kept pixels only, or skipping zeros
     path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
-    # pixels), "zeros-pixel" (skips each pixel's own zero channels) or "kernel" (an unmasked depthwise
-    # conv by actzip's kernel)
+    # pixels), "zeros-pixel" (skips each pixel's own zero channels) or "kernel" (an unmasked conv by
+    # actzip's kept-pixel kernels, every pixel kept)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
 
@@ -104,22 +104,28 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
     """Median ms of each conv in `convs` on the dense path and on each of its other paths
     (`conv.alternatives`), timed inside whole runs of the model with every conv of `convs` on the
     same side (the runs alternate between the sides; side i runs a conv's i-th alternative, or its
-    last), and the hand-over `pairs` on where they apply."""
+    last, timed on its own side only: on side 0 every conv runs the kept-pixel kernels, so that a
+    fused chain is timed whole), and the hand-over `pairs` on where they apply."""
     modules = dict(gm.named_modules())
     times = {name: {path: [] for path in ("dense",) + conv.alternatives} for name, conv in convs.items()}
     sides = max(len(conv.alternatives) for conv in convs.values())
     started: dict[str, float] = {}
+    own: dict[str, bool] = {}  # whether a conv runs its own path of this side (not its last, again)
+    def timed(m, args, out, name):
+        if own[name]:
+            times[name][m.path].append(time.perf_counter() - started[name])
+
     hooks = []
     for name, conv in convs.items():
         hooks.append(conv.register_forward_pre_hook(lambda m, a, n=name: started.__setitem__(n, time.perf_counter())))
-        hooks.append(conv.register_forward_hook(
-            lambda m, a, out, n=name: times[n][m.path].append(time.perf_counter() - started[n])))
+        hooks.append(conv.register_forward_hook(lambda m, a, out, n=name: timed(m, a, out, n)))
     try:
         with torch.no_grad():
             for r in range(repeats + 1):  # the first round warms both paths up and is dropped
                 for side in range(-1, sides):
-                    for conv in convs.values():
+                    for name, conv in convs.items():
                         conv.path = "dense" if side < 0 else conv.alternatives[min(side, len(conv.alternatives) - 1)]
+                        own[name] = side < len(conv.alternatives)
                     _hand_over(modules, pairs)
                     gm(example)
                 if r == 0:
@@ -221,8 +227,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable}, example)
     candidates = {}
     for name, conv in compiled.items():
-        conv.alternatives = ("sparse",) if _sparse_candidate(conv) else ("kernel",) if conv.every_pixel \
-            else _zeros_paths() if zeros.get(name, 0) >= ZEROS_WORTH_TIMING else ()
+        conv.alternatives = _alternatives(conv, zeros.get(name, 0))
         if conv.alternatives:
             candidates[name] = conv
     pairs = _hand_over_pairs(gm)
@@ -317,7 +322,7 @@ def _note(layers: list[LayerChoice]) -> str:
     on_zeros = sum(c.path.startswith("zeros") for c in layers)
     on_kernel = sum(c.path == "kernel" for c in layers)
     zeros_note = (f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else "") \
-        + (f"; {on_kernel} depthwise convs run actzip's kernel" if on_kernel else "")
+        + (f"; {on_kernel} convs run actzip's kernels" if on_kernel else "")
     if masked:
         sparse = sum(c.path == "sparse" for c in layers)
         return f"{sparse} of {len(masked)} masked convs run sparse ({len(layers)} convs in all){zeros_note}"
@@ -335,12 +340,12 @@ def _hand_over_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
     modules, pairs = dict(gm.named_modules()), []
     for node in gm.graph.nodes:
         producer = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(producer, CompiledConv2d) or not producer.masked or producer.residual \
-                or len(node.users) != 1:
+        if not isinstance(producer, CompiledConv2d) or not (producer.masked or producer.every_pixel) \
+                or producer.residual or len(node.users) != 1:
             continue
         user = next(iter(node.users))
         consumer = modules.get(user.target) if user.op == "call_module" else None
-        if not (isinstance(consumer, CompiledConv2d) and consumer.masked and consumer.sparse_capable
+        if not (isinstance(consumer, CompiledConv2d) and (consumer.masked and consumer.sparse_capable or consumer.every_pixel)
                 and consumer.input_hw == producer.output_hw and user.args[0] is node):
             continue
         pointwise = consumer.kernel_size == (1, 1) and consumer.stride == (1, 1) and consumer.pads == (0, 0, 0, 0)
@@ -360,18 +365,18 @@ def _hand_over(modules: dict[str, nn.Module], pairs: list[tuple[str, str]]) -> l
         modules[consumer_name].fuse_depthwise(None)
     for producer_name, consumer_name in pairs:
         producer, consumer = modules[producer_name], modules[consumer_name]
-        sparse = consumer.path == "sparse"
+        sparse = consumer.path in KEPT_PATHS
         producer.feeds_kept_only = sparse
         if consumer.depthwise:
             consumer.read_masked_input(producer.kept_pixels if sparse else None, producer.fill if sparse else None)
-            fusable = sparse and producer.path == "sparse" and producer.native and not producer.depthwise
+            fusable = sparse and producer.path in KEPT_PATHS and producer.native and not producer.depthwise
             consumer.fuse_producer(producer if fusable else None)
         if sparse:
             on.append((producer_name, consumer_name))
     for producer_name, consumer_name in pairs:  # once every fused producer is known
         producer, consumer = modules[producer_name], modules[consumer_name]
         if producer.depthwise and producer.native:  # the depthwise -> 1x1 pair of an inverted residual block
-            fusable = consumer.path == producer.path == "sparse" and consumer.fuses(producer)
+            fusable = consumer.path in KEPT_PATHS and producer.path in KEPT_PATHS and consumer.fuses(producer)
             consumer.fuse_depthwise(producer if fusable else None)
     return on
 
@@ -400,7 +405,17 @@ def _zeros_paths() -> tuple[str, ...]:
 
 
 def _sparse_candidate(conv: CompiledConv2d) -> bool:
-    return conv.masked and conv.sparse_capable and conv.sparsity > 0
+    """A mask that keeps every pixel still counts: the kept-pixel kernels fuse whole blocks."""
+    return conv.masked and conv.sparse_capable
+
+
+def _alternatives(conv: CompiledConv2d, zeros: float) -> tuple[str, ...]:
+    """The paths to time against dense: its kept pixels, or actzip's kernels on every pixel of an
+    unmasked conv, and the zeros kernels where its input has zeros enough to try."""
+    if _sparse_candidate(conv):
+        return ("sparse",)
+    skips = _zeros_paths() if conv.zeros_capable and zeros >= ZEROS_WORTH_TIMING else ()
+    return (("kernel",) if conv.every_pixel else ()) + skips
 
 
 def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: dict[str, float] | None,
@@ -413,11 +428,14 @@ def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: d
         return LayerChoice(name, conv.kernel_size, conv.stride, conv.groups, input_shape, conv.macs(input_shape[0]),
                            conv.sparsity if conv.masked else None, dense_ms, sparse_ms, path, reason, zeros)
 
-    if chain:
-        dense_sum, sparse_sum = sum(t["dense"] for t in chain), sum(t["sparse"] for t in chain)
-        path = "sparse" if sparse_sum < dense_sum else "dense"
-        return choice(path, f"with its chain of {len(chain)} hand-over convs, sparse measured "
-                            f"{dense_sum / sparse_sum:.2f}x", ms["dense"], ms["sparse"])
+    if chain:  # the chain runs the kept-pixel kernels (each conv's first alternative), or none does
+        kept, off = conv.alternatives[0], min((p for p in ms if p not in KEPT_PATHS), key=ms.__getitem__)
+        kept_sum = sum(v for t in chain for p, v in t.items() if p in KEPT_PATHS)
+        off_sum = sum(min(v for p, v in t.items() if p not in KEPT_PATHS) for t in chain)
+        path = kept if kept_sum < off_sum else off
+        return choice(path, f"with its chain of {len(chain)} hand-over convs, {kept} measured "
+                            f"{off_sum / kept_sum:.2f}x" + (f"; {off} alone" if path == off != "dense" else ""),
+                      ms["dense"], ms[kept if path in ("dense", kept) else path])
     if ms is not None:  # timed against its other path
         other = min(conv.alternatives, key=ms.__getitem__)
         dense_ms, other_ms = ms["dense"], ms[other]
@@ -428,6 +446,4 @@ def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: d
         return choice("dense", f"{what} measured {dense_ms / other_ms:.2f}x", dense_ms, other_ms)
     if not conv.masked:
         return choice("dense", "no mask" + (f", {100 * zeros:.0f} % zeros in its input" if zeros is not None else ""))
-    if not conv.sparse_capable:
-        return choice("dense", "grouped: no kept-pixel kernel" if conv.groups > 1 else "no compiled kernels")
-    return choice("dense", "mask keeps every pixel")
+    return choice("dense", "grouped: no kept-pixel kernel" if conv.groups > 1 else "no compiled kernels")

@@ -29,8 +29,8 @@ Two more paths serve unstructured zeros in the input of an unmasked 1x1 conv (th
 MobileNet's and EfficientNet's project convs, after a ReLU), with the compiled kernel of `native.py`:
 "zeros" skips the input channels that are zero in every pixel of a small tile (best where
 neighbouring pixels share their zeros, and with large weights), "zeros-pixel" each pixel's own zero
-channels (best where zeros are independent; AVX-512 only). And an unmasked depthwise conv may run
-"kernel": the kept-pixel depthwise kernel with every pixel kept.
+channels (best where zeros are independent; AVX-512 only). And an unmasked conv may run "kernel":
+the kept-pixel kernels with every pixel kept, which hand over rows and fuse as the sparse path does.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
 ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
+KEPT_PATHS = ("sparse", "kernel")  # the paths on the kept-pixel kernels: the kept pixels, or every pixel
 DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.BandedCall`)
 # The most weight bytes of a 1x1 conv that runs its depthwise producer band by band (`fuse_depthwise`):
 # it reads its whole weight once per band, from L2 only if the weight stays there between bands
@@ -126,10 +127,11 @@ class CompiledConv2d(nn.Module):
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
         self.passes_input = False  # set by compile: a conv after it runs it (`fuse_producer`, `fuse_depthwise`)
         self.fused_depthwise: CompiledConv2d | None = None  # set by compile: this conv runs it (`fuse_depthwise`)
-        # an unmasked depthwise conv may run actzip's kernel on every pixel ("kernel"): oneDNN's
-        # stride-2 depthwise convs measured 1.25-1.95x slower than it on Lite0 (AMD Zen 5)
-        self.every_pixel = (not self.masked and not residual and native.available()
-                            and self.groups == self.in_channels == self.out_channels)
+        # an unmasked conv may run actzip's kept-pixel kernels on every pixel ("kernel"): oneDNN's
+        # stride-2 depthwise convs measured 1.25-1.95x slower than them on Lite0 (AMD Zen 5), and
+        # an inverted residual block fused band by band keeps its expanded map in the cache
+        self.every_pixel = not self.masked and native.available() and (
+            self.groups == 1 or not residual and self.groups == self.in_channels == self.out_channels)
         if self.masked or self.every_pixel:
             keep = mask if self.masked else torch.ones(self.output_hw)
             self._set_mask(keep, conv.masked_value.reshape(-1) if self.masked else torch.zeros(self.out_channels))
@@ -594,7 +596,7 @@ class CompiledConv2d(nn.Module):
             x = x.contiguous(memory_format=CHANNELS_LAST)
         if self.path in ZEROS_PATHS:
             return self.zeros(x, identity)
-        return self.sparse(x, identity) if self.path in ("sparse", "kernel") else self.dense(x, identity)
+        return self.sparse(x, identity) if self.path in KEPT_PATHS else self.dense(x, identity)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
