@@ -376,6 +376,17 @@ def test_a_depthwise_conv_reads_only_the_kept_pixels_its_producer_writes(stride,
             assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
 
 
+def _all_on(compiled, path: str) -> list:
+    """Every conv of `compiled` on `path`, kept rows handed over and blocks fused as `compile`
+    would; the convs, in order."""
+    modules = dict(compiled.graph_module.named_modules())
+    convs = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
+    for m in convs:
+        m.path = path
+    _hand_over(modules, _hand_over_pairs(compiled.graph_module))
+    return convs
+
+
 class _InvertedResidual(nn.Module):
     """MobileNetV2's block with its residual add: expand 1x1, depthwise 3x3, project 1x1, + input."""
 
@@ -410,12 +421,7 @@ def test_fused_producers_equal_the_model_over_many_bands(threads):
     try:
         torch.set_num_threads(threads)
         compiled = compile(model, x, repeats=1, engines=OWN)
-        modules = dict(compiled.graph_module.named_modules())
-        convs = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
-        for m in convs:
-            m.path = "sparse"
-        _hand_over(modules, _hand_over_pairs(compiled.graph_module))
-        stem, first, project, expand, second, last, *block = convs
+        stem, first, project, expand, second, last, *block = _all_on(compiled, "sparse")
         assert first.fused_producer is stem and second.fused_producer is expand and project.feeds_kept_only
         assert project.fused_depthwise is first and last.fused_depthwise is second and block[2].fused_depthwise is block[1]
         assert block[2].residual and not block[2].feeds_kept_only
@@ -438,11 +444,7 @@ def test_an_unmasked_inverted_residual_block_runs_fused_on_every_pixel():
                                                _InvertedResidual(8, 24)))
     x = torch.rand(2, 3, 30, 26)
     compiled = compile(model, x, repeats=1, engines=OWN)
-    modules = dict(compiled.graph_module.named_modules())
-    convs = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
-    for m in convs:
-        m.path = "kernel"
-    _hand_over(modules, _hand_over_pairs(compiled.graph_module))
+    convs = _all_on(compiled, "kernel")
     _, expand, depthwise, project = convs
     assert not any(m.masked for m in convs) and depthwise.fused_producer is expand
     assert project.fused_depthwise is depthwise and project.residual
@@ -463,12 +465,9 @@ def test_a_1x1_conv_whose_weight_leaves_the_cache_runs_apart_from_its_depthwise_
     x = torch.rand(2, 8, 12, 12)
     attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
     compiled = compile(model, x, repeats=1, engines=OWN)
-    modules = dict(compiled.graph_module.named_modules())
-    expand, depthwise, project = [m for m in modules.values() if isinstance(m, CompiledConv2d)]
-    for m in (expand, depthwise, project):
-        m.path = "sparse"
+    project = [m for m in compiled.modules() if isinstance(m, CompiledConv2d)][-1]
     monkeypatch.setattr(conv_module, "PROJECT_WEIGHT_BYTES", project.taps_weight.numel() * 4 - 1)
-    _hand_over(modules, _hand_over_pairs(compiled.graph_module))
+    expand, depthwise, project = _all_on(compiled, "sparse")
     assert depthwise.fused_producer is expand and project.fused_depthwise is None and not depthwise.passes_input
     with pytest.raises(ValueError, match="fits in"):
         project.fuse_depthwise(depthwise)
