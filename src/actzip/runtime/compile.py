@@ -111,6 +111,7 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
     sides = max(len(conv.alternatives) for conv in convs.values())
     started: dict[str, float] = {}
     own: dict[str, bool] = {}  # whether a conv runs its own path of this side (not its last, again)
+
     def timed(m, args, out, name):
         if own[name]:
             times[name][m.path].append(time.perf_counter() - started[name])
