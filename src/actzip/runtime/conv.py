@@ -417,11 +417,10 @@ class CompiledConv2d(nn.Module):
         if project is None:
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
         else:
-            rows = project._band_rows(DEPTHWISE_BAND)
-            out_image = rows.out_rows.numel() * project.out_channels if project.feeds_kept_only else \
-                project.output_hw[0] * project.output_hw[1] * project.out_channels
+            _, out_image = project._out_rows()
             third = native.rows_conv_job(empty, project.taps_weight, project.taps_bias,
-                                         empty.view(0, project.out_channels), rows, project.lo, project.hi)
+                                         empty.view(0, project.out_channels), project._band_rows(), project.lo,
+                                         project.hi)
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, DEPTHWISE_BAND)
         self._ring_plans[key] = call
         return call
@@ -518,13 +517,13 @@ class CompiledConv2d(nn.Module):
                                                                 inside.repeat(batch), self.kernel_size[1])
         return self._kept_rows_by_batch[key]
 
-    def _band_rows(self, band: int) -> native.KeptRows:
+    def _band_rows(self) -> native.KeptRows:
         """One image's rows of this 1x1 conv when its input rows come from the band buffer of a fused
-        depthwise conv, `band` rows long (`fuse_depthwise`)."""
-        key = ("band", band, self.feeds_kept_only)
+        depthwise conv, DEPTHWISE_BAND rows long (`fuse_depthwise`)."""
+        key = ("band", self.feeds_kept_only)
         if key not in self._kept_rows_by_batch:
             rows = self._kept_rows(1, True)
-            in_rows = torch.arange(rows.in_rows.numel()) % band * self.in_channels
+            in_rows = torch.arange(rows.in_rows.numel()) % DEPTHWISE_BAND * self.in_channels
             self._kept_rows_by_batch[key] = rows._replace(in_rows=in_rows)
         return self._kept_rows_by_batch[key]
 
