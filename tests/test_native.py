@@ -128,8 +128,8 @@ def test_compiled_model_on_the_zeros_path_equals_the_model():
     projects = [c for c in compiled.layers if c.input_zeros is not None and c.input_zeros > 0.5]
     assert len(projects) == 2 and all(c.sparse_ms is not None for c in projects)
     timed = {m.alternatives for m in compiled.modules() if getattr(m, "zeros_capable", False) and "zeros" in m.alternatives}
-    skips = ("zeros", "zeros-pixel") if native.isa() == "avx512" else ("zeros",)
-    assert timed == {("kernel",) + skips}  # both kernels timed, and every pixel on the kept-pixel kernel
+    skips = ("kernel-zeros", "zeros", "zeros-pixel") if native.isa() == "avx512" else ("zeros",)
+    assert timed == {("kernel",) + skips}  # both kernels timed, and every pixel on the kept-pixel kernels
     for path in ("zeros", "zeros-pixel"):  # whatever the timing chose, both must give the model's output
         for m in compiled.modules():
             if getattr(m, "zeros_capable", False):
@@ -138,6 +138,71 @@ def test_compiled_model_on_the_zeros_path_equals_the_model():
             want = model(x)
             assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
             assert (compiled(x[:1]) - want[:1]).abs().max() <= 1e-4 * want.abs().max()  # another batch size
+
+
+@pytest.mark.skipif(native.isa() != "avx512", reason="the pixel-by-pixel zeros kernel is AVX-512's")
+@pytest.mark.parametrize("producer", ["fused", "rows", "map"])
+def test_a_1x1_conv_skips_zeros_on_every_pixel_fused_or_on_its_producers_rows(monkeypatch, producer):
+    """"kernel-zeros": the project conv skips its input's zeros on each band of its fused depthwise
+    conv, on the kept rows it hands over (the project's weight past PROJECT_WEIGHT_BYTES), or on
+    the full map of a dense depthwise conv; each with 1 and 2 threads, the bands shared between
+    threads at batch 1, and (on the kernels alone) an image with NaN."""
+    import actzip.runtime.conv as conv_module
+    from actzip.runtime.compile import link_kept_rows
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), ProjectBlock()).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.bias.data.fill_(-0.8)
+    x = torch.randn(2, 3, 17, 15)  # 255 pixels: 6 bands
+    if producer != "map":  # oneDNN's fused clamp in the dense depthwise conv does not keep NaN
+        x[1, :, 3, 4] = float("nan")
+    compiled = compile(model, x, repeats=1, engines=OWN, verify=False)
+    monkeypatch.setattr(native, "WORK_PER_THREAD", 1)  # two threads even on this small block
+    if producer == "rows":
+        monkeypatch.setattr(conv_module, "PROJECT_WEIGHT_BYTES", 0)
+    convs = [m for m in compiled.modules() if isinstance(m, conv_module.CompiledConv2d)]
+    for m in convs:
+        m.path = "kernel-zeros" if m.zeros_capable and m.kernel_size == (1, 1) and m.in_channels > 24 else "kernel"
+    if producer == "map":
+        convs[2].path = "dense"
+    link_kept_rows(compiled.graph_module)
+    project = convs[3]
+    assert project.path == "kernel-zeros" and (project.fused_depthwise is convs[2]) == (producer == "fused")
+    before = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            want = model(x)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for batch in (2, 1):
+                    got = compiled(x[:batch])
+                    assert torch.equal(got.isnan(), want[:batch].isnan())
+                    err = (got - want[:batch]).nan_to_num().abs().max()
+                    assert err <= 1e-4 * want.nan_to_num().abs().max()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_hand_over_chain_runs_the_paths_of_its_fastest_side_as_timed_whole():
+    """A chain's kept paths are chosen per side of the timing runs, on the chain's whole time there:
+    skipping zeros in the project conv can cost more than it saves, by unfusing its depthwise conv."""
+    from actzip.runtime.compile import Timings, _choose
+
+    torch.manual_seed(0)
+    compiled = compile(ProjectBlock(), torch.rand(1, 24, 6, 6), repeats=1, engines=OWN, verify=False)
+    expand, depthwise, project = [m for m in compiled.modules() if getattr(m, "every_pixel", False)]
+    expand.alternatives = depthwise.alternatives = ("kernel",)
+    project.alternatives = ("kernel", "kernel-zeros", "zeros-pixel")
+    own = {"dense": 1.0, "kernel": 0.01}
+    for zeros_pixel, want in ((0.7, ("kernel", "kernel")), (0.4, ("dense", "zeros-pixel"))):
+        chain = [(expand, Timings(own, [0.01, 0.01, 0.01])), (depthwise, Timings(own, [0.01, 1.0, 1.2])),
+                 (project, Timings({"dense": 1.0, "kernel": 2.5, "kernel-zeros": 1.6, "zeros-pixel": zeros_pixel},
+                                   [2.5, 1.6, zeros_pixel]))]
+        # side 0 runs the chain in 2.52 ms, side 1 in 2.61 (its 1.6 ms alone would look faster)
+        got = [_choose("conv", c, (1, 24, 6, 6), t, 0.5, chain).path for c, t in (chain[0], chain[2])]
+        assert tuple(got) == want
 
 
 def test_without_the_compiled_kernels_the_runtime_warns_and_runs_dense(monkeypatch):

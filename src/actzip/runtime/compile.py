@@ -24,6 +24,7 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.fx as fx
@@ -99,22 +100,39 @@ def _residual_add(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     return (add, other) if _shape(other) is not None and _shape(other) == _shape(node) else None
 
 
+class Timings(NamedTuple):
+    """One conv's median ms inside whole runs of the model (`_time_in_model`)."""
+
+    paths: dict[str, float]  # per path, dense first, each on the conv's own side
+    sides: list[float]  # per side from 0, whatever path the conv ran there
+
+
+def _path_on(conv: CompiledConv2d, side: int) -> str:
+    """The path `conv` runs on `side` of `_time_in_model`: dense on side -1, else its side-th
+    alternative, or its last."""
+    return "dense" if side < 0 else conv.alternatives[min(side, len(conv.alternatives) - 1)]
+
+
 def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: torch.Tensor,
-                   repeats: int, pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
-    """Median ms of each conv in `convs` on the dense path and on each of its other paths
-    (`conv.alternatives`), timed inside whole runs of the model with every conv of `convs` on the
-    same side (the runs alternate between the sides; side i runs a conv's i-th alternative, or its
-    last, timed on its own side only: on side 0 every conv runs the kept-pixel kernels, so that a
-    fused chain is timed whole), and the hand-over `pairs` on where they apply."""
+                   repeats: int, pairs: list[tuple[str, str]]) -> dict[str, Timings]:
+    """Each conv of `convs` timed inside whole runs of the model, with every conv of `convs` on the
+    same side (the runs alternate between the sides; side i runs each conv's `_path_on` i, its
+    time on that path recorded on its own side only), and the hand-over `pairs` on where they
+    apply. On side 0 every conv runs the kept-pixel kernels, so a fused chain is timed whole; its
+    other kept sides (a 1x1 conv skipping zeros on every pixel) are timed whole per side."""
     modules = dict(gm.named_modules())
     times = {name: {path: [] for path in ("dense",) + conv.alternatives} for name, conv in convs.items()}
     sides = max(len(conv.alternatives) for conv in convs.values())
+    by_side = {name: [[] for _ in range(sides)] for name in convs}
     started: dict[str, float] = {}
-    own: dict[str, bool] = {}  # whether a conv runs its own path of this side (not its last, again)
+    now = {"side": -1}
 
     def timed(m, args, out, name):
-        if own[name]:
-            times[name][m.path].append(time.perf_counter() - started[name])
+        elapsed = time.perf_counter() - started[name]
+        if now["side"] < len(m.alternatives):  # its own side
+            times[name][m.path].append(elapsed)
+        if now["side"] >= 0:
+            by_side[name][now["side"]].append(elapsed)
 
     hooks = []
     for name, conv in convs.items():
@@ -122,21 +140,22 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
         hooks.append(conv.register_forward_hook(lambda m, a, out, n=name: timed(m, a, out, n)))
     try:
         with torch.no_grad():
-            for r in range(repeats + 1):  # the first round warms both paths up and is dropped
+            for r in range(repeats + 1):  # the first round warms every path up and is dropped
                 for side in range(-1, sides):
-                    for name, conv in convs.items():
-                        conv.path = "dense" if side < 0 else conv.alternatives[min(side, len(conv.alternatives) - 1)]
-                        own[name] = side < len(conv.alternatives)
+                    for conv in convs.values():
+                        conv.path = _path_on(conv, side)
+                    now["side"] = side
                     _hand_over(modules, pairs)
                     gm(example)
                 if r == 0:
-                    for t in times.values():
-                        for v in t.values():
-                            v.clear()
+                    for v in [v for t in times.values() for v in t.values()] + [v for t in by_side.values() for v in t]:
+                        v.clear()
     finally:
         for h in hooks:
             h.remove()
-    return {name: {path: 1e3 * sorted(v)[len(v) // 2] for path, v in t.items()} for name, t in times.items()}
+    median = lambda v: 1e3 * sorted(v)[len(v) // 2]  # noqa: E731
+    return {name: Timings({path: median(v) for path, v in t.items()}, [median(v) for v in by_side[name]])
+            for name, t in times.items()}
 
 
 def _input_zeros(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example: torch.Tensor) -> dict[str, float]:
@@ -232,10 +251,10 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
         if conv.alternatives:
             candidates[name] = conv
     pairs = _hand_over_pairs(gm)
-    ms = _time_in_model(gm, candidates, example, repeats, pairs) if candidates else {}
-    chains = _chains(pairs, set(ms))
-    layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], ms.get(name), zeros.get(name),
-                                              [ms[n] for n in chains.get(name, [])])
+    timed = _time_in_model(gm, candidates, example, repeats, pairs) if candidates else {}
+    chains = _chains(pairs, set(timed))
+    layers = [left_as_is.get(name) or _choose(name, modules[name], input_shapes[name], timed.get(name),
+                                              zeros.get(name), [(modules[n], timed[n]) for n in chains.get(name, [])])
               for name in order]
     choices = {c.name: c for c in layers}
     for producer, consumer in _hand_over(modules, pairs):
@@ -320,8 +339,8 @@ def _fuse(gm: fx.GraphModule, node: fx.Node, conv: MaskedConv2d, modules: dict, 
 def _note(layers: list[LayerChoice]) -> str:
     """One line on what the compiled convs do; warns where there is nothing sparse to run."""
     masked = [c for c in layers if c.sparsity is not None]
-    on_zeros = sum(c.path.startswith("zeros") for c in layers)
-    on_kernel = sum(c.path == "kernel" for c in layers)
+    on_zeros = sum("zeros" in c.path for c in layers)
+    on_kernel = sum(c.path.startswith("kernel") for c in layers)
     zeros_note = (f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else "") \
         + (f"; {on_kernel} convs run actzip's kernels" if on_kernel else "")
     if masked:
@@ -415,33 +434,45 @@ def _alternatives(conv: CompiledConv2d, zeros: float) -> tuple[str, ...]:
     unmasked conv, and the zeros kernels where its input has zeros enough to try."""
     if _sparse_candidate(conv):
         return ("sparse",)
-    skips = _zeros_paths() if conv.zeros_capable and zeros >= ZEROS_WORTH_TIMING else ()
-    return (("kernel",) if conv.every_pixel else ()) + skips
+    if not (conv.zeros_capable and zeros >= ZEROS_WORTH_TIMING):
+        return ("kernel",) if conv.every_pixel else ()
+    kept = tuple(p for p in ("kernel", "kernel-zeros") if p in conv.paths())
+    return kept + _zeros_paths()
 
 
-def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], ms: dict[str, float] | None,
-            zeros: float | None, chain: list[dict[str, float]]) -> LayerChoice:
-    """The path of one conv: the faster one as timed, or for a conv in a hand-over `chain` (the
-    timings of its convs), the one faster for the whole chain, since each conv's time there depends
-    on whether its neighbours hand over."""
+def _describe(path: str, zeros: float | None) -> str:
+    """What `path` does, in a few words, for a conv whose input has `zeros` zeros."""
+    skipping = f"skipping {100 * zeros:.0f} % zeros" if zeros is not None else ""
+    return {"sparse": "sparse", "kernel": "actzip's kernel on every pixel", "dense": "dense",
+            "kernel-zeros": f"actzip's kernel on every pixel, {skipping}",
+            "zeros-pixel": f"{skipping} pixel by pixel"}.get(path, skipping)
+
+
+def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], timed: Timings | None,
+            zeros: float | None, chain: list[tuple[CompiledConv2d, Timings]]) -> LayerChoice:
+    """The path of one conv: the faster one as timed, or for a conv in a hand-over `chain` (its convs
+    and their timings), the one faster for the whole chain, since each conv's time there depends on
+    whether its neighbours hand over."""
     def choice(path, reason, dense_ms=None, sparse_ms=None):
         conv.path = path
         return LayerChoice(name, conv.kernel_size, conv.stride, conv.groups, input_shape, conv.macs(input_shape[0]),
                            conv.sparsity if conv.masked else None, dense_ms, sparse_ms, path, reason, zeros)
 
-    if chain:  # the chain runs the kept-pixel kernels (each conv's first alternative), or none does
-        kept, off = conv.alternatives[0], min((p for p in ms if p not in KEPT_PATHS), key=ms.__getitem__)
-        kept_sum = sum(v for t in chain for p, v in t.items() if p in KEPT_PATHS)
-        off_sum = sum(min(v for p, v in t.items() if p not in KEPT_PATHS) for t in chain)
+    ms = timed.paths if timed is not None else None
+    if chain:  # the whole chain runs the kept-pixel kernels, the paths of its fastest such side, or none does
+        kept_sides = [s for s in range(len(timed.sides)) if all(_path_on(c, s) in KEPT_PATHS for c, _ in chain)]
+        side = min(kept_sides, key=lambda s: sum(t.sides[s] for _, t in chain))
+        kept, off = _path_on(conv, side), min((p for p in ms if p not in KEPT_PATHS), key=ms.__getitem__)
+        kept_sum = sum(t.sides[side] for _, t in chain)
+        off_sum = sum(min(v for p, v in t.paths.items() if p not in KEPT_PATHS) for _, t in chain)
         path = kept if kept_sum < off_sum else off
         return choice(path, f"with its chain of {len(chain)} hand-over convs, {kept} measured "
                             f"{off_sum / kept_sum:.2f}x" + (f"; {off} alone" if path == off != "dense" else ""),
-                      ms["dense"], ms[kept if path in ("dense", kept) else path])
+                      ms["dense"], timed.sides[side] if path in ("dense", kept) else ms[path])
     if ms is not None:  # timed against its other path
         other = min(conv.alternatives, key=ms.__getitem__)
         dense_ms, other_ms = ms["dense"], ms[other]
-        what = {"sparse": "sparse", "kernel": "actzip's kernel on every pixel"}.get(other) \
-            or f"skipping {100 * zeros:.0f} % zeros" + (" pixel by pixel" if other == "zeros-pixel" else "")
+        what = _describe(other, zeros)
         if other_ms < dense_ms:
             return choice(other, f"{what}: measured {dense_ms / other_ms:.2f}x faster", dense_ms, other_ms)
         return choice("dense", f"{what} measured {dense_ms / other_ms:.2f}x", dense_ms, other_ms)

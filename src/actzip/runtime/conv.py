@@ -30,7 +30,9 @@ MobileNet's and EfficientNet's project convs, after a ReLU), with the compiled k
 "zeros" skips the input channels that are zero in every pixel of a small tile (best where
 neighbouring pixels share their zeros, and with large weights), "zeros-pixel" each pixel's own zero
 channels (best where zeros are independent; AVX-512 only). And an unmasked conv may run "kernel":
-the kept-pixel kernels with every pixel kept, which hand over rows and fuse as the sparse path does.
+the kept-pixel kernels with every pixel kept, which hand over rows and fuse as the sparse path does;
+an unmasked 1x1 conv on that path may also skip its input's zeros pixel by pixel ("kernel-zeros"),
+on the rows handed over or, fused, on each band of its depthwise producer (AVX-512 only).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
 ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
-KEPT_PATHS = ("sparse", "kernel")  # the paths on the kept-pixel kernels: the kept pixels, or every pixel
+# the paths on the kept-pixel kernels: the kept pixels, or every pixel, or every pixel skipping zeros
+KEPT_PATHS = ("sparse", "kernel", "kernel-zeros")
 DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.BandedCall`)
 # The most weight bytes of a 1x1 conv that runs its depthwise producer band by band (`fuse_depthwise`):
 # it reads its whole weight once per band, from L2 only if the weight stays there between bands
@@ -141,6 +144,7 @@ class CompiledConv2d(nn.Module):
         """The paths this conv can run here (see the module doc)."""
         return (("dense",) + (("sparse",) if self.masked and self.sparse_capable else ())
                 + (("kernel",) if self.every_pixel else ())
+                + (("kernel-zeros",) if self.every_pixel and self.zeros_capable and native.isa() == "avx512" else ())
                 + (ZEROS_PATHS if self.zeros_capable else ()))
 
     def _set_mask(self, mask: torch.Tensor, value: torch.Tensor) -> None:
@@ -345,8 +349,14 @@ class CompiledConv2d(nn.Module):
             n, source = x.shape[0], x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a view: x is channels_last
         out = self._rows_output(n)
         residual = _nhwc(identity) if identity is not None else None
-        native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
-                         self.hi, residual)
+        if self.path == "kernel-zeros":  # every pixel kept: the rows in and out follow the pixels
+            lists = self.workspace.get(native.lists_size(source.shape[0], source.shape[1]), torch.int32)
+            native.sparse_conv1x1(source, self.packed_weight, self.packed_bias, out.view(source.shape[0], -1), lists,
+                                  self.lo, self.hi, residual.reshape(source.shape[0], -1) if residual is not None
+                                  else None, by_pixel=True)
+        else:
+            native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
+                             self.hi, residual)
         return self._finish_rows(out, identity)
 
     def _rows_output(self, n: int) -> torch.Tensor:
@@ -402,7 +412,7 @@ class CompiledConv2d(nn.Module):
         """The kernel call of `_fused_depthwise` for `n` images, made once per batch size, thread
         count, instruction set and hand-over (kept with the ring plans)."""
         key = ("call", n, rows_input, self.feeds_kept_only, project is not None and project.feeds_kept_only,
-               project is not None, torch.get_num_threads(), native.isa())
+               project.path if project is not None else None, torch.get_num_threads(), native.isa())
         if key in self._ring_plans:
             return self._ring_plans[key]
         producer, empty = self.fused_producer, torch.empty(0)
@@ -418,9 +428,7 @@ class CompiledConv2d(nn.Module):
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
         else:
             _, out_image = project._out_rows()
-            third = native.rows_conv_job(empty, project.taps_weight, project.taps_bias,
-                                         empty.view(0, project.out_channels), project._band_rows(), project.lo,
-                                         project.hi)
+            third = project._band_job()
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, DEPTHWISE_BAND)
         self._ring_plans[key] = call
         return call
@@ -516,6 +524,17 @@ class CompiledConv2d(nn.Module):
                 self._kept_rows_by_batch[key] = native.KeptRows(in_rows.contiguous(), taps, out_rows.contiguous(),
                                                                 inside.repeat(batch), self.kernel_size[1])
         return self._kept_rows_by_batch[key]
+
+    def _band_job(self) -> native.Job:
+        """The Job of this 1x1 conv on one image whose input rows come from the band buffer of a fused
+        depthwise conv (`fuse_depthwise`): its rows conv, or its conv skipping zeros pixel by pixel."""
+        empty = torch.empty(0)
+        if self.path == "kernel-zeros":
+            return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
+                                             empty.view(0, self.out_channels), self.lo, self.hi,
+                                             rows=self.kept_pixels.numel())
+        return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels),
+                                    self._band_rows(), self.lo, self.hi)
 
     def _band_rows(self) -> native.KeptRows:
         """One image's rows of this 1x1 conv when its input rows come from the band buffer of a fused

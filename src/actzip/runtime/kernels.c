@@ -907,6 +907,17 @@ static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
     return 0;
 }
 
+/* The project conv of one band, rows [begin, end) of its image: a rows conv, or (kernel 5) the 1x1
+   conv skipping each pixel's zero channels, whose band rows start the buffer and whose output rows
+   follow each other from `y` (every pixel kept, or compact kept rows). AVX-512 only, as its kernel. */
+static int project_band(const Job *j, int64_t begin, int64_t end) {
+    if (j->kernel != 5) return rows_conv(j, begin, end);
+    if (j->isa != 2) return -1;
+    const int64_t skip = begin * j->cout;
+    return pixels_conv1x1(j->x, j->w, j->bias, j->residual ? j->residual + skip : NULL, j->y + skip, NULL, 0,
+                          end - begin, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
+}
+
 /* A rows-conv producer and the depthwise conv that consumes it, image by image, in bands. Work unit
    u of [begin, end) is part u % nparts of image u / nparts: its share of the bands (parts let
    several threads share one image). Band b (bands[3b .. 3b + 2]) first computes the producer's kept
@@ -943,7 +954,7 @@ static int producer_depthwise(const Job *j, int64_t begin, int64_t end) {
             if (make > made && rows_conv(&producer, made, make)) return -1;
             made = make > made ? make : made;
             if (use > used && (depthwise_rows(&consumer, img * kept + used, img * kept + use)
-                               || (j->project && rows_conv(&project, used, use)))) return -1;
+                               || (j->project && project_band(&project, used, use)))) return -1;
             used = use > used ? use : used;
         }
     }

@@ -134,21 +134,32 @@ def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
     `lists_size(P, cin)` elements. Every tensor is float32, contiguous, on the CPU. `by_pixel`: each
     pixel over its own non-zero channels (AVX-512 only; elsewhere, and by default, tiles of TILE
     pixels over the union of theirs): faster where neighbouring pixels share few zero channels."""
+    if lists.numel() < lists_size(x.shape[0], x.shape[1]):
+        raise ValueError("sparse_conv1x1: shapes do not match")
+    job = sparse_conv1x1_job(x, weight, bias, out, lo, hi, residual, by_pixel)
+    job.lists = lists.data_ptr()
+    run_job(job, job.rows * job.cin * job.cout)
+    return out
+
+
+def sparse_conv1x1_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, lo: float,
+                       hi: float, residual: torch.Tensor | None = None, by_pixel: bool = True,
+                       rows: int | None = None) -> Job:
+    """The Job of `sparse_conv1x1` (without its lists), its tensors checked; the tensors must outlive
+    it. `rows`: the pixels it will run, where x and out are pointed at later (`BandedCall`)."""
     p, cin = x.shape
     cout = out.shape[1]
     for t in (x, weight, bias, out) + ((residual,) if residual is not None else ()):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError("sparse_conv1x1 takes contiguous float32 tensors")
-    if weight.shape[0] != cin or out.shape[0] != p or lists.numel() < lists_size(p, cin):
+    if weight.shape[0] != cin or out.shape[0] != p or bias.numel() != weight.shape[1]:
         raise ValueError("sparse_conv1x1: shapes do not match")
     if residual is not None and residual.shape != out.shape:
         raise ValueError("sparse_conv1x1: the residual must have the output's shape")
-    job = Job(kernel=5 if by_pixel else 0, isa=ISAS.index(isa()), rows=p, list_ints=lists_size(TILE, cin), cin=cin,
-              cout=cout, ldw=weight.shape[1], x=x.data_ptr(), w=weight.data_ptr(), bias=bias.data_ptr(),
-              y=out.data_ptr(), residual=residual.data_ptr() if residual is not None else None,
-              lists=lists.data_ptr(), lo=lo, hi=hi)
-    run_job(job, p * cin * cout)
-    return out
+    return Job(kernel=5 if by_pixel else 0, isa=ISAS.index(isa()), rows=p if rows is None else rows,
+               list_ints=lists_size(TILE, cin), cin=cin, cout=cout, ldw=weight.shape[1], x=x.data_ptr(),
+               w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(),
+               residual=residual.data_ptr() if residual is not None else None, lo=lo, hi=hi)
 
 
 def packed_taps_weight(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
