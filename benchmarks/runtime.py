@@ -48,7 +48,8 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
         warnings.simplefilter("ignore")
         r = benchmark_runtime(net, example, sparsity, rounds=rounds)
     layers = r["compile"]["layers"]
-    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel", "kernel")}
+    r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel", "kernel",
+                                                             "kernel-zeros")}
     del r["compile"]["layers"]
     return r
 
@@ -122,6 +123,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def kernel_convs(paths: dict) -> str:
+    """The convs on actzip's kernels with every pixel kept, and how many of them skip zeros."""
+    skipping = paths.get("kernel-zeros", 0)
+    return f"{paths.get('kernel', 0) + skipping}" + (f" ({skipping} skipping zeros)" if skipping else "")
+
+
 def cpu_table(rows: list[dict]) -> str:
     lines = ["| kind | model | batch | threads | s | onnxruntime ms | actzip graph ms | graph vs onnxruntime | "
              "compiled: engine, vs onnxruntime | convs sparse / zeros / kernel |",
@@ -134,7 +141,7 @@ def cpu_table(rows: list[dict]) -> str:
                      f"{ort:.1f} | {graph:.1f} | {ort / graph:.2f}x | {r.get('engine', 'actzip')}, "
                      f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | "
                      f"{r['paths']['sparse']} / {r['paths']['zeros'] + r['paths'].get('zeros-pixel', 0)} / "
-                     f"{r['paths'].get('kernel', 0)} |")
+                     f"{kernel_convs(r['paths'])} |")
     return "\n".join(lines) + "\n"
 
 

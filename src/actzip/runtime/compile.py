@@ -62,8 +62,8 @@ class LayerChoice:
     dense_ms: float | None
     sparse_ms: float | None  # its faster other path: kept pixels only, or skipping zeros
     path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
-    # pixels), "zeros-pixel" (skips each pixel's own zero channels) or "kernel" (an unmasked conv by
-    # actzip's kept-pixel kernels, every pixel kept)
+    # pixels), "zeros-pixel" (skips each pixel's own zero channels), "kernel" (an unmasked conv by
+    # actzip's kept-pixel kernels, every pixel kept) or "kernel-zeros" (that, skipping zeros pixel by pixel)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
 
