@@ -529,7 +529,7 @@ class CompiledConv2d(nn.Module):
         """The Job of this 1x1 conv on one image whose input rows come from the band buffer of a fused
         depthwise conv (`fuse_depthwise`): its rows conv, or its conv skipping zeros pixel by pixel."""
         empty = torch.empty(0)
-        if self.path == "kernel-zeros":
+        if self.path == "kernel-zeros" and native.isa() == "avx512":  # (an ISA lowered since: the rows conv)
             return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
                                              empty.view(0, self.out_channels), self.lo, self.hi,
                                              rows=self.kept_pixels.numel())
