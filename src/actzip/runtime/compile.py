@@ -125,14 +125,14 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
     sides = max(len(conv.alternatives) for conv in convs.values())
     by_side = {name: [[] for _ in range(sides)] for name in convs}
     started: dict[str, float] = {}
-    now = {"side": -1}
+    side = -1  # the side the runs are on, read by `timed`
 
     def timed(m, args, out, name):
         elapsed = time.perf_counter() - started[name]
-        if now["side"] < len(m.alternatives):  # its own side
+        if side < len(m.alternatives):  # its own side
             times[name][m.path].append(elapsed)
-        if now["side"] >= 0:
-            by_side[name][now["side"]].append(elapsed)
+        if side >= 0:
+            by_side[name][side].append(elapsed)
 
     hooks = []
     for name, conv in convs.items():
@@ -144,7 +144,6 @@ def _time_in_model(gm: fx.GraphModule, convs: dict[str, CompiledConv2d], example
                 for side in range(-1, sides):
                     for conv in convs.values():
                         conv.path = _path_on(conv, side)
-                    now["side"] = side
                     _hand_over(modules, pairs)
                     gm(example)
                 if r == 0:

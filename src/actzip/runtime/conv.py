@@ -531,7 +531,7 @@ class CompiledConv2d(nn.Module):
         empty = torch.empty(0)
         if self.path == "kernel-zeros" and native.isa() == "avx512":  # (an ISA lowered since: the rows conv)
             return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
-                                             empty.view(0, self.out_channels), self.lo, self.hi,
+                                             empty.view(0, self.out_channels), self.lo, self.hi, by_pixel=True,
                                              rows=self.kept_pixels.numel())
         return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels),
                                     self._band_rows(), self.lo, self.hi)

@@ -143,7 +143,7 @@ def sparse_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
 
 
 def sparse_conv1x1_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, lo: float,
-                       hi: float, residual: torch.Tensor | None = None, by_pixel: bool = True,
+                       hi: float, residual: torch.Tensor | None = None, by_pixel: bool = False,
                        rows: int | None = None) -> Job:
     """The Job of `sparse_conv1x1` (without its lists), its tensors checked; the tensors must outlive
     it. `rows`: the pixels it will run, where x and out are pointed at later (`BandedCall`)."""
