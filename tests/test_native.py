@@ -188,6 +188,40 @@ def test_a_1x1_conv_skips_zeros_on_every_pixel_fused_or_on_its_producers_rows(mo
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(native.isa() != "avx512", reason="the pixel-by-pixel zeros kernel is AVX-512's")
+def test_a_pointwise_conv_skips_zeros_as_the_fused_producer_of_a_depthwise_conv(monkeypatch):
+    """MobileNet v1's pointwise convs on "kernel-zeros" run inside the depthwise conv after them,
+    their rows wrapping around its ring; at 1 and 2 threads, bands shared at batch 1."""
+    from actzip.models.small import mobilenet_v1
+    from actzip.runtime.compile import link_kept_rows
+    from actzip.runtime.conv import CompiledConv2d
+
+    torch.manual_seed(0)
+    model = mobilenet_v1(width=0.5).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # shifted down, so that the ReLU outputs are mostly zero
+            m.bias.data.uniform_(-1.0, 0.0)
+    x = torch.rand(2, 1, 28, 28)
+    compiled = compile(model, x, repeats=1, engines=OWN, verify=False)
+    monkeypatch.setattr(native, "WORK_PER_THREAD", 1)
+    convs = [m for m in compiled.modules() if isinstance(m, CompiledConv2d)]
+    for m in convs:
+        m.path = "kernel-zeros" if m.zeros_capable else "kernel" if m.every_pixel else m.path
+    link_kept_rows(compiled.graph_module)
+    producers = [m for m in convs if m.path == "kernel-zeros" and m.passes_input]
+    assert len(producers) >= 3
+    before = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            want = model(x)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for batch in (2, 1):
+                    assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_hand_over_chain_runs_the_paths_of_its_fastest_side_as_timed_whole():
     """A chain's kept paths are chosen per side of the timing runs, on the chain's whole time there:
     skipping zeros in the project conv can cost more than it saves, by unfusing its depthwise conv."""

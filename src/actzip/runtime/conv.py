@@ -412,15 +412,15 @@ class CompiledConv2d(nn.Module):
         """The kernel call of `_fused_depthwise` for `n` images, made once per batch size, thread
         count, instruction set and hand-over (kept with the ring plans)."""
         key = ("call", n, rows_input, self.feeds_kept_only, project is not None and project.feeds_kept_only,
-               project.path if project is not None else None, torch.get_num_threads(), native.isa())
+               self.fused_producer.path, project.path if project is not None else None, torch.get_num_threads(),
+               native.isa())
         if key in self._ring_plans:
             return self._ring_plans[key]
         producer, empty = self.fused_producer, torch.empty(0)
         table, bands, producer_rows = self._ring_plan(rows_input, project is not None)
         in_image = producer.in_channels * (producer.kept_pixels.numel() if rows_input else
                                            producer.input_hw[0] * producer.input_hw[1])
-        first = native.rows_conv_job(empty, producer.taps_weight, producer.taps_bias, empty.view(0, producer.out_channels),
-                                     producer_rows, producer.lo, producer.hi)
+        first = producer._kernel_job(producer_rows)
         out = self._rows_output(n) if project is None else empty.view(0, self.out_channels)
         second, geometry = native.depthwise_job(empty, self.taps_weight, self.bias, out, table, producer.fill,
                                                 self.lo, self.hi, n)
@@ -428,7 +428,7 @@ class CompiledConv2d(nn.Module):
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
         else:
             _, out_image = project._out_rows()
-            third = project._band_job()
+            third = project._kernel_job(project._band_rows())
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, DEPTHWISE_BAND)
         self._ring_plans[key] = call
         return call
@@ -525,16 +525,19 @@ class CompiledConv2d(nn.Module):
                                                                 inside.repeat(batch), self.kernel_size[1])
         return self._kept_rows_by_batch[key]
 
-    def _band_job(self) -> native.Job:
-        """The Job of this 1x1 conv on one image whose input rows come from the band buffer of a fused
-        depthwise conv (`fuse_depthwise`): its rows conv, or its conv skipping zeros pixel by pixel."""
+    def _kernel_job(self, rows: native.KeptRows) -> native.Job:
+        """The Job of this conv on one image inside a fused block (`native.BandedCall`), over `rows`:
+        into the ring of the depthwise conv it feeds (`fuse_producer`), or from the band buffer of
+        the one it runs (`fuse_depthwise`). Its rows conv, or on "kernel-zeros" its 1x1 conv
+        skipping zeros pixel by pixel, whose rows follow the pixels (the kernel places them as
+        `rows` do)."""
         empty = torch.empty(0)
         if self.path == "kernel-zeros" and native.isa() == "avx512":  # (an ISA lowered since: the rows conv)
             return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
                                              empty.view(0, self.out_channels), self.lo, self.hi, by_pixel=True,
                                              rows=self.kept_pixels.numel())
-        return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels),
-                                    self._band_rows(), self.lo, self.hi)
+        return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels), rows,
+                                    self.lo, self.hi)
 
     def _band_rows(self) -> native.KeptRows:
         """One image's rows of this 1x1 conv when its input rows come from the band buffer of a fused

@@ -909,13 +909,29 @@ static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
 
 /* The project conv of one band, rows [begin, end) of its image: a rows conv, or (kernel 5) the 1x1
    conv skipping each pixel's zero channels, whose band rows start the buffer and whose output rows
-   follow each other from `y` (every pixel kept, or compact kept rows). AVX-512 only, as its kernel. */
+   follow each other from `y` (every pixel kept, or compact kept rows). Kernel 5 is AVX-512's alone,
+   here as in producer_rows. */
 static int project_band(const Job *j, int64_t begin, int64_t end) {
     if (j->kernel != 5) return rows_conv(j, begin, end);
     if (j->isa != 2) return -1;
     const int64_t skip = begin * j->cout;
     return pixels_conv1x1(j->x, j->w, j->bias, j->residual ? j->residual + skip : NULL, j->y + skip, NULL, 0,
                           end - begin, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
+}
+
+/* The producer's rows [begin, end) of one image into the ring of `ring_rows` rows: a rows conv, or
+   (kernel 5) the 1x1 conv skipping each pixel's zero channels, whose input rows follow each other
+   from `x` (every pixel kept) and whose output rows wrap around the ring. */
+static int producer_rows(const Job *j, int64_t begin, int64_t end, int64_t ring_rows) {
+    if (j->kernel != 5) return rows_conv(j, begin, end);
+    if (j->isa != 2) return -1;
+    for (int64_t s = begin; s < end;) {
+        const int64_t slot = s % ring_rows, e = end - s < ring_rows - slot ? end : s + ring_rows - slot;
+        if (pixels_conv1x1(j->x + s * j->cin, j->w, j->bias, NULL, j->y + slot * j->cout, NULL, 0, e - s, j->cin,
+                           j->cout, j->ldw, j->lo, j->hi, j->isa)) return -1;
+        s = e;
+    }
+    return 0;
 }
 
 /* A rows-conv producer and the depthwise conv that consumes it, image by image, in bands. Work unit
@@ -951,7 +967,7 @@ static int producer_depthwise(const Job *j, int64_t begin, int64_t end) {
         int64_t made = b0 ? bands[3 * b0 + 2] : 0, used = b0 ? bands[3 * b0 - 2] : 0;
         for (int64_t b = b0; b < b1; b++) {
             const int64_t make = bands[3 * b], use = bands[3 * b + 1];
-            if (make > made && rows_conv(&producer, made, make)) return -1;
+            if (make > made && producer_rows(&producer, made, make, j->ring_floats / producer.cout)) return -1;
             made = make > made ? make : made;
             if (use > used && (depthwise_rows(&consumer, img * kept + used, img * kept + use)
                                || (j->project && project_band(&project, used, use)))) return -1;

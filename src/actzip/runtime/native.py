@@ -333,7 +333,7 @@ class BandedCall:
                        nparts=parts, ring=self.ring.data_ptr(), ring_floats=bands.ring_rows * producer.cout,
                        in_image=in_image, project=ctypes.addressof(project) if project is not None else None,
                        band=self.band.data_ptr(), band_floats=band_rows * consumer.cin, out_image=out_image)
-        per_image = producer.rows * producer.ntaps * producer.cin * producer.cout + consumer.rows // images \
+        per_image = producer.rows * max(producer.ntaps, 1) * producer.cin * producer.cout + consumer.rows // images \
             * consumer.ntaps * consumer.cin + (project.rows * project.cin * project.cout if project is not None else 0)
         self.work = images * per_image
 
