@@ -170,6 +170,13 @@ def test_a_1x1_conv_skips_zeros_on_every_pixel_fused_or_on_its_producers_rows(mo
     link_kept_rows(compiled.graph_module)
     project = convs[3]
     assert project.path == "kernel-zeros" and (project.fused_depthwise is convs[2]) == (producer == "fused")
+    _matches_at_1_and_2_threads(compiled, model, x)
+    _use_isa(monkeypatch, "avx2")  # a lowered ISA: the band's rows conv, or the tile kernel
+    _matches_at_1_and_2_threads(compiled, model, x)
+
+
+def _matches_at_1_and_2_threads(compiled, model, x) -> None:
+    """compiled(x) equals model(x), NaN where it is NaN, at 1 and 2 threads and batch 2 and 1."""
     before = torch.get_num_threads()
     try:
         with torch.no_grad():
@@ -181,9 +188,6 @@ def test_a_1x1_conv_skips_zeros_on_every_pixel_fused_or_on_its_producers_rows(mo
                     assert torch.equal(got.isnan(), want[:batch].isnan())
                     err = (got - want[:batch]).nan_to_num().abs().max()
                     assert err <= 1e-4 * want.nan_to_num().abs().max()
-            _use_isa(monkeypatch, "avx2")  # a lowered ISA: the band's rows conv, or the tile kernel
-            got = compiled(x)
-            assert (got - want).nan_to_num().abs().max() <= 1e-4 * want.nan_to_num().abs().max()
     finally:
         torch.set_num_threads(before)
 
@@ -210,16 +214,7 @@ def test_a_pointwise_conv_skips_zeros_as_the_fused_producer_of_a_depthwise_conv(
     link_kept_rows(compiled.graph_module)
     producers = [m for m in convs if m.path == "kernel-zeros" and m.passes_input]
     assert len(producers) >= 3
-    before = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            want = model(x)
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                for batch in (2, 1):
-                    assert (compiled(x[:batch]) - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
-    finally:
-        torch.set_num_threads(before)
+    _matches_at_1_and_2_threads(compiled, model, x)
 
 
 def test_a_hand_over_chain_runs_the_paths_of_its_fastest_side_as_timed_whole():
