@@ -331,11 +331,16 @@ class CompiledConv2d(nn.Module):
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: x is channels_last
         out = torch.empty(n, h, w, self.out_channels)
-        residual = _nhwc(identity).reshape(rows.shape[0], -1) if identity is not None else None
-        lists = self.workspace.get(native.lists_size(rows.shape[0], c), torch.int32)
-        native.sparse_conv1x1(rows, self.packed_weight, self.packed_bias, out.view(rows.shape[0], -1), lists,
-                              self.lo, self.hi, residual, by_pixel=self.path == "zeros-pixel")
+        self._skip_zeros(rows, out, _nhwc(identity) if identity is not None else None, self.path == "zeros-pixel")
         return out.permute(0, 3, 1, 2)
+
+    def _skip_zeros(self, rows: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None, by_pixel: bool) -> None:
+        """The 1x1 conv skipping the zeros of input `rows` (pixels, cin), into `out` (and `residual`)
+        laid out as those pixels' output rows."""
+        pixels = rows.shape[0]
+        lists = self.workspace.get(native.lists_size(pixels, rows.shape[1]), torch.int32)
+        native.sparse_conv1x1(rows, self.packed_weight, self.packed_bias, out.view(pixels, -1), lists, self.lo,
+                              self.hi, residual.reshape(pixels, -1) if residual is not None else None, by_pixel)
 
     def _sparse_native(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
         """The kept pixels straight from the NHWC input by the compiled kernel (taps in the padding
@@ -350,10 +355,7 @@ class CompiledConv2d(nn.Module):
         out = self._rows_output(n)
         residual = _nhwc(identity) if identity is not None else None
         if self.path == "kernel-zeros":  # every pixel kept: the rows in and out follow the pixels
-            lists = self.workspace.get(native.lists_size(source.shape[0], source.shape[1]), torch.int32)
-            native.sparse_conv1x1(source, self.packed_weight, self.packed_bias, out.view(source.shape[0], -1), lists,
-                                  self.lo, self.hi, residual.reshape(source.shape[0], -1) if residual is not None
-                                  else None, by_pixel=True)
+            self._skip_zeros(source, out, residual, by_pixel=True)
         else:
             native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
                              self.hi, residual)

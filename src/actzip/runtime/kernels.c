@@ -907,28 +907,30 @@ static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
     return 0;
 }
 
-/* The project conv of one band, rows [begin, end) of its image: a rows conv, or (kernel 5) the 1x1
-   conv skipping each pixel's zero channels, whose band rows start the buffer and whose output rows
-   follow each other from `y` (every pixel kept, or compact kept rows). Kernel 5 is AVX-512's alone,
-   here as in producer_rows. */
+/* A kernel-5 job (the 1x1 conv skipping each pixel's zero channels, AVX-512's alone) on `n`
+   consecutive rows from x into y (and residual), inside a fused block. */
+static int pixel_rows(const Job *j, const float *x, float *y, const float *residual, int64_t n) {
+    if (j->isa != 2) return -1;
+    return pixels_conv1x1(x, j->w, j->bias, residual, y, NULL, 0, n, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
+}
+
+/* The project conv of one band, rows [begin, end) of its image: a rows conv, or (kernel 5) its
+   pixel rows, whose band rows start the buffer and whose output rows follow each other from `y`
+   (every pixel kept, or compact kept rows). */
 static int project_band(const Job *j, int64_t begin, int64_t end) {
     if (j->kernel != 5) return rows_conv(j, begin, end);
-    if (j->isa != 2) return -1;
     const int64_t skip = begin * j->cout;
-    return pixels_conv1x1(j->x, j->w, j->bias, j->residual ? j->residual + skip : NULL, j->y + skip, NULL, 0,
-                          end - begin, j->cin, j->cout, j->ldw, j->lo, j->hi, j->isa);
+    return pixel_rows(j, j->x, j->y + skip, j->residual ? j->residual + skip : NULL, end - begin);
 }
 
 /* The producer's rows [begin, end) of one image into the ring of `ring_rows` rows: a rows conv, or
-   (kernel 5) the 1x1 conv skipping each pixel's zero channels, whose input rows follow each other
-   from `x` (every pixel kept) and whose output rows wrap around the ring. */
+   (kernel 5) its pixel rows, whose input rows follow each other from `x` (every pixel kept) and
+   whose output rows wrap around the ring. */
 static int producer_rows(const Job *j, int64_t begin, int64_t end, int64_t ring_rows) {
     if (j->kernel != 5) return rows_conv(j, begin, end);
-    if (j->isa != 2) return -1;
     for (int64_t s = begin; s < end;) {
         const int64_t slot = s % ring_rows, e = end - s < ring_rows - slot ? end : s + ring_rows - slot;
-        if (pixels_conv1x1(j->x + s * j->cin, j->w, j->bias, NULL, j->y + slot * j->cout, NULL, 0, e - s, j->cin,
-                           j->cout, j->ldw, j->lo, j->hi, j->isa)) return -1;
+        if (pixel_rows(j, j->x + s * j->cin, j->y + slot * j->cout, NULL, e - s)) return -1;
         s = e;
     }
     return 0;
