@@ -115,6 +115,9 @@ def _from_script(script: str, function: str, key: str | None = None) -> Callable
 PAGES_BY_JSON = {
     "runtime": Page("Compiled models against onnxruntime", "End-to-end latency, `python benchmarks/runtime.py`.",
                     _from_script("runtime", "table")),
+    "runtime_layers": Page("Compiled models against onnxruntime, kernel call by kernel call",
+                           "Per-layer times, `python benchmarks/runtime_layers.py`.",
+                           _from_script("runtime_layers", "table")),
     "rows_conv": Page("The kept-pixel conv kernel, layer by layer", "Against oneDNN's dense conv on ResNet18's shapes, "
                       "`python benchmarks/rows_conv.py`.", _from_script("rows_conv", "table")),
     "sparse_conv1x1": Page("The sparse-input 1x1 kernel", "Against the best dense 1x1 conv, "
