@@ -254,6 +254,20 @@ def test_model_without_masks_says_so_and_runs_the_faster_of_onednn_and_actzips_k
         assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
 
 
+def test_engines_are_timed_in_turns_each_after_an_untimed_call(monkeypatch):
+    """Each round gives each engine one untimed call after the idle gap (it finds cold caches, and
+    timed alone it had handed a faster graph to onnxruntime), then its timed calls in a row."""
+    import importlib
+
+    compile_module = importlib.import_module("actzip.runtime.compile")  # the module, not the function
+    monkeypatch.setattr(compile_module, "IDLE_GAP", 0.0)
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = compile_module.time_in_turns(runs, rounds=2, per_round=3)
+    assert calls == (["a"] * 4 + ["b"] * 4) * 2
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6} and all(t >= 0 for v in times.values() for t in v)
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 0.3])
 def test_the_faster_engine_computes_the_masked_model(sparsity):
     model = _randomize_batchnorm(mobilenet_v1(width=0.5))

@@ -1,11 +1,12 @@
 """End-to-end latency of a compiled model against the dense engines a user would run instead.
 
-The engines are timed in turns in one process (each round runs every engine `per_round` times in a
-row, so a burst of load on the machine hits all of them alike, while each still runs with its own
-memory warm; the median over all runs counts). Between engines the process idles for IDLE_GAP:
-an engine's idle worker threads (libgomp's, onnxruntime's) spin for milliseconds after a run, and
-on a 2-core machine they took the cores from the next engine (a compiled model timed right after
-onnxruntime ran at half the speed of the same graph timed after itself). The engines are:
+The engines are timed in turns in one process (`compile.time_in_turns`: each round runs every
+engine `per_round` times in a row, so a burst of load on the machine hits all of them alike, while
+each still runs with its own memory warm; the median over all runs counts). Between engines the
+process idles: an engine's idle worker threads (libgomp's, onnxruntime's) spin for milliseconds
+after a run, and on a 2-core machine they took the cores from the next engine (a compiled model
+timed right after onnxruntime ran at half the speed of the same graph timed after itself). The
+engines are:
 onnxruntime on the exported dense model (all graph optimizations, the same thread count), PyTorch
 eager in channels_last and in contiguous memory format, torch.compile when asked for, the model
 compiled with every mask opened (folding and fusion alone), and the compiled model. The speedup is over the fastest dense engine, which is onnxruntime
@@ -16,20 +17,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import torch
 from torch import nn
 
 from ..sparsify.pixelmask import PixelMask, attach_pixel_masks, mask_sparsity, remove_pixel_mask_hooks
-from .compile import IDLE_GAP, compile
+from .compile import compile, time_in_turns
 from .onnx import onnxruntime_session
-
-
-def _timed(fn, x: torch.Tensor) -> float:
-    t = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - t
 
 
 def _open_masks(model: nn.Module) -> nn.Module:
@@ -85,15 +79,10 @@ def benchmark_runtime(model: nn.Module, example: torch.Tensor, sparsity: float |
     runs["compiled"] = (compiled, example)
     # actzip's own graph, also where the whole-model choice handed the model to onnxruntime
     runs["actzip_graph"] = (lambda x: compiled.graph_module(x.contiguous(memory_format=torch.channels_last)), example)
-    times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for fn, x in runs.values():
             fn(x)  # warm-up: allocator, oneDNN primitive caches, torch.compile's compilation
-        for _ in range(rounds):
-            for name, (fn, x) in runs.items():
-                time.sleep(IDLE_GAP)
-                fn(x)
-                times[name] += [_timed(fn, x) for _ in range(per_round)]
+        times = time_in_turns({name: lambda fn=fn, x=x: fn(x) for name, (fn, x) in runs.items()}, rounds, per_round)
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     dense = {k: ms[k] for k in runs if not k.startswith("compiled") and k != "actzip_graph"}
     baseline = min(dense, key=dense.get)

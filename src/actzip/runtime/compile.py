@@ -24,7 +24,7 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.fx as fx
@@ -45,6 +45,10 @@ _ADDS = (operator.add, operator.iadd, torch.add)
 _FUNCTION_BOUNDS = {F.relu: (0.0, float("inf")), torch.relu: (0.0, float("inf")), F.relu6: (0.0, 6.0)}
 ENGINES = ("actzip", "onnxruntime")
 IDLE_GAP = 0.05  # seconds between engines timed in turns: idle worker threads spin for milliseconds
+# Timed runs of each engine per round of `choose_engine`: the lone run after each idle gap, timed
+# alone, measured L1 MobileNet v1 (9 ms) 1.05-1.1x faster in actzip instead of 1.17x, and handed
+# it to onnxruntime once in six compiles.
+ENGINE_RUNS_PER_ROUND = 3
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.
 ZEROS_WORTH_TIMING = 0.3
@@ -66,6 +70,22 @@ class LayerChoice:
     # actzip's kept-pixel kernels, every pixel kept) or "kernel-zeros" (that, skipping zeros pixel by pixel)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
+
+
+def time_in_turns(runs: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Seconds per call of each of `runs`, timed in turns: in each round each one idles IDLE_GAP
+    (an engine's idle workers spin, and took the cores from the next), runs once untimed (the idle
+    left its caches cold), then `per_round` times in a row, each timed."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            time.sleep(IDLE_GAP)
+            run()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, float] | None:
@@ -190,18 +210,11 @@ class CompiledModel(nn.Module):
         return self.graph_module(x.contiguous(memory_format=CHANNELS_LAST))
 
     def choose_engine(self, session, example: torch.Tensor, repeats: int) -> None:
-        """Time the graph and onnxruntime's `session` on the example in turns, IDLE_GAP apart (the
-        workers of the one before spin, and took the cores from the next); keep the faster."""
+        """Time the graph and onnxruntime's `session` on the example in turns (`time_in_turns`, with
+        `repeats` rounds); keep the faster."""
         runs = {"actzip": lambda: self.graph_module(example), "onnxruntime": lambda: session(example)}
-        times = {k: [] for k in runs}
         with torch.no_grad():
-            for r in range(repeats + 1):  # the first round warms both up and is dropped
-                for name, run in runs.items():
-                    time.sleep(IDLE_GAP)
-                    start = time.perf_counter()
-                    run()
-                    if r:
-                        times[name].append(time.perf_counter() - start)
+            times = time_in_turns(runs, repeats, ENGINE_RUNS_PER_ROUND)
         self.engine_ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
         self.onnxruntime = session
         if self.engine_ms["onnxruntime"] < self.engine_ms["actzip"]:
