@@ -115,14 +115,18 @@ def test_both_paths_equal_the_masked_conv(monkeypatch, name, bounds, tile):
     assert fast.sparse_capable == (groups == 1 or groups == cin == cout and native.available())
 
 
-@pytest.mark.parametrize("k, stride, hw", [(3, 1, (15, 13)), (3, 2, (15, 13)), (5, 2, (9, 12)), (5, 1, (4, 3))])
-def test_an_unmasked_depthwise_conv_on_actzips_kernel_equals_the_conv(k, stride, hw):
+@pytest.mark.parametrize("k, stride, hw, c", [(3, 1, (15, 13), 24), (3, 2, (15, 13), 24), (5, 2, (9, 12), 24),
+                                              (5, 1, (4, 3), 24), (3, 1, (6, 21), 8), (3, 1, (5, 20), 16),
+                                              (3, 2, (7, 25), 32), (3, 1, (5, 19), 40)])
+def test_an_unmasked_depthwise_conv_on_actzips_kernel_equals_the_conv(k, stride, hw, c):
+    """Up to 32 channels, pixels along a row away from the border run 8 or 4 at a time from the
+    first one's taps (kernels.c's runs): rows 19-25 wide give runs of both, and tiles around them."""
     if not native.available():
         pytest.skip("the compiled kernels are not built")
     torch.manual_seed(0)
-    conv = nn.Conv2d(24, 24, k, stride, k // 2, groups=24, bias=False)
-    x = torch.randn(3, 24, *hw)
-    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(24), nn.ReLU6()))
+    conv = nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False)
+    x = torch.randn(3, c, *hw)
+    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(c), nn.ReLU6()))
     ref = folded(conv, model[1])
     with torch.no_grad():
         want = model(x)
@@ -133,6 +137,11 @@ def test_an_unmasked_depthwise_conv_on_actzips_kernel_equals_the_conv(k, stride,
             got = fast(x[:n].contiguous(memory_format=torch.channels_last))
             assert got.shape == want[:n].shape
             assert (got - want[:n]).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_a_depthwise_table_knows_which_pixels_read_one_step_after_the_one_before():
+    rows = torch.tensor([[-1, 0, 8], [0, 8, 16], [8, 16, 24], [16, 24, -1], [40, 48, 56], [48, 56, 64]])
+    assert native.tap_steps(rows).tolist() == [0, 8, 0, 0, 8, 0]  # padding, a jump, the last pixel: 0
 
 
 def test_compile_times_actzips_kernel_for_unmasked_depthwise_convs():

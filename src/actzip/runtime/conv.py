@@ -473,8 +473,7 @@ class CompiledConv2d(nn.Module):
                 rows = torch.where(slots >= 0, slots * c if compact else rows, slots)
                 in_image = self.input_kept_pixels.numel() if compact else in_image
             out_rows, out_image = self._out_rows()
-            self._depthwise_rows_by_input[key] = native.DepthwiseRows(
-                rows.reshape(-1).contiguous(), out_rows.contiguous(), in_image * c, out_image)
+            self._depthwise_rows_by_input[key] = native.depthwise_table(rows, out_rows, in_image * c, out_image)
         return self._depthwise_rows_by_input[key]
 
     def _ring_plan(self, rows_input: bool, projected: bool = False) -> tuple[native.DepthwiseRows, native.Bands,
@@ -498,8 +497,8 @@ class CompiledConv2d(nn.Module):
             out_rows, out_image = self._out_rows()
             if projected:  # band b's rows fill the band buffer from its start
                 out_rows, out_image = torch.arange(slots.shape[0]) % DEPTHWISE_BAND * self.out_channels, 0
-            table = native.DepthwiseRows(torch.where(valid, slots % ring * self.in_channels, slots).reshape(-1),
-                                         out_rows.contiguous(), 0, out_image)
+            table = native.depthwise_table(torch.where(valid, slots % ring * self.in_channels, slots), out_rows, 0,
+                                           out_image)
             producer = self.fused_producer
             kept = producer.kept_pixels.numel()
             rows = producer._kept_rows(1, rows_input)._replace(out_rows=torch.arange(kept) % ring * producer.out_channels)

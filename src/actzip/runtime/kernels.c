@@ -796,14 +796,14 @@ static void max_pool_avx512(const Job *j, int64_t begin, int64_t end) { max_pool
    within the image's input (its full NHWC map, or the producer's compact kept rows), -1 for a tap in
    the padding (a row of zeros) or -2 for an input pixel its producer masked and never wrote (the
    producer's masked value, `fill`). geometry: kept pixels per image, taps T, floats per input image,
-   floats per output image. Output rows [begin, end) of n * kept; channels go 64 at a time. The
+   floats per output image, then per kept pixel its step: s > 0 where every tap of the next kept
+   pixel reads s floats after its own, all inside the input, else 0 (so 0 for the last). Output rows [begin, end) of n * kept; channels go 64 at a time. The
    portable path runs one pixel at a time; AVX-512's (below) runs tiles of pixels. */
 #define DW_MAX_TAPS 64
 
-/* Where output row r (of n * kept) reads each of its taps, into src; returns where it writes. */
-static inline float *depthwise_taps(const Job *j, int64_t r, const float **src) {
-    const int64_t kept = j->geometry[0], T = j->geometry[1];
-    const int64_t img = r / kept, k = r % kept;
+/* Where kept pixel k of image img reads each of its taps, into src; returns where it writes. */
+static inline float *depthwise_taps(const Job *j, int64_t img, int64_t k, const float **src) {
+    const int64_t T = j->geometry[1];
     /* selects, not branches: a masked producer leaves -2s in the table that no predictor learns
        (MobileNetV2's first fused block at 30 % masks took 1.5x the time with branches here) */
     const uintptr_t base = (uintptr_t)(j->x + img * j->geometry[2]), zeros = (uintptr_t)j->zeros,
@@ -821,7 +821,7 @@ static inline void depthwise_rows_plain(const Job *j, int64_t begin, int64_t end
     const int64_t T = j->geometry[1], C = j->cin;
     for (int64_t r = begin; r < end; r++) {
         const float *src[DW_MAX_TAPS];
-        float *restrict out = depthwise_taps(j, r, src);
+        float *restrict out = depthwise_taps(j, r / j->geometry[0], r % j->geometry[0], src);
         for (int64_t c0 = 0; c0 < C; c0 += 64) {
             const int64_t width = C - c0 < 64 ? C - c0 : 64;
             float acc[64];
@@ -876,30 +876,114 @@ static inline void depthwise_tile_avx512(const Job *j, const float *const (*src)
 #undef DW_FMA
 #undef DW_LOAD
 
-__attribute__((target("avx512f")))
-static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
-    const int64_t C = j->cin;
-    for (int64_t r0 = begin; r0 < end; r0 += PIX) {
-        const int rows = end - r0 < PIX ? (int)(end - r0) : PIX;
-        const float *src[PIX][DW_MAX_TAPS];
-        float *out[PIX];
-        for (int p = 0; p < PIX; p++) out[p] = depthwise_taps(j, r0 + (p < rows ? p : 0), src[p]);
-        int64_t c0 = 0;
-        for (; c0 + 64 <= C; c0 += 64) depthwise_tile_avx512(j, src, out, rows, c0, 0xFFFF, 4, 0);
-        const int64_t left = C - c0, R = (left + 15) / 16;
-        const __mmask16 tail = tail_mask(left - 16 * (R - 1));
-        switch (R + 4 * (left % 16 != 0)) {
-            case 1: depthwise_tile_avx512(j, src, out, rows, c0, tail, 1, 0); break;
-            case 2: depthwise_tile_avx512(j, src, out, rows, c0, tail, 2, 0); break;
-            case 3: depthwise_tile_avx512(j, src, out, rows, c0, tail, 3, 0); break;
-            case 5: depthwise_tile_avx512(j, src, out, rows, c0, tail, 1, 1); break;
-            case 6: depthwise_tile_avx512(j, src, out, rows, c0, tail, 2, 1); break;
-            case 7: depthwise_tile_avx512(j, src, out, rows, c0, tail, 3, 1); break;
-            case 8: depthwise_tile_avx512(j, src, out, rows, c0, tail, 4, 1); break;
-            default: break;  /* no channels left */
+/* A run of RUN_PIX kept pixels from output row r0 whose taps read `step` floats apart (along an
+   image row, away from the border: the steps above), at most 32 channels (R vectors, the last
+   partial if MASKED): the first pixel's table row gives every pixel's taps, and twice the pixels of
+   a tile share each weight vector. With 16 channels the 4-pixel tiles spent more time on their
+   tables and tap pointers (9 loads for 4 multiply-adds per tap) than on the multiply-adds. */
+#define RUN_PIX 8
+#define RUN_LOAD(r, p) (MASKED && (r) == R - 1 ? _mm512_maskz_loadu_ps(tail, p) : _mm512_loadu_ps(p))
+__attribute__((target("avx512f"), always_inline))
+static inline void depthwise_run_avx512(const Job *j, int64_t img, int64_t k, int64_t step, __mmask16 tail,
+                                        const int P, const int R, const int MASKED) {
+    const int64_t T = j->geometry[1], C = j->cin;
+    const float *src[DW_MAX_TAPS];
+    float *const out = depthwise_taps(j, img, k, src) - j->out_rows[k];
+    __m512 acc[RUN_PIX][2];
+    const __m512 b0 = RUN_LOAD(0, j->bias), b1 = R > 1 ? RUN_LOAD(1, j->bias + 16) : b0;
+#pragma GCC unroll 8
+    for (int p = 0; p < P; p++) acc[p][0] = b0, acc[p][1] = b1;
+    for (int64_t t = 0; t < T; t++) {
+        const float *w = j->w + t * C, *s = src[t];
+        const __m512 w0 = RUN_LOAD(0, w), w1 = R > 1 ? RUN_LOAD(1, w + 16) : w0;
+#pragma GCC unroll 8
+        for (int p = 0; p < P; p++) {
+            acc[p][0] = _mm512_fmadd_ps(RUN_LOAD(0, s + p * step), w0, acc[p][0]);
+            if (R > 1) acc[p][1] = _mm512_fmadd_ps(RUN_LOAD(1, s + p * step + 16), w1, acc[p][1]);
+        }
+    }
+    const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
+#pragma GCC unroll 8
+    for (int p = 0; p < P; p++) {
+        float *o = out + j->out_rows[k + p];
+        for (int r = 0; r < R; r++) {
+            const __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[p][r]));
+            if (MASKED && r == R - 1)
+                _mm512_mask_storeu_ps(o + 16 * r, tail, v);
+            else
+                _mm512_storeu_ps(o + 16 * r, v);
         }
     }
 }
+#undef RUN_LOAD
+
+/* The step of a run of n pixels from kept pixel k, with `left` rows left, or 0 where none starts. */
+static inline int64_t depthwise_run_step(const Job *j, int64_t k, int64_t left, int n) {
+    const int64_t kept = j->geometry[0], *steps = j->geometry + 4;
+    if (j->cin > 32 || left < n || k + n > kept) return 0;
+    for (int p = 1; p < n - 1; p++)
+        if (steps[k + p] != steps[k]) return 0;
+    return steps[k];
+}
+
+#define RUN_CASES(P) switch ((C + 15) / 16 + 2 * (C % 16 != 0)) { \
+        case 1: depthwise_run_avx512(j, img, k, step, run_tail, P, 1, 0); break; \
+        case 2: depthwise_run_avx512(j, img, k, step, run_tail, P, 2, 0); break; \
+        case 3: depthwise_run_avx512(j, img, k, step, run_tail, P, 1, 1); break; \
+        default: depthwise_run_avx512(j, img, k, step, run_tail, P, 2, 1); break; }
+
+/* One tile of `rows` (at most PIX) kept pixels from pixel k of image img, every channel. */
+__attribute__((target("avx512f")))
+static void depthwise_tiles_avx512(const Job *j, int64_t img, int64_t k, int rows) {
+    const int64_t C = j->cin, kept = j->geometry[0];
+    const float *src[PIX][DW_MAX_TAPS];
+    float *out[PIX];
+    for (int p = 0; p < PIX; p++) {  /* a short tile's missing pixels repeat its last */
+        out[p] = depthwise_taps(j, img, k, src[p]);
+        if (p + 1 < rows && ++k == kept) k = 0, img++;
+    }
+    int64_t c0 = 0;
+    for (; c0 + 64 <= C; c0 += 64) depthwise_tile_avx512(j, src, out, rows, c0, 0xFFFF, 4, 0);
+    const int64_t left = C - c0, R = (left + 15) / 16;
+    const __mmask16 tail = tail_mask(left - 16 * (R - 1));
+    switch (R + 4 * (left % 16 != 0)) {
+        case 1: depthwise_tile_avx512(j, src, out, rows, c0, tail, 1, 0); break;
+        case 2: depthwise_tile_avx512(j, src, out, rows, c0, tail, 2, 0); break;
+        case 3: depthwise_tile_avx512(j, src, out, rows, c0, tail, 3, 0); break;
+        case 5: depthwise_tile_avx512(j, src, out, rows, c0, tail, 1, 1); break;
+        case 6: depthwise_tile_avx512(j, src, out, rows, c0, tail, 2, 1); break;
+        case 7: depthwise_tile_avx512(j, src, out, rows, c0, tail, 3, 1); break;
+        case 8: depthwise_tile_avx512(j, src, out, rows, c0, tail, 4, 1); break;
+        default: break;  /* no channels left */
+    }
+}
+
+__attribute__((target("avx512f")))
+static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
+    const int64_t C = j->cin, kept = j->geometry[0];
+    const __mmask16 run_tail = tail_mask(C - 16 * ((C - 1) / 16));
+    /* row r0 is kept pixel k of image img, moved along without dividing (a 64-bit division per
+       pixel cost as much as a 16-channel pixel's multiply-adds) */
+    int64_t img = begin / kept, k = begin % kept;
+    for (int64_t r0 = begin; r0 < end;) {
+        int64_t step = depthwise_run_step(j, k, end - r0, RUN_PIX);
+        int rows = RUN_PIX;
+        if (step) {
+            RUN_CASES(RUN_PIX)
+        } else if ((step = depthwise_run_step(j, k, end - r0, PIX))) {  /* the end of a row */
+            rows = PIX;
+            RUN_CASES(PIX)
+        } else {
+            rows = end - r0 < PIX ? (int)(end - r0) : PIX;
+            depthwise_tiles_avx512(j, img, k, rows);
+        }
+        r0 += rows;
+        for (k += rows; k >= kept; k -= kept) img++;
+    }
+}
+
+
+#undef RUN_CASES
 
 static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
     if (j->ntaps > DW_MAX_TAPS) return -1;

@@ -254,12 +254,30 @@ def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], 
 class DepthwiseRows(NamedTuple):
     """Where `depthwise_rows` reads and writes, per image, as int64 offsets in floats (see kernels.c):
     for each kept pixel and tap, its input row (-1: the padding, -2: a pixel the producer masked), and
-    each kept pixel's output row; and the floats of one input and one output image."""
+    each kept pixel's output row; the floats of one input and one output image; and per kept pixel
+    the floats by which the next one's taps follow its own (`tap_steps`). Made by `depthwise_table`."""
 
     in_rows: torch.Tensor
     out_rows: torch.Tensor
     in_image: int
     out_image: int
+    steps: torch.Tensor
+
+
+def depthwise_table(in_rows: torch.Tensor, out_rows: torch.Tensor, in_image: int, out_image: int) -> DepthwiseRows:
+    """A DepthwiseRows of (kept pixels, taps) `in_rows`, its steps worked out once here."""
+    return DepthwiseRows(in_rows.reshape(-1).contiguous(), out_rows.contiguous(), in_image, out_image,
+                         tap_steps(in_rows))
+
+
+def tap_steps(in_rows: torch.Tensor) -> torch.Tensor:
+    """Per kept pixel of (kept pixels, taps) `in_rows`, the floats s > 0 by which every tap of the
+    next pixel follows its own, all inside the input (the next pixel along an image row, away from
+    the border), else 0: the kernel runs such pixels as one run of taps."""
+    inside = (in_rows >= 0).all(1)
+    step = in_rows[1:, 0] - in_rows[:-1, 0]
+    follows = ((in_rows[1:] - in_rows[:-1]) == step[:, None]).all(1) & inside[1:] & inside[:-1] & (step > 0)
+    return torch.cat([torch.where(follows, step, 0), torch.zeros(1, dtype=torch.int64)])
 
 
 def depthwise_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
@@ -285,12 +303,12 @@ def depthwise_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out
     for t in (x, weight, bias, out, fill):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError("depthwise_rows takes contiguous float32 tensors")
-    if any(t.dtype != torch.int64 or not t.is_contiguous() for t in (kept.in_rows, kept.out_rows)):
+    if any(t.dtype != torch.int64 or not t.is_contiguous() for t in (kept.in_rows, kept.out_rows, kept.steps)):
         raise ValueError("depthwise_rows takes contiguous int64 offsets")
-    if (kept.in_rows.numel() != pixels * taps or bias.numel() != channels or fill.numel() != channels
-            or out.numel() != images * kept.out_image or taps > 64):
+    if (kept.in_rows.numel() != pixels * taps or kept.steps.numel() != pixels or bias.numel() != channels
+            or fill.numel() != channels or out.numel() != images * kept.out_image or taps > 64):
         raise ValueError("depthwise_rows: shapes do not match, or more than 64 taps")
-    geometry = torch.tensor([pixels, taps, kept.in_image, kept.out_image], dtype=torch.int64)
+    geometry = torch.cat([torch.tensor([pixels, taps, kept.in_image, kept.out_image]), kept.steps])
     job = Job(kernel=3, isa=ISAS.index(isa()), rows=images * pixels, ntaps=taps, cin=channels, x=x.data_ptr(),
               w=weight.data_ptr(), bias=bias.data_ptr(), y=out.data_ptr(), zeros=_zero_row(channels).data_ptr(),
               fill=fill.data_ptr(), in_rows=kept.in_rows.data_ptr(), out_rows=kept.out_rows.data_ptr(),
