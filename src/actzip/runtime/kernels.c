@@ -876,11 +876,12 @@ static inline void depthwise_tile_avx512(const Job *j, const float *const (*src)
 #undef DW_FMA
 #undef DW_LOAD
 
-/* A run of RUN_PIX kept pixels from output row r0 whose taps read `step` floats apart (along an
-   image row, away from the border: the steps above), at most 32 channels (R vectors, the last
-   partial if MASKED): the first pixel's table row gives every pixel's taps, and twice the pixels of
-   a tile share each weight vector. With 16 channels the 4-pixel tiles spent more time on their
-   tables and tap pointers (9 loads for 4 multiply-adds per tap) than on the multiply-adds. */
+/* A run of P (at most RUN_PIX) kept pixels from pixel k of image img whose taps read `step` floats
+   apart (along an image row, away from the border: the steps above), at most 32 channels (R
+   vectors, the last partial if MASKED): the first pixel's table row gives every pixel's taps, and
+   up to twice the pixels of a tile share each weight vector. With 16 channels the 4-pixel tiles
+   spent more time on their tables and tap pointers (9 loads for 4 multiply-adds per tap) than on
+   the multiply-adds. */
 #define RUN_PIX 8
 #define RUN_LOAD(r, p) (MASKED && (r) == R - 1 ? _mm512_maskz_loadu_ps(tail, p) : _mm512_loadu_ps(p))
 __attribute__((target("avx512f"), always_inline))
@@ -962,8 +963,8 @@ __attribute__((target("avx512f")))
 static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
     const int64_t C = j->cin, kept = j->geometry[0];
     const __mmask16 run_tail = tail_mask(C - 16 * ((C - 1) / 16));
-    /* row r0 is kept pixel k of image img, moved along without dividing (a 64-bit division per
-       pixel cost as much as a 16-channel pixel's multiply-adds) */
+    /* row r0 is kept pixel k of image img, moved along without dividing: a 64-bit division per
+       pixel took a tenth of the time of a 16-channel conv */
     int64_t img = begin / kept, k = begin % kept;
     for (int64_t r0 = begin; r0 < end;) {
         int64_t step = depthwise_run_step(j, k, end - r0, RUN_PIX);
@@ -981,8 +982,6 @@ static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
         for (k += rows; k >= kept; k -= kept) img++;
     }
 }
-
-
 #undef RUN_CASES
 
 static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
