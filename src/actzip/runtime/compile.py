@@ -46,8 +46,8 @@ _FUNCTION_BOUNDS = {F.relu: (0.0, float("inf")), torch.relu: (0.0, float("inf"))
 ENGINES = ("actzip", "onnxruntime")
 IDLE_GAP = 0.05  # seconds between engines timed in turns: idle worker threads spin for milliseconds
 # Timed runs of each engine per round of `choose_engine`: the lone run after each idle gap, timed
-# alone, measured L1 MobileNet v1 (9 ms) 1.05-1.1x faster in actzip instead of 1.17x, and handed
-# it to onnxruntime once in six compiles.
+# alone, found cold caches; it measured the L1 MobileNet v1 (9 ms) 1.05-1.1x faster in actzip
+# instead of about 1.15x, and handed it to onnxruntime once in six compiles.
 ENGINE_RUNS_PER_ROUND = 3
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.

@@ -797,8 +797,9 @@ static void max_pool_avx512(const Job *j, int64_t begin, int64_t end) { max_pool
    the padding (a row of zeros) or -2 for an input pixel its producer masked and never wrote (the
    producer's masked value, `fill`). geometry: kept pixels per image, taps T, floats per input image,
    floats per output image, then per kept pixel its step: s > 0 where every tap of the next kept
-   pixel reads s floats after its own, all inside the input, else 0 (so 0 for the last). Output rows [begin, end) of n * kept; channels go 64 at a time. The
-   portable path runs one pixel at a time; AVX-512's (below) runs tiles of pixels. */
+   pixel reads s floats after its own, all inside the input, else 0 (so 0 for the last). Output
+   rows [begin, end) of n * kept; channels go 64 at a time. The portable path runs one pixel at a
+   time; AVX-512's (below) runs tiles of pixels. */
 #define DW_MAX_TAPS 64
 
 /* Where kept pixel k of image img reads each of its taps, into src; returns where it writes. */
