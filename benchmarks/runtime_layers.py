@@ -114,10 +114,9 @@ def calls(compiled) -> list[list[str]]:
     for name, m in convs.items():
         if m.passes_input:
             continue
-        runs = [m.fused_depthwise] if m.fused_depthwise is not None else [m]
-        producer = getattr(runs[0], "fused_producer", None)
-        groups.append([names[id(c)] for c in ([producer] if producer is not None else []) + runs
-                       + ([m] if m.fused_depthwise is not None else [])])
+        group = [m] if m.fused_depthwise is None else [m.fused_depthwise, m]
+        producer = getattr(group[0], "fused_producer", None)
+        groups.append([names[id(c)] for c in ([producer] if producer is not None else []) + group])
     return groups
 
 
@@ -139,7 +138,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, label: str, rounds: int) ->
     for group in calls(compiled):
         rows.append({"convs": group, "paths": [choices[n].path for n in group],
                      "input_zeros": [choices[n].input_zeros for n in group],
-                     "actzip_ms": own[group[-1]] if group[-1] in own else own[group[0]],
+                     "actzip_ms": own[group[-1]],  # the conv that runs the call
                      "onnxruntime_ms": sum(ort[n] for n in group)})
     return {"cpu": cpu(), "model": label, "batch": x.shape[0], "threads": torch.get_num_threads(),
             "actzip_forward_ms": forward, "onnxruntime_run_ms": ort_ms, "rows": rows}
