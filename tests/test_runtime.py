@@ -87,6 +87,8 @@ CONVS = {  # name: (in, out, kernel, stride, padding, groups, dilation)
     "grouped": (16, 24, 3, 1, 1, 4, 1),
     "3x3 wide (taps in blocks)": (704, 100, 3, 1, 1, 1, 1),
     "3x3, three output panels": (8, 130, 3, 1, 1, 1, 1),
+    "3x3, one input channel": (1, 16, 3, 1, 1, 1, 1),  # the weight stays in registers (kernels.c)
+    "3x3 stride 2, one input channel, 10 outputs": (1, 10, 3, 2, 1, 1, 1),
 }
 
 
@@ -139,6 +141,31 @@ def test_an_unmasked_depthwise_conv_on_actzips_kernel_equals_the_conv(k, stride,
             assert (got - want[:n]).abs().max() <= 1e-4 * want.abs().max()
 
 
+@pytest.mark.parametrize("cout, stride, hw", [(16, 1, (7, 21)), (10, 1, (5, 26)), (16, 2, (9, 35)), (3, 1, (4, 9))])
+def test_a_one_channel_3x3_conv_on_actzips_kernel_equals_the_conv(cout, stride, hw):
+    """A one-channel stem keeps its weight in registers and runs 8 pixels whose taps are all inside
+    the input at once, the rest one by one (kernels.c's rows_narrow): rows 9-35 wide give both,
+    and runs that a row's end or the batch's end cuts short."""
+    if not native.available():
+        pytest.skip("the compiled kernels are not built")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, cout, 3, stride, 1, bias=False)
+    x = torch.randn(3, 1, *hw)
+    x[1, 0, 2, 3] = float("inf")  # reaches its own taps' pixels alone, not those reading a zero pad
+    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU6()))
+    ref = folded(conv, model[1])
+    with torch.no_grad():
+        want = model(x)
+        fast = CompiledConv2d(ref, (0.0, 6.0), tuple(x.shape), Workspace())
+        fast.path = "kernel"
+        for n in (3, 1):  # and another batch size
+            got = fast(x[:n].contiguous(memory_format=torch.channels_last))
+            assert got.shape == want[:n].shape
+            assert torch.equal(got.isnan(), want[:n].isnan())
+            ok = ~want[:n].isnan()
+            assert (got[ok] - want[:n][ok]).abs().max() <= 1e-4 * 6
+
+
 def test_a_depthwise_table_knows_which_pixels_read_one_step_after_the_one_before():
     rows = torch.tensor([[-1, 0, 8], [0, 8, 16], [8, 16, 24], [16, 24, -1], [40, 48, 56], [48, 56, 64]])
     assert native.tap_steps(rows).tolist() == [0, 8, 0, 0, 8, 0]  # padding, a jump, the last pixel: 0
@@ -159,7 +186,7 @@ def test_compile_times_actzips_kernel_for_unmasked_depthwise_convs():
         assert (compiled(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
 
 
-@pytest.mark.parametrize("name", ["1x1", "3x3", "3x3 stride 2"])
+@pytest.mark.parametrize("name", ["1x1", "3x3", "3x3 stride 2", "3x3, one input channel"])
 @pytest.mark.parametrize("bounds", [None, (0.0, float("inf"))])
 def test_residual_conv_adds_before_its_activation_on_both_paths(name, bounds):
     cin, cout, k, stride, padding, groups, dilation = CONVS[name]

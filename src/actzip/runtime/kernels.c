@@ -612,7 +612,8 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
         edge |= inside[j] != every_tap;
     }
     const float *panel = a->w + c0 * a->ntaps * cin;
-    for (int64_t t = t0, ti = t0 / a->kw, tj = t0 % a->kw; t < t1;) {
+    /* no division for the first tap: a 64-bit one costs as much as a narrow tile's FMAs */
+    for (int64_t t = t0, ti = t0 ? t0 / a->kw : 0, tj = t0 ? t0 % a->kw : 0; t < t1;) {
         /* a whole kernel row of taps inside the input, where they lie side by side, runs as one
            tap of kw * cin channels (the stem's 3 channels alone left the loop mostly overhead) */
         const int64_t taps = !edge && a->rows_side_by_side && tj == 0 && t + a->kw <= t1 ? a->kw : 1;
@@ -659,6 +660,53 @@ static void rows_tile_avx512(const RowsConv *a, int64_t k, int rows, int pixels,
     }
 }
 #undef ROWS_CASE
+
+/* A rows conv of at most 16 outputs and NARROW_TAPS taps x input channels, the stem of a one-channel
+   image: its whole weight stays in registers, and 8 pixels whose taps are all inside the input run
+   at once, each its own chain of FMAs. With only 9 FMAs per pixel, the register tile spends most
+   of such a conv's time on per-tap pointers and border checks. */
+#define NARROW_TAPS 9
+#define NARROW_PIX 8
+__attribute__((target("avx512f")))
+static void rows_narrow_avx512(const RowsConv *a, int64_t begin, int64_t end) {
+    __m512 w[NARROW_TAPS];
+    int64_t off[NARROW_TAPS];
+    int row[NARROW_TAPS], col[NARROW_TAPS];  /* each one's kernel row and column */
+    for (int t = 0; t < NARROW_TAPS; t++) {
+        w[t] = _mm512_loadu_ps(a->w + t * PANEL);
+        off[t] = a->taps[t / a->cin] + t % a->cin;
+        row[t] = (int)(t / a->cin / a->kw), col[t] = (int)(t / a->cin % a->kw);
+    }
+    const __m512 bias = _mm512_loadu_ps(a->bias), lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
+    const uint64_t every_tap = (uint64_t)(a->ntaps / a->kw) << 16 | (uint64_t)a->kw << 48;
+    for (int64_t k = begin; k < end;) {
+        int run = 0;  /* pixels from k with every tap inside */
+        while (run < NARROW_PIX && k + run < end && (!a->inside || a->inside[k + run] == every_tap)) run++;
+        const int n = run == NARROW_PIX ? NARROW_PIX : 1;
+        __m512 acc[NARROW_PIX];
+        const float *x[NARROW_PIX];
+        if (n == NARROW_PIX) {
+            for (int j = 0; j < NARROW_PIX; j++) acc[j] = bias, x[j] = a->x + a->in_rows[k + j];
+            for (int t = 0; t < NARROW_TAPS; t++)
+                for (int j = 0; j < NARROW_PIX; j++)
+                    acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(x[j][off[t]]), w[t], acc[j]);
+        } else {
+            const uint64_t inside = a->inside ? a->inside[k] : every_tap;
+            acc[0] = bias;
+            for (int t = 0; t < NARROW_TAPS; t++) {  /* a tap in the padding reads a zero: no branch */
+                const float *p = tap_inside(inside, row[t], col[t]) ? a->x + (a->in_rows[k] + off[t]) : a->zeros;
+                acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*p), w[t], acc[0]);
+            }
+        }
+        for (int j = 0; j < n; j++) {
+            float *out = a->y + a->out_rows[k + j];
+            __m512 v = acc[j];
+            if (a->residual) v = _mm512_add_ps(v, load_part(a->residual + a->out_rows[k + j], a->cout));
+            store_part(out, _mm512_min_ps(hi, _mm512_max_ps(lo, v)), a->cout);
+        }
+        k += n;
+    }
+}
 
 /* Pixels per rows-conv tile for `cin` input channels on this CPU, PIX or ROWS_PIX, as measured (see
    RowsConv's comment). The caller passes it in the Job, so that tests can run both anywhere. */
@@ -729,6 +777,10 @@ static int rows_conv(const Job *j, int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; k += P)
             for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
                 rows_tile_c(&a, k, end - k < P ? (int)(end - k) : P, c0, cout - c0 < PANEL ? cout - c0 : PANEL);
+        return 0;
+    }
+    if (cout <= 16 && ntaps * j->cin == NARROW_TAPS) {
+        rows_narrow_avx512(&a, begin, end);
         return 0;
     }
     if (panel_bytes * ((cout + PANEL - 1) / PANEL) <= (512 << 10)) {
