@@ -569,6 +569,7 @@ typedef struct {
     int64_t ntaps, kw, cin, cout;
     float lo, hi;
     int rows_side_by_side;  /* each kernel row's taps lie one after the other in the input */
+    uint64_t every_tap;     /* the inside ranges of a pixel whose taps all lie inside the input */
 } RowsConv;
 
 /* Whether the tap at kernel row i, column j lies inside the input for a pixel whose inside ranges
@@ -601,7 +602,7 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
                                            : load_part(a->y + a->out_rows[k + j] + c0 + 16 * r, width - 16 * r);
     }
     /* a tile whose pixels have every tap inside (most) skips the per-tap check */
-    const uint64_t every_tap = (uint64_t)(a->ntaps / a->kw) << 16 | (uint64_t)a->kw << 48;
+    const uint64_t every_tap = a->every_tap;
     int64_t in_row[ROWS_PIX];
     uint64_t inside[ROWS_PIX];
     int edge = 0;
@@ -672,13 +673,14 @@ static void rows_narrow_avx512(const RowsConv *a, int64_t begin, int64_t end) {
     __m512 w[NARROW_TAPS];
     int64_t off[NARROW_TAPS];
     int row[NARROW_TAPS], col[NARROW_TAPS];  /* each one's kernel row and column */
-    for (int t = 0; t < NARROW_TAPS; t++) {
+    /* counted, not divided: a producer runs this once per band, and 64-bit divisions add up */
+    for (int t = 0, tap = 0, c = 0, i = 0, jj = 0; t < NARROW_TAPS; t++) {
         w[t] = _mm512_loadu_ps(a->w + t * PANEL);
-        off[t] = a->taps[t / a->cin] + t % a->cin;
-        row[t] = (int)(t / a->cin / a->kw), col[t] = (int)(t / a->cin % a->kw);
+        off[t] = a->taps[tap] + c, row[t] = i, col[t] = jj;
+        if (++c == a->cin) c = 0, tap++, jj = jj + 1 == a->kw ? (i++, 0) : jj + 1;
     }
     const __m512 bias = _mm512_loadu_ps(a->bias), lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
-    const uint64_t every_tap = (uint64_t)(a->ntaps / a->kw) << 16 | (uint64_t)a->kw << 48;
+    const uint64_t every_tap = a->every_tap;
     for (int64_t k = begin; k < end;) {
         int run = 0;  /* pixels from k with every tap inside */
         while (run < NARROW_PIX && k + run < end && (!a->inside || a->inside[k + run] == every_tap)) run++;
@@ -767,9 +769,10 @@ typedef struct Job {
 static int rows_conv(const Job *j, int64_t begin, int64_t end) {
     if (j->isa < 0 || j->isa > 2 || j->ldw != PANEL) return -1;
     RowsConv a = {j->x, j->w, j->bias, j->residual, j->zeros, j->y, j->in_rows, j->taps, j->out_rows, j->inside,
-                  j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi, j->kw > 1};
-    for (int64_t t = 0; t < j->ntaps; t++)  /* no dilation: a tap starts where the one before it ends */
-        if (t % j->kw && j->taps[t] != j->taps[t - 1] + j->cin) a.rows_side_by_side = 0;
+                  j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi, j->kw > 1,
+                  (uint64_t)(j->ntaps / j->kw) << 16 | (uint64_t)j->kw << 48};
+    for (int64_t t = 1, col = 1 % j->kw; t < j->ntaps; t++, col = col + 1 == j->kw ? 0 : col + 1)
+        if (col && j->taps[t] != j->taps[t - 1] + j->cin) a.rows_side_by_side = 0;  /* no dilation */
     const int64_t ntaps = j->ntaps, cout = j->cout, panel_bytes = ntaps * j->cin * PANEL * 4;
     const int P = (int)j->tile;
     if (P != PIX && P != ROWS_PIX) return -1;
