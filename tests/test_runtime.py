@@ -151,7 +151,7 @@ def test_a_one_channel_3x3_conv_on_actzips_kernel_equals_the_conv(cout, stride, 
     torch.manual_seed(0)
     conv = nn.Conv2d(1, cout, 3, stride, 1, bias=False)
     x = torch.randn(3, 1, *hw)
-    x[1, 0, 2, 3] = float("inf")  # reaches its own taps' pixels alone, not those reading a zero pad
+    x[1, 0, 2, 3] = float("inf")  # its neighbours saturate as in the conv, and no pad tap reads it
     model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU6()))
     ref = folded(conv, model[1])
     with torch.no_grad():
@@ -161,9 +161,7 @@ def test_a_one_channel_3x3_conv_on_actzips_kernel_equals_the_conv(cout, stride, 
         for n in (3, 1):  # and another batch size
             got = fast(x[:n].contiguous(memory_format=torch.channels_last))
             assert got.shape == want[:n].shape
-            assert torch.equal(got.isnan(), want[:n].isnan())
-            ok = ~want[:n].isnan()
-            assert (got[ok] - want[:n][ok]).abs().max() <= 1e-4 * 6
+            assert (got - want[:n]).abs().max() <= 1e-4 * 6  # a NaN fails this too
 
 
 def test_a_depthwise_table_knows_which_pixels_read_one_step_after_the_one_before():
