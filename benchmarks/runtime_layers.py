@@ -14,6 +14,7 @@ whole-forward times in runtime.json are the figures to quote; this says which la
 
     python benchmarks/runtime_layers.py --l1-run runs/sparsify_table/mobilenet-v1-l1-0.2-macs-kd0.5-15ep
     python benchmarks/runtime_layers.py --photos   # pretrained Lite0 on the bundled photos, batch 8
+    python benchmarks/runtime_layers.py --masks resnet18 0.3   # random pixel masks, batch 8
     python benchmarks/runtime_layers.py --table    # docs/results/runtime_layers.md from the JSON
 A run replaces the JSON's setting of the same CPU, model, batch and thread count and keeps the rest.
 """
@@ -81,6 +82,21 @@ def same_conv(ours: tuple, theirs: tuple) -> bool:
         theirs_n in (n, -(-n // 8) * 8, -(-n // 16) * 16) for n, theirs_n in zip(ours[:2], theirs[:2]))
 
 
+def matched(order: list[tuple[str, tuple]], nodes: list[tuple[tuple, float]], window: int = 3) -> dict[str, float]:
+    """Each conv's onnxruntime ms: convs and Conv nodes paired in order, each conv with the first
+    node of its weight shape among the next `window` unpaired ones (onnxruntime may run a residual
+    block's downsample conv before the block's second conv, PyTorch after it)."""
+    if len(order) != len(nodes):
+        raise SystemExit(f"onnxruntime has {len(nodes)} Conv nodes, the model {len(order)} convs")
+    left, ms = list(nodes), {}
+    for name, shape in order:
+        i = next((i for i, (theirs, _) in enumerate(left[:window]) if same_conv(shape, theirs)), None)
+        if i is None:
+            raise SystemExit(f"no onnxruntime Conv node matches {name} {shape}")
+        ms[name] = left.pop(i)[1]
+    return ms
+
+
 def actzip_calls(compiled, x: torch.Tensor, rounds: int) -> tuple[dict[str, float], float]:
     """Each conv's median ms inside whole forwards of the compiled graph, and the median forward."""
     from actzip.runtime.conv import CompiledConv2d
@@ -121,17 +137,20 @@ def calls(compiled) -> list[list[str]]:
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, label: str, rounds: int) -> dict:
+    """`model` compiled against onnxruntime on the same model without its masks (the dense model a
+    user would run), conv by conv."""
     from actzip.runtime import compile
     from actzip.runtime.fold import fold_batchnorm
+    from actzip.sparsify.pixelmask import remove_pixel_mask_hooks
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         compiled = compile(model, x, engines=("actzip",))
     order = conv_order(model, x)
-    ort_nodes, ort_ms = onnxruntime_nodes(fold_batchnorm(copy.deepcopy(model)), x, rounds)
-    if len(order) != len(ort_nodes) or not all(same_conv(a, b) for (_, a), (b, _) in zip(order, ort_nodes)):
-        raise SystemExit("onnxruntime's Conv nodes do not match the model's convs one for one")
-    ort = {name: ms for (name, _), (_, ms) in zip(order, ort_nodes)}
+    dense = copy.deepcopy(model)
+    remove_pixel_mask_hooks(dense)
+    ort_nodes, ort_ms = onnxruntime_nodes(fold_batchnorm(dense), x, rounds)
+    ort = matched(order, ort_nodes)
     own, forward = actzip_calls(compiled, x, rounds)
     choices = {c.name: c for c in compiled.layers}
     rows = []
@@ -150,7 +169,18 @@ def setting(args) -> tuple[torch.nn.Module, torch.Tensor, str]:
 
         return trained_run(args.l1_run, args.batch or 64)
     from actzip import models
-    from runtime import photos
+    from runtime import MODELS, photos
+
+    if args.masks:
+        from actzip.sparsify.pixelmask import PixelMask, attach_pixel_masks
+
+        name, sparsity = args.masks[0], float(args.masks[1])
+        if name not in MODELS:
+            raise SystemExit(f"--masks takes one of {', '.join(MODELS)}, not {name!r}")
+        net = models.load(MODELS[name]).eval()
+        x = torch.randn(args.batch or 8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        attach_pixel_masks(net, PixelMask(sparsity, seed=0), x).update(1.0)  # as benchmarks/runtime.py does
+        return net, x, f"{name} s={sparsity:g}"
 
     return models.load("efficientnet-lite0").eval(), photos(args.batch or 8), "efficientnet-lite0 photos"
 
@@ -159,7 +189,8 @@ def table(settings: list[dict]) -> str:
     parts = []
     for s in settings:
         lines = [f"## {s['model']}, batch {s['batch']}, {s['threads']} thread(s), {s['cpu']}\n",
-                 f"Whole forward: actzip {s['actzip_forward_ms']:.2f} ms, onnxruntime {s['onnxruntime_run_ms']:.2f} ms "
+                 f"Whole forward, timed with the hooks and the profiler on (the figures to quote are [runtime.md](runtime.md)'s): "
+                 f"actzip {s['actzip_forward_ms']:.2f} ms, onnxruntime {s['onnxruntime_run_ms']:.2f} ms "
                  f"({s['onnxruntime_run_ms'] / s['actzip_forward_ms']:.2f}x).\n",
                  "| convs in one call | paths | zeros in their inputs | onnxruntime ms | actzip ms | speedup |",
                  "| --- | --- | --- | ---: | ---: | ---: |"]
@@ -177,6 +208,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--l1-run", type=Path, help="a finished run of benchmarks/sparsify_table.py")
     ap.add_argument("--photos", action="store_true", help="pretrained Lite0 on the bundled photos (the default)")
+    ap.add_argument("--masks", nargs=2, metavar=("MODEL", "S"), help="a model of benchmarks/runtime.py with random "
+                    "pixel masks at sparsity S")
     ap.add_argument("--batch", type=int, help="64 for an L1 run, 8 for the photos")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=30)

@@ -39,3 +39,15 @@ def test_the_cpu_is_named_with_its_vector_extension():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if " avx512f" in flags:
         assert name.endswith(", AVX-512")
+
+
+def test_per_layer_times_pair_each_conv_with_its_onnxruntime_node_even_out_of_order():
+    runtime_layers = pytest.importorskip("runtime_layers")
+    order = [("conv1", (64, 64, 3, 3)), ("conv2", (64, 64, 3, 3)), ("down", (64, 32, 1, 1)), ("fc", (10, 60, 1, 1))]
+    # onnxruntime runs the downsample conv before the second conv, and pads 60 channels to 64
+    nodes = [((64, 64, 3, 3), 1.0), ((64, 32, 1, 1), 3.0), ((64, 64, 3, 3), 2.0), ((16, 64, 1, 1), 4.0)]
+    assert runtime_layers.matched(order, nodes) == {"conv1": 1.0, "conv2": 2.0, "down": 3.0, "fc": 4.0}
+    with pytest.raises(SystemExit, match="no onnxruntime Conv node matches down"):
+        runtime_layers.matched(order, nodes[:1] + [((64, 64, 1, 1), 3.0)] + nodes[2:])
+    with pytest.raises(SystemExit, match="3 Conv nodes"):
+        runtime_layers.matched(order, nodes[:3])
