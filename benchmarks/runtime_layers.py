@@ -210,7 +210,7 @@ def main():
     ap.add_argument("--photos", action="store_true", help="pretrained Lite0 on the bundled photos (the default)")
     ap.add_argument("--masks", nargs=2, metavar=("MODEL", "S"), help="a model of benchmarks/runtime.py with random "
                     "pixel masks at sparsity S")
-    ap.add_argument("--batch", type=int, help="64 for an L1 run, 8 for the photos")
+    ap.add_argument("--batch", type=int, help="64 for an L1 run, else 8")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--out", type=Path, default=HERE / "runtime_layers.json")
