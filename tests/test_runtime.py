@@ -117,6 +117,26 @@ def test_both_paths_equal_the_masked_conv(monkeypatch, name, bounds, tile):
     assert fast.sparse_capable == (groups == 1 or groups == cin == cout and native.available())
 
 
+@pytest.mark.parametrize("name", ["3x3", "3x3 stride 2", "1x1"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_without_the_compiled_kernels_the_sparse_path_gathers_multiplies_and_expands(monkeypatch, name, residual):
+    """rows.py's fallback: the kept pixels' im2col rows through oneDNN, then kept rows or the masked
+    value at every pixel (plus the identity, clamped, on a residual conv)."""
+    monkeypatch.setattr(native, "library", lambda: None)
+    cin, cout, k, stride, padding, groups, dilation = CONVS[name]
+    torch.manual_seed(2)
+    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
+    x = torch.randn(3, cin, 15, 13)
+    ref = _masked_conv(conv, x, 0.4)
+    with torch.no_grad():
+        identity = torch.randn_like(ref(x)) if residual else None
+        want = (ref(x) + identity).clamp(min=0) if residual else ref(x).clamp(min=0)
+        fast = CompiledConv2d(ref, (0.0, float("inf")), tuple(x.shape), Workspace(), residual=residual)
+        assert fast.sparse_capable and not fast.native
+        got = fast.sparse(x.contiguous(memory_format=torch.channels_last), identity)
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 @pytest.mark.parametrize("k, stride, hw, c", [(3, 1, (15, 13), 24), (3, 2, (15, 13), 24), (5, 2, (9, 12), 24),
                                               (5, 1, (4, 3), 24), (3, 1, (6, 21), 8), (3, 1, (5, 20), 16),
                                               (3, 2, (7, 25), 32), (3, 1, (5, 19), 40)])

@@ -32,11 +32,11 @@ def _write_row(row, source, identity, i, p, lo, hi):
 
 @njit(cache=True, nogil=True)
 def _fill_pixels(out, pixels, value, identity, lo, hi):
-    """value at the given pixels of every image; with a non-empty identity, clamp(value + identity)."""
-    m = pixels.shape[0]
-    for t in range(out.shape[0] * m):
-        i, p = t // m, pixels[t % m]
-        _write_row(out[i, p], value, identity, i, p, lo, hi)
+    """value at the given pixels of every image; with a non-empty identity, clamp(value + identity).
+    Two loops, not one over images x pixels: the division per row took 5 % of ResNet18's fills."""
+    for i in range(out.shape[0]):
+        for p in pixels:
+            _write_row(out[i, p], value, identity, i, p, lo, hi)
 
 
 @njit(cache=True, nogil=True)
@@ -44,10 +44,10 @@ def _expand_rows(kept, slot, fill, identity, lo, hi, out):
     """Kept rows or fill at every pixel; with a non-empty identity, clamp(that + identity)."""
     n, hw, _ = out.shape
     per_image = kept.shape[0] // n
-    for t in range(n * hw):
-        i, p = t // hw, t % hw
-        s = slot[p]
-        _write_row(out[i, p], kept[i * per_image + s] if s >= 0 else fill, identity, i, p, lo, hi)
+    for i in range(n):
+        for p in range(hw):
+            s = slot[p]
+            _write_row(out[i, p], kept[i * per_image + s] if s >= 0 else fill, identity, i, p, lo, hi)
 
 
 def _pixel_rows(x: torch.Tensor) -> np.ndarray:
