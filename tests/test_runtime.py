@@ -92,16 +92,22 @@ CONVS = {  # name: (in, out, kernel, stride, padding, groups, dilation)
 }
 
 
+def _reference(name: str, seed: int, images: int = 3) -> tuple[MaskedConv2d, torch.Tensor, tuple]:
+    """CONVS[name] masked at 0.4 and folded (`_masked_conv`), an input for it, and its geometry."""
+    geometry = CONVS[name]
+    cin, cout, k, stride, padding, groups, dilation = geometry
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
+    x = torch.randn(images, cin, 15, 13)
+    return _masked_conv(conv, x, 0.4), x, geometry
+
+
 @pytest.mark.parametrize("name", list(CONVS))
 @pytest.mark.parametrize("bounds", [None, (0.0, 6.0)])
 @pytest.mark.parametrize("tile", [4, 6])  # the kept-pixel kernel's tiles on AMD and on Intel CPUs
 def test_both_paths_equal_the_masked_conv(monkeypatch, name, bounds, tile):
     monkeypatch.setattr(native, "rows_tile_pixels", lambda cin: tile)
-    cin, cout, k, stride, padding, groups, dilation = CONVS[name]
-    torch.manual_seed(0)
-    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
-    x = torch.randn(3, cin, 15, 13)
-    ref = _masked_conv(conv, x, 0.4)
+    ref, x, (cin, cout, _, _, _, groups, _) = _reference(name, 0)
     with torch.no_grad():
         want = ref(x)
         if bounds:
@@ -123,11 +129,7 @@ def test_without_the_compiled_kernels_the_sparse_path_gathers_multiplies_and_exp
     """rows.py's fallback: the kept pixels' im2col rows through oneDNN, then kept rows or the masked
     value at every pixel (plus the identity, clamped, on a residual conv)."""
     monkeypatch.setattr(native, "library", lambda: None)
-    cin, cout, k, stride, padding, groups, dilation = CONVS[name]
-    torch.manual_seed(2)
-    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
-    x = torch.randn(3, cin, 15, 13)
-    ref = _masked_conv(conv, x, 0.4)
+    ref, x, _ = _reference(name, 2)
     with torch.no_grad():
         identity = torch.randn_like(ref(x)) if residual else None
         want = (ref(x) + identity).clamp(min=0) if residual else ref(x).clamp(min=0)
@@ -207,11 +209,7 @@ def test_compile_times_actzips_kernel_for_unmasked_depthwise_convs():
 @pytest.mark.parametrize("name", ["1x1", "3x3", "3x3 stride 2", "3x3, one input channel"])
 @pytest.mark.parametrize("bounds", [None, (0.0, float("inf"))])
 def test_residual_conv_adds_before_its_activation_on_both_paths(name, bounds):
-    cin, cout, k, stride, padding, groups, dilation = CONVS[name]
-    torch.manual_seed(1)
-    conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias=False)
-    x = torch.randn(2, cin, 15, 13)
-    ref = _masked_conv(conv, x, 0.4)
+    ref, x, _ = _reference(name, 1, images=2)
     with torch.no_grad():
         identity = torch.randn_like(ref(x))
         want = ref(x) + identity
