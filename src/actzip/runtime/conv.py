@@ -413,12 +413,13 @@ class CompiledConv2d(nn.Module):
     def _banded_call(self, n: int, rows_input: bool, project: CompiledConv2d | None) -> native.BandedCall:
         """The kernel call of `_fused_depthwise` for `n` images, made once per batch size, thread
         count, instruction set and hand-over (kept with the ring plans)."""
+        producer = self.fused_producer
         key = ("call", n, rows_input, self.feeds_kept_only, project is not None and project.feeds_kept_only,
-               self.fused_producer.path, project.path if project is not None else None, torch.get_num_threads(),
-               native.isa())
-        if key in self._ring_plans:
-            return self._ring_plans[key]
-        producer, empty = self.fused_producer, torch.empty(0)
+               producer.path, project.path if project is not None else None, torch.get_num_threads(), native.isa())
+        call = self._ring_plans.get(key)
+        if call is not None:
+            return call
+        empty = torch.empty(0)
         table, bands, producer_rows = self._ring_plan(rows_input, project is not None)
         in_image = producer.in_channels * (producer.kept_pixels.numel() if rows_input else
                                            producer.input_hw[0] * producer.input_hw[1])

@@ -95,13 +95,20 @@ def _openmp() -> tuple[ctypes.CDLL, int] | None:
     return gomp, ctypes.cast(gomp.omp_get_thread_num, _F).value
 
 
+@functools.cache
+def _thread_zero() -> int:
+    """The address of kernels.c's actzip_thread_zero (looked up once: a cast costs a microsecond
+    per kernel call, and a batch-1 forward makes dozens)."""
+    return ctypes.cast(library().actzip_thread_zero, _F).value
+
+
 def run_job(job: Job, work: int) -> None:
     """job's rows in tile-aligned shares, one per thread (see the module doc)."""
     lib, openmp = library(), _openmp()
     unit = 1 if job.kernel == 4 else TILE  # BandedCall shares whole images
     threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, -(-job.rows // unit)))
     if openmp is None or threads == 1:
-        job.threads, job.thread_num = 1, ctypes.cast(lib.actzip_thread_zero, _F).value
+        job.threads, job.thread_num = 1, _thread_zero()
         lib.actzip_share(ctypes.byref(job))
     else:
         job.threads, job.thread_num = threads, openmp[1]
