@@ -592,10 +592,16 @@ def test_a_steady_state_forward_maps_no_fresh_pages(masked):
     with torch.no_grad():
         for _ in range(2):
             compiled(x)
-        before = minor_faults()
+        # some window of three forwards faults nothing: a forward that maps fresh pages for its maps
+        # faults thousands in every window, while Python's own allocator, after the tests before
+        # this one, may map a page for its objects once in a while (a single fault seen in `make test`)
+        windows = []
         for _ in range(3):
-            compiled(x)
-        assert minor_faults() - before == 0
+            before = minor_faults()
+            for _ in range(3):
+                compiled(x)
+            windows.append(minor_faults() - before)
+        assert min(windows) == 0, windows
 
 
 @pytest.mark.parametrize("tile", [4, 6])
