@@ -279,6 +279,31 @@ def test_compiled_model_equals_the_masked_model_on_either_path(build):
     assert "masked convs run sparse" in compiled.summary()
 
 
+def test_a_compiled_forward_calls_its_modules_without_getattr_chains(monkeypatch):
+    """The same output as FX's own code, each module still called as a module (its hooks run), and
+    no container reached through Module.__getattr__ on the way."""
+    model = _randomize_batchnorm(mobilenet_v1(width=0.5))
+    x = torch.rand(2, 1, 28, 28)
+    attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    gm = compiled.graph_module
+    calls = []
+    gm.get_submodule("features.3.0").register_forward_hook(lambda *args: calls.append("hook"))
+    looked_up = []
+    getattr_of_module = nn.Module.__getattr__
+    def spy(module, name):
+        looked_up.append(name)
+        return getattr_of_module(module, name)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = type(gm).forward(gm, xc)  # FX's code: getattr(getattr(self.features, "3"), "0")
+        monkeypatch.setattr(nn.Module, "__getattr__", spy)
+        got = gm(xc)
+    assert torch.equal(got, want)
+    assert calls == ["hook", "hook"]  # once by FX's code, once by the compiled forward
+    assert "features" not in looked_up and "3" not in looked_up
+
+
 def test_compiled_model_refuses_another_input_size():
     model = _randomize_batchnorm(resnet20(width=0.5))
     x = torch.rand(2, 1, 28, 28)
