@@ -619,7 +619,7 @@ def test_a_steady_state_forward_maps_no_fresh_pages(masked):
             compiled(x)
         # some window of three forwards faults nothing: a forward that maps fresh pages for its maps
         # faults thousands in every window, while Python's own allocator, after the tests before
-        # this one, may map a page for its objects once in a while (a single fault seen in `make test`)
+        # this one, may map a page for its objects once in a while
         windows = []
         for _ in range(3):
             before = minor_faults()
