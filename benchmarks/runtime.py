@@ -49,7 +49,7 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
         r = benchmark_runtime(net, example, sparsity, rounds=rounds)
     layers = r["compile"]["layers"]
     r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel", "kernel",
-                                                             "kernel-zeros")}
+                                                             "kernel-zeros", "onnxruntime")}
     del r["compile"]["layers"]
     return r
 
@@ -131,7 +131,7 @@ def kernel_convs(paths: dict) -> str:
 
 def cpu_table(rows: list[dict]) -> str:
     lines = ["| kind | model | batch | threads | s | onnxruntime ms | actzip graph ms | graph vs onnxruntime | "
-             "compiled: engine, vs onnxruntime | convs sparse / zeros / kernel |",
+             "compiled: engine, vs onnxruntime | convs sparse / zeros / kernel / in onnxruntime's prefix |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ms = r["ms"]
@@ -141,7 +141,7 @@ def cpu_table(rows: list[dict]) -> str:
                      f"{ort:.1f} | {graph:.1f} | {ort / graph:.2f}x | {r.get('engine', 'actzip')}, "
                      f"{r['speedup_over'].get('onnxruntime', float('nan')):.2f}x | "
                      f"{r['paths']['sparse']} / {r['paths']['zeros'] + r['paths'].get('zeros-pixel', 0)} / "
-                     f"{kernel_convs(r['paths'])} |")
+                     f"{kernel_convs(r['paths'])} / {r['paths'].get('onnxruntime', 0)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,28 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def steady_state_faults():
+    """A function of `run` giving the minor page faults of three windows of three calls each, after
+    two calls to warm up. A run that maps fresh pages for its tensors faults thousands in every
+    window, while Python's own allocator, after the tests before, may map a page once in a while:
+    a steady state is some window with none."""
+    from actzip.runtime.memory import minor_faults
+
+    def measure(run):
+        for _ in range(2):
+            run()
+        windows = []
+        for _ in range(3):
+            before = minor_faults()
+            for _ in range(3):
+                run()
+            windows.append(minor_faults() - before)
+        return windows
+
+    return measure
+
+
 class TensorSet(torch.utils.data.Dataset):
     def __init__(self, x, name="random"):
         self.x = x

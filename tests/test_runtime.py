@@ -589,11 +589,9 @@ def test_a_compiled_model_leaves_the_thread_count_as_set():
 @pytest.mark.skipif(not __import__("actzip.runtime.memory", fromlist=["x"]).hold_freed_memory(),
                     reason="glibc only")
 @pytest.mark.parametrize("masked", [False, True])
-def test_a_steady_state_forward_maps_no_fresh_pages(masked):
+def test_a_steady_state_forward_maps_no_fresh_pages(masked, steady_state_faults):
     """Dense, and with masks on every path the compiled kernels have (the fused producer's ring
     included)."""
-    from actzip.runtime.memory import minor_faults
-
     torch.manual_seed(0)
     # a 64x32x64x64 map is 32 MiB: glibc maps and unmaps anything that large on every forward
     model = _randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
@@ -615,18 +613,8 @@ def test_a_steady_state_forward_maps_no_fresh_pages(masked):
     # cyclic collector in the middle of the measured forwards, it reshapes the heap once
     gc.collect()
     with torch.no_grad():
-        for _ in range(2):
-            compiled(x)
-        # some window of three forwards faults nothing: a forward that maps fresh pages for its maps
-        # faults thousands in every window, while Python's own allocator, after the tests before
-        # this one, may map a page for its objects once in a while
-        windows = []
-        for _ in range(3):
-            before = minor_faults()
-            for _ in range(3):
-                compiled(x)
-            windows.append(minor_faults() - before)
-        assert min(windows) == 0, windows
+        windows = steady_state_faults(lambda: compiled(x))
+    assert min(windows) == 0, windows
 
 
 @pytest.mark.parametrize("tile", [4, 6])

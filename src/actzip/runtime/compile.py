@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import ActzipError, ActzipWarning
 from .conv import CHANNELS_LAST, KEPT_PATHS, ZEROS_PATHS, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
-from . import native, onnx
+from . import native, onnx, prefix
 from .memory import hold_freed_memory
 from .pool import CompiledMaxPool2d
 
@@ -67,7 +67,8 @@ class LayerChoice:
     sparse_ms: float | None  # its faster other path: kept pixels only, or skipping zeros
     path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
     # pixels), "zeros-pixel" (skips each pixel's own zero channels), "kernel" (an unmasked conv by
-    # actzip's kept-pixel kernels, every pixel kept) or "kernel-zeros" (that, skipping zeros pixel by pixel)
+    # actzip's kept-pixel kernels, every pixel kept), "kernel-zeros" (that, skipping zeros pixel by pixel)
+    # or "onnxruntime" (in the prefix of the model that onnxruntime runs, see prefix.py)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
 
@@ -247,6 +248,33 @@ class CompiledModel(nn.Module):
             self.note += (f"; onnxruntime runs the whole model ({self.engine_ms['onnxruntime']:.2f} ms against "
                           f"{self.engine_ms['actzip']:.2f} ms for actzip's graph)")
 
+    def choose_prefix(self, folded: fx.GraphModule, example: torch.Tensor, repeats: int) -> None:
+        """Run the model's first layers in onnxruntime where that measures faster (see prefix.py):
+        the best prefix found, then the whole forward with and without it timed in turns."""
+        found = prefix.best_prefix(self.graph_module, folded, example, repeats)
+        if found is None:
+            return
+        cut, module, graph_ms, ort_ms = found
+        hybrid = prefix.with_prefix(self.graph_module, cut, module)
+        call_submodules_directly(hybrid)
+        runs = {"graph": lambda: self.graph_module(example), "prefix": lambda: hybrid(example)}
+        with torch.no_grad():
+            times = {k: 1e3 * statistics.median(v) for k, v in time_in_turns(runs, repeats, ENGINE_RUNS_PER_ROUND).items()}
+        if times["prefix"] < times["graph"]:
+            self.use_prefix(hybrid, f"in onnxruntime's prefix up to {cut.target}: {ort_ms:.2f} ms against "
+                                    f"{graph_ms:.2f} ms in actzip")
+            self.note += (f"; onnxruntime runs the layers up to {cut.target} ({times['prefix']:.2f} ms a forward "
+                          f"against {times['graph']:.2f} ms without)")
+
+    def use_prefix(self, hybrid: fx.GraphModule, reason: str) -> None:
+        """Run `hybrid` (`prefix.with_prefix` of this graph): the convs it no longer calls say why."""
+        kept = {n.target for n in hybrid.graph.nodes if n.op == "call_module"}
+        for layer in self.layers:
+            if layer.name not in kept:
+                layer.path, layer.reason = "onnxruntime", reason
+        call_submodules_directly(hybrid)
+        self.graph_module = hybrid
+
     def report(self) -> dict:
         sparse = [c for c in self.layers if c.path == "sparse"]
         return {"input_shape": list(self.input_shape), "note": self.note, "convs": len(self.layers),
@@ -298,6 +326,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
         choices[producer].reason += f"; hands its kept pixels alone to {consumer}"
     result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
     if "onnxruntime" in engines and onnx.available():
+        result.choose_prefix(fold_batchnorm(model), example, repeats)
         # onnxruntime's defaults, spinning workers included: where it wins, it runs the whole model as
         # it would for a user (at 2 threads, sleeping workers made it 10-20 % slower on small models)
         result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example), example, repeats)
@@ -368,6 +397,7 @@ def _fuse(gm: fx.GraphModule, node: fx.Node, conv: MaskedConv2d, modules: dict, 
     elif bounds is not None:
         fused = [users[0]]
     if fused:
+        node.meta["stands_for"] = fused[0].name  # the folded model's tensor it now computes (prefix.py)
         fused[0].replace_all_uses_with(node)
         for n in fused:
             gm.graph.erase_node(n)

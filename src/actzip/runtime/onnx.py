@@ -52,7 +52,10 @@ class Session:
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.onnx = onnx
-        self.session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own exception classes derive from Exception alone
+            raise ActzipError(f"onnxruntime cannot load this ONNX model: {str(e)[:200]}") from None
 
     def __call__(self, x: torch.Tensor):
         # numpy makes a channels_last input contiguous: torch's copy ran on its OpenMP workers, whose

@@ -1,7 +1,8 @@
 """A compiled model in one file, loaded in another process without the original model or a new compile.
 
 The file is safetensors: every tensor (folded weights and biases, pixel masks and their BN(0) values,
-the other modules' parameters, or the ONNX model when onnxruntime is the engine), and in its metadata
+the other modules' parameters, or the ONNX model when onnxruntime is the engine or runs the first
+layers), and in its metadata
 a JSON description: the engine, the input shape, the report, each conv's geometry and chosen path,
 the other modules by class and constructor arguments, and the graph node by node. Nothing is
 unpickled: modules come from a list of known classes and functions from a list of known modules,
@@ -29,6 +30,7 @@ from .compile import CompiledModel, LayerChoice, link_kept_rows
 from .conv import CompiledConv2d, Workspace
 from .fold import MaskedConv2d
 from .pool import CompiledMaxPool2d
+from .prefix import OnnxPrefix
 
 FORMAT = "actzip.compiled/1"
 MODULES = {cls.__name__: cls for cls in (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
@@ -75,7 +77,10 @@ def load(path: str | Path) -> CompiledModel:
         result = CompiledModel(graph, layers, tuple(meta["input_shape"]), meta["note"])
         result.engine, result.onnxruntime = "onnxruntime", session_from_bytes(tensors["onnx"].numpy().tobytes())
     else:
-        graph = _graph(meta, tensors)
+        try:
+            graph = _graph(meta, tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # metadata that does not fit its tensors
+            raise ActzipError(f"{path} holds a compiled graph actzip cannot rebuild: {str(e)[:200]}") from None
         link_kept_rows(graph)  # the hand-over of kept rows follows from the saved paths
         result = CompiledModel(graph, layers, tuple(meta["input_shape"]), meta["note"])
     result.engine_ms, result.max_abs_error = meta["engine_ms"], meta["max_abs_error"]
@@ -97,6 +102,8 @@ def _module_spec(name: str, m: nn.Module, tensors: dict) -> dict:
         return {"kind": "CompiledConv2d", "conv": conv, "bounds": list(m.bounds) if m.bounds else None,
                 "input_shape": [m.batch, m.in_channels, *m.input_hw], "residual": m.residual, "path": m.path,
                 "feeds_kept_only": m.feeds_kept_only, "masked": m.masked}
+    if isinstance(m, OnnxPrefix):  # its ONNX model is its tensor "onnx"
+        return {"kind": "OnnxPrefix", "rows": m.rows}
     if type(m).__name__ not in MODULES or type(m) is not MODULES[type(m).__name__]:
         raise ActzipError(f"cannot save a compiled model holding a {type(m).__name__}: known modules are "
                           f"{', '.join(MODULES)}")
@@ -185,6 +192,8 @@ def _module(spec: dict, state: dict, workspace: Workspace) -> nn.Module:
         fast.path = spec["path"] if spec["path"] in fast.paths() else "dense"
         fast.feeds_kept_only = spec["feeds_kept_only"]
         return fast
+    if spec["kind"] == "OnnxPrefix":
+        return OnnxPrefix(state["onnx"], bool(spec["rows"]))
     if spec["kind"] not in MODULES:
         raise ActzipError(f"a saved graph holds a {spec['kind']!r}, which actzip does not load")
     module = MODULES[spec["kind"]](**spec["args"])
