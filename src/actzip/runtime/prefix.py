@@ -47,13 +47,14 @@ class OnnxPrefix(nn.Module):
         self.rows = rows
         # workers sleep when idle: spinning, they took the cores from actzip's kernels after the prefix
         self.session = session_from_bytes(self.onnx.numpy().tobytes(), spinning=False).session
+        self.sample_shape = list(self.session.get_outputs()[0].shape[1:])  # (h, w, c)
         self.out: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nhwc = x.permute(0, 2, 3, 1)
         if not nhwc.is_contiguous():
             nhwc = nhwc.contiguous()
-        shape = [x.shape[0], *self.session.get_outputs()[0].shape[1:]]
+        shape = [x.shape[0], *self.sample_shape]
         if self.out is None or list(self.out.shape) != shape:
             self.out = torch.empty(shape)
         binding = self.session.io_binding()
@@ -70,16 +71,20 @@ def of_input_only(node: fx.Node) -> bool:
 
 def cut_points(gm: fx.GraphModule) -> list[fx.Node]:
     """The call_module nodes of a 4-D map (as traced: `ShapeProp`) after which no earlier value but
-    their own (and the input's, and what reads the input alone) is used again."""
+    their own (and the input's, and what reads the input alone) is used again; none whose module
+    hands its input on to the conv after it, which runs both (it holds no tensor of its own)."""
     nodes = list(gm.graph.nodes)
-    last_use = {n: max((nodes.index(u) for u in n.users), default=-1) for n in nodes}
-    cuts = []
+    position = {n: i for i, n in enumerate(nodes)}
+    cuts, live_until = [], -1  # the last use of any earlier value that a cut would cut off
     for i, node in enumerate(nodes):
         meta = node.meta.get("tensor_meta")
-        if node.op == "call_module" and len(getattr(meta, "shape", ())) == 4 and last_use[node] > i \
-                and all(last_use[n] <= i or n.op == "placeholder" or of_input_only(n) for n in nodes[:i]) \
-                and all(u.op != "output" for u in node.users):
+        last_use = max((position[u] for u in node.users), default=-1)
+        if node.op == "call_module" and len(getattr(meta, "shape", ())) == 4 and live_until <= i < last_use \
+                and all(u.op != "output" for u in node.users) \
+                and not getattr(gm.get_submodule(node.target), "passes_input", False):
             cuts.append(node)
+        if node.op != "placeholder" and not of_input_only(node):
+            live_until = max(live_until, last_use)
     return cuts
 
 
