@@ -228,10 +228,12 @@ class CompiledModel(nn.Module):
         self.engine, self.engine_ms, self.onnxruntime = "actzip", {}, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # checked here for every engine: onnxruntime (the whole model, or a prefix of the graph)
+        # would fail on its own terms
+        if tuple(x.shape[1:]) != self.input_shape[1:]:
+            raise ValueError(f"this model was compiled for {self.input_shape[2]}x{self.input_shape[3]} inputs, "
+                             f"got {x.shape[-2]}x{x.shape[-1]}: compile the model for this input size")
         if self.engine == "onnxruntime":
-            if tuple(x.shape[1:]) != self.input_shape[1:]:
-                raise ValueError(f"this model was compiled for {self.input_shape[2]}x{self.input_shape[3]} inputs, "
-                                 f"got {x.shape[-2]}x{x.shape[-1]}: compile the model for this input size")
             return torch.from_numpy(self.onnxruntime(x))
         return self.graph_module(x.contiguous(memory_format=CHANNELS_LAST))
 
