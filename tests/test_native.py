@@ -329,3 +329,25 @@ def test_depthwise_kernel_reads_a_masked_input_as_its_value(monkeypatch, isa):
         for source in (x, compact):
             got = fast(source)
             assert not got.isnan().any() and (got - want).abs().max() <= 1e-5 * want.abs().max(), DEPTHWISE[i]
+
+
+@pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
+@pytest.mark.parametrize("with_identity", [False, True])
+def test_the_fill_kernel_writes_what_numba_writes(monkeypatch, isa, with_identity):
+    from actzip.runtime.rows import fill_pixels
+
+    _use_isa(monkeypatch, isa)
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = 3, 37, 5, 7  # a channel count that leaves a partial vector
+    out = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    identity = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    identity[1, 3, 2, 2] = float("nan")
+    pixels = torch.tensor([0, 9, 16, 17, 34])  # pixel 16 of image 1 carries the NaN
+    value = torch.randn(c, generator=g)
+    want = out.clone()
+    fill_pixels(want, pixels.numpy(), value.numpy(), (identity, 0.0, 6.0) if with_identity else None)
+    native.fill_pixels(out, pixels, value, *((identity, 0.0, 6.0) if with_identity else ()))
+    assert torch.equal(out.isnan(), want.isnan()) and out.isnan().any() == with_identity
+    assert torch.equal(out.nan_to_num(), want.nan_to_num())
+    with pytest.raises(ValueError, match="fill_pixels takes"):
+        native.fill_pixels(out, torch.tensor([h * w]), value)  # a pixel past the map

@@ -247,7 +247,7 @@ class CompiledConv2d(nn.Module):
             out = _pointwise.binary(x, residual[0], self.dense_weight, self.bias, *geometry, "add", None,
                                     None if self.attr == "none" else self.attr, self.scalars, "")
         if self.masked and not self.feeds_kept_only:
-            fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), residual)
+            self._fill(out, residual)
         return out
 
     def read_masked_input(self, kept_pixels: torch.Tensor | None, fill: torch.Tensor | None) -> None:
@@ -372,8 +372,16 @@ class CompiledConv2d(nn.Module):
         if self.feeds_kept_only:
             return out
         out = out.permute(0, 3, 1, 2)
-        fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), self._residual(identity))
+        self._fill(out, self._residual(identity))
         return out
+
+    def _fill(self, out: torch.Tensor, residual) -> None:
+        """The masked pixels of the output `out` set to their value (see `_residual`): by the
+        compiled kernel on PyTorch's threads, or by numba on this one."""
+        if native.available():
+            native.fill_pixels(out, self.masked_pixels, self.fill, *(residual or ()))
+        else:
+            fill_pixels(out, self.masked_pixels.numpy(), self.fill.numpy(), residual)
 
     def _sparse_depthwise(self, x: torch.Tensor) -> torch.Tensor:
         """The kept pixels of a depthwise conv by the compiled kernel, from a full NHWC map or from

@@ -808,7 +808,7 @@ static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int6
 typedef struct Job {
     int (*thread_num)(void);
     int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows, 4: producer_depthwise,
-                   5: sparse_conv1x1 pixel by pixel */
+                   5: sparse_conv1x1 pixel by pixel, 6: fill_pixels */
     int threads, isa, status;
     int64_t rows, list_ints, ntaps, kw, cin, cout, ldw;
     const float *x, *w, *bias, *residual, *zeros;
@@ -829,6 +829,7 @@ typedef struct Job {
     const struct Job *project;
     float *band;
     int64_t band_floats, out_image;
+    int64_t masked;           /* fill_pixels: masked pixels per image */
 } Job;
 
 /* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
@@ -1185,6 +1186,36 @@ static int producer_depthwise(const Job *j, int64_t begin, int64_t end) {
     return 0;
 }
 
+/* The masked pixels of a conv's NHWC output: row r of [begin, end) is masked pixel r % masked of
+   image r / masked (out_rows: the pixels' indices in an image, out_image: its floats), set to the
+   fill row, or with a residual (laid out as y) to clamp(fill + residual) (NaN stays NaN). The
+   channel loops are left to the compiler, one copy per ISA. */
+__attribute__((always_inline))
+static inline void fill_rows(const Job *j, int64_t begin, int64_t end) {
+    const int64_t n = j->masked, C = j->cout;
+    const float *restrict fill = j->fill;
+    int64_t img = begin / n, k = begin % n;  /* moved along row by row, without dividing */
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t at = img * j->out_image + j->out_rows[k] * C;
+        float *restrict out = j->y + at;
+        if (j->residual) {
+            const float *restrict res = j->residual + at;
+            for (int64_t c = 0; c < C; c++) out[c] = clampf(fill[c] + res[c], j->lo, j->hi);
+        } else {
+            for (int64_t c = 0; c < C; c++) out[c] = fill[c];
+        }
+        if (++k == n) k = 0, img++;
+    }
+}
+
+static void fill_c(const Job *j, int64_t begin, int64_t end) { fill_rows(j, begin, end); }
+
+__attribute__((target("avx2,fma")))
+static void fill_avx2(const Job *j, int64_t begin, int64_t end) { fill_rows(j, begin, end); }
+
+__attribute__((target("avx512f")))
+static void fill_avx512(const Job *j, int64_t begin, int64_t end) { fill_rows(j, begin, end); }
+
 /* thread_num where the kernels run on the calling thread alone (no libgomp found) */
 int actzip_thread_zero(void) { return 0; }
 
@@ -1205,6 +1236,8 @@ void actzip_share(void *p) {
         status = depthwise_rows(j, begin, end);
     else if (j->kernel == 4)
         status = producer_depthwise(j, begin, end);
+    else if (j->kernel == 6)
+        (j->isa == 2 ? fill_avx512 : j->isa == 1 ? fill_avx2 : fill_c)(j, begin, end);
     else if (j->isa == 2)
         max_pool_avx512(j, begin, end);
     else

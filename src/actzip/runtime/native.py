@@ -27,6 +27,7 @@ from ..compiled import ISAS, chosen, extension
 from ..errors import ActzipWarning
 
 WORK_PER_THREAD = 1 << 21  # multiply-adds below which a second thread costs more than it saves
+FILL_WORK = 16  # multiply-adds a float written by fill_pixels counts as, for WORK_PER_THREAD
 TILE = 4  # pixels per register tile (kernels.c): thread shares start on a tile
 LIST_SLOTS, LIST_SLACK = TILE + 1, 17  # per tile: the union's list and each pixel's, each cin + 17 ints
 PANEL = 64  # output channels per panel of a `rows_conv` weight (kernels.c)
@@ -80,7 +81,7 @@ class Job(ctypes.Structure):
                              "inside", "geometry")] \
         + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F), ("producer", _F), ("consumer", _F),
            ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "nparts", "ring_floats", "in_image", "tile")] \
-        + [("project", _F), ("band", _F), ("band_floats", _I64), ("out_image", _I64)]
+        + [("project", _F), ("band", _F), ("band_floats", _I64), ("out_image", _I64), ("masked", _I64)]
 
 
 @functools.cache
@@ -256,6 +257,24 @@ def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], 
               geometry=geometry.data_ptr())
     run_job(job, out.numel() * kh * kw)
     return out.permute(0, 3, 1, 2)
+
+
+def fill_pixels(out: torch.Tensor, pixels: torch.Tensor, value: torch.Tensor, identity: torch.Tensor | None = None,
+                lo: float = -float("inf"), hi: float = float("inf")) -> None:
+    """Set the pixels `pixels` (int64 indices into H*W) of every image of the channels_last float32
+    `out` (N, C, H, W) to `value` (C,), or with `identity` (laid out as out) to clamp(value +
+    identity, lo, hi), in place; on PyTorch's threads, where they are worth it."""
+    n, c, h, w = out.shape
+    tensors = (out, identity) if identity is not None else (out,)
+    if any(t.dtype != torch.float32 or not t.is_contiguous(memory_format=torch.channels_last) or t.shape != out.shape
+           for t in tensors) or value.dtype != torch.float32 or value.shape != (c,) or not value.is_contiguous() \
+            or pixels.dtype != torch.int64 or not pixels.is_contiguous() or (pixels.numel() and pixels.max() >= h * w):
+        raise ValueError("fill_pixels takes a channels_last float32 map, its (C,) value and int64 pixels inside it")
+    job = Job(kernel=6, isa=ISAS.index(isa()), rows=n * pixels.numel(), cout=c, y=out.data_ptr(),
+              fill=value.data_ptr(), residual=identity.data_ptr() if identity is not None else None,
+              out_rows=pixels.data_ptr(), out_image=h * w * c, masked=pixels.numel(), lo=lo, hi=hi)
+    if job.rows:
+        run_job(job, job.rows * c * FILL_WORK)
 
 
 class DepthwiseRows(NamedTuple):

@@ -1,4 +1,6 @@
-"""Numba kernels that write the masked pixels of a channels_last conv output.
+"""Numba kernels that write the masked pixels of a channels_last conv output: the fill where the
+compiled kernels are missing (`native.fill_pixels` does it on PyTorch's threads), and the expand
+of kept rows of the oneDNN fallback.
 
 Both also serve a conv whose output is added to a residual and then clamped (ResNet's conv2 ->
 + identity -> ReLU, run as one op): given the identity, a pixel becomes clamp(value + identity).
