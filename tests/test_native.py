@@ -350,4 +350,4 @@ def test_the_fill_kernel_writes_what_numba_writes(monkeypatch, isa, with_identit
     assert torch.equal(out.isnan(), want.isnan()) and out.isnan().any() == with_identity
     assert torch.equal(out.nan_to_num(), want.nan_to_num())
     with pytest.raises(ValueError, match="fill_pixels takes"):
-        native.fill_pixels(out, torch.tensor([h * w]), value)  # a pixel past the map
+        native.fill_pixels(out, pixels.int(), value)

@@ -332,10 +332,11 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
         choices[producer].reason += f"; hands its kept pixels alone to {consumer}"
     result = CompiledModel(gm, layers, tuple(example.shape), _note(layers))
     if "onnxruntime" in engines and onnx.available():
-        result.choose_prefix(fold_batchnorm(model), example, repeats)
+        folded = fold_batchnorm(model)
+        result.choose_prefix(folded, example, repeats)
         # onnxruntime's defaults, spinning workers included: where it wins, it runs the whole model as
         # it would for a user (at 2 threads, sleeping workers made it 10-20 % slower on small models)
-        result.choose_engine(onnx.onnxruntime_session(fold_batchnorm(model), example), example, repeats)
+        result.choose_engine(onnx.onnxruntime_session(folded, example), example, repeats)
     if verify:
         with torch.no_grad():
             want, got = model(example), result(example)

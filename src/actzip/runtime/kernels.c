@@ -464,6 +464,14 @@ static inline void pixel_sums_out(const Conv1x1 *a, int64_t p, int64_t c0, int l
 #define SHARED_FMA(r) if (R > r) { __m512 wv = _mm512_loadu_ps(wrow + 16 * r); __asm__("" : "+v"(wv)); \
                                    acc[r] = _mm512_fmadd_ps(v, wv, acc[r]); acc2[r] = _mm512_fmadd_ps(u, wv, acc2[r]); }
 #define SECOND_FMA(r) if (R > r) acc2[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wrow + 16 * r), acc2[r]);
+/* One pixel's channels `bits` (input row `src`) into the sums that FMA(r) adds to. */
+#define OWN_CHANNELS(bits, src, FMA) \
+    for (uint64_t own = (bits); own; own &= own - 1) { \
+        const int64_t c = __builtin_ctzll(own); \
+        const __m512 v = _mm512_set1_ps((src)[c]); \
+        const float *wrow = w + c * a->ldw; \
+        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6) FMA(7) FMA(8) FMA(9) FMA(10) FMA(11) \
+    }
 #define TRIO_FMA(r) if (R > r) { acc[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wrow + 16 * r), acc[r]); \
                                  acc2[r] = _mm512_fmadd_ps(u, _mm512_loadu_ps(urow + 16 * r), acc2[r]); \
                                  acc3[r] = _mm512_fmadd_ps(t, _mm512_loadu_ps(trow + 16 * r), acc3[r]); }
@@ -494,20 +502,8 @@ static inline void pixels_block_avx512_r(const Conv1x1 *a, int64_t p0, int64_t p
             SHARED_FMA(0) SHARED_FMA(1) SHARED_FMA(2) SHARED_FMA(3) SHARED_FMA(4) SHARED_FMA(5)
             SHARED_FMA(6) SHARED_FMA(7) SHARED_FMA(8) SHARED_FMA(9) SHARED_FMA(10) SHARED_FMA(11)
         }
-        for (uint64_t own = m & ~mb; own; own &= own - 1) {
-            const int64_t c = __builtin_ctzll(own);
-            const __m512 v = _mm512_set1_ps(x[c]);
-            const float *wrow = w + c * a->ldw;
-            PIXEL_FMA(0) PIXEL_FMA(1) PIXEL_FMA(2) PIXEL_FMA(3) PIXEL_FMA(4) PIXEL_FMA(5)
-            PIXEL_FMA(6) PIXEL_FMA(7) PIXEL_FMA(8) PIXEL_FMA(9) PIXEL_FMA(10) PIXEL_FMA(11)
-        }
-        for (uint64_t own = mb & ~m; own; own &= own - 1) {
-            const int64_t c = __builtin_ctzll(own);
-            const __m512 v = _mm512_set1_ps(xb[c]);
-            const float *wrow = w + c * a->ldw;
-            SECOND_FMA(0) SECOND_FMA(1) SECOND_FMA(2) SECOND_FMA(3) SECOND_FMA(4) SECOND_FMA(5)
-            SECOND_FMA(6) SECOND_FMA(7) SECOND_FMA(8) SECOND_FMA(9) SECOND_FMA(10) SECOND_FMA(11)
-        }
+        OWN_CHANNELS(m & ~mb, x, PIXEL_FMA)
+        OWN_CHANNELS(mb & ~m, xb, SECOND_FMA)
         pixel_sums_out(a, p, c0, last, acc, tail, R, TAIL);
         pixel_sums_out(a, p + 1, c0, last, acc2, tail, R, TAIL);
     }
@@ -549,13 +545,7 @@ static inline void pixels_block_avx512_r(const Conv1x1 *a, int64_t p0, int64_t p
             pixel_sums_out(a, pb, c0, last, acc2, tail, R, TAIL);
             q += 2;
         } else {
-            for (; m; m &= m - 1) {
-                const int64_t c = __builtin_ctzll(m);
-                const __m512 v = _mm512_set1_ps(x[c]);
-                const float *wrow = w + c * a->ldw;
-                PIXEL_FMA(0) PIXEL_FMA(1) PIXEL_FMA(2) PIXEL_FMA(3) PIXEL_FMA(4) PIXEL_FMA(5)
-                PIXEL_FMA(6) PIXEL_FMA(7) PIXEL_FMA(8) PIXEL_FMA(9) PIXEL_FMA(10) PIXEL_FMA(11)
-            }
+            OWN_CHANNELS(m, x, PIXEL_FMA)
             q += 1;
         }
         pixel_sums_out(a, p, c0, last, acc, tail, R, TAIL);
@@ -563,6 +553,7 @@ static inline void pixels_block_avx512_r(const Conv1x1 *a, int64_t p0, int64_t p
 }
 #undef TRIO_FMA
 #undef PAIR_FMA
+#undef OWN_CHANNELS
 #undef SECOND_FMA
 #undef SHARED_FMA
 #undef PIXEL_LOAD

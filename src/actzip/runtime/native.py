@@ -263,13 +263,14 @@ def fill_pixels(out: torch.Tensor, pixels: torch.Tensor, value: torch.Tensor, id
                 lo: float = -float("inf"), hi: float = float("inf")) -> None:
     """Set the pixels `pixels` (int64 indices into H*W) of every image of the channels_last float32
     `out` (N, C, H, W) to `value` (C,), or with `identity` (laid out as out) to clamp(value +
-    identity, lo, hi), in place; on PyTorch's threads, where they are worth it."""
+    identity, lo, hi), in place; on PyTorch's threads, where they are worth it. The pixels are the
+    caller's to get right (a module's own buffer): checking them cost a reduction per call."""
     n, c, h, w = out.shape
     tensors = (out, identity) if identity is not None else (out,)
     if any(t.dtype != torch.float32 or not t.is_contiguous(memory_format=torch.channels_last) or t.shape != out.shape
            for t in tensors) or value.dtype != torch.float32 or value.shape != (c,) or not value.is_contiguous() \
-            or pixels.dtype != torch.int64 or not pixels.is_contiguous() or (pixels.numel() and pixels.max() >= h * w):
-        raise ValueError("fill_pixels takes a channels_last float32 map, its (C,) value and int64 pixels inside it")
+            or pixels.dtype != torch.int64 or not pixels.is_contiguous():
+        raise ValueError("fill_pixels takes a channels_last float32 map, its (C,) value and int64 pixels")
     job = Job(kernel=6, isa=ISAS.index(isa()), rows=n * pixels.numel(), cout=c, y=out.data_ptr(),
               fill=value.data_ptr(), residual=identity.data_ptr() if identity is not None else None,
               out_rows=pixels.data_ptr(), out_image=h * w * c, masked=pixels.numel(), lo=lo, hi=hi)
