@@ -31,12 +31,17 @@ def onnxruntime_session(model: nn.Module, example: torch.Tensor, spinning: bool 
     threads sleep instead of spinning, so that they leave the cores to PyTorch's ops around it."""
     if not available():
         return None
+    return session_from_bytes(export(model, example.contiguous()), spinning)
+
+
+def export(model: nn.Module, example: torch.Tensor) -> bytes:
+    """`model` as ONNX bytes, its input "x" and output "y", its batch dimension free."""
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (example.contiguous(),), buffer, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    return session_from_bytes(buffer.getvalue(), spinning)
+        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return buffer.getvalue()
 
 
 class Session:

@@ -15,17 +15,15 @@ handing over compact kept rows, holds no such tensor.
 
 from __future__ import annotations
 
-import io
 import statistics
 import time
-import warnings
 
 import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
-from .onnx import session_from_bytes
+from .onnx import export, session_from_bytes
 
 MAX_CUTS = 12  # prefixes timed in onnxruntime: each costs an export and a session
 MIN_SAVING = 0.03  # of the whole forward: below it, a saving measured on a prefix is noise here
@@ -113,16 +111,6 @@ def prefix_graph(folded: fx.GraphModule, end: str) -> fx.GraphModule:
             env[n] = graph.node_copy(n, env.__getitem__)
     graph.output(graph.call_method("permute", (env[nodes[end]], 0, 2, 3, 1)))
     return fx.GraphModule(folded, graph)
-
-
-def export(module: nn.Module, example_nhwc: torch.Tensor) -> bytes:
-    """`module` as ONNX bytes, its batch dimension free."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, (example_nhwc,), buffer, dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    return buffer.getvalue()
 
 
 def as_graph_has_it(nhwc: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
