@@ -527,6 +527,34 @@ def test_fused_producers_equal_the_model_over_many_bands(threads):
 
 
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
+def test_one_image_on_two_threads_splits_a_small_map_into_even_bands():
+    """A 7x7 map's kept pixels fit in one band; with one image on two threads they go in two
+    bands of (nearly) the same size, one per thread, and the block still equals the model."""
+    import actzip.runtime.conv as conv_module
+
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(_InvertedResidual(16, 48)))
+    x = torch.rand(1, 16, 7, 7)
+    attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        compiled = compile(model, x, repeats=1, engines=OWN)
+        expand, depthwise, project = _all_on(compiled, "sparse")
+        assert depthwise.fused_producer is expand and project.fused_depthwise is depthwise
+        kept = depthwise.kept_pixels.numel()
+        assert kept <= conv_module.DEPTHWISE_BAND and depthwise._band_pixels(1) == conv_module.DEPTHWISE_BAND
+        band = depthwise._band_pixels(native.image_parts(1, 2))
+        ends = depthwise._ring_plan(False, True, band)[1].ends.view(-1, 3)
+        assert ends.shape[0] == 2 and ends[0, 1] in (kept // 2, -(-kept // 2)) and ends[1, 1] == kept
+        with torch.no_grad():
+            want = model(x)
+            assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
 def test_an_unmasked_inverted_residual_block_runs_fused_on_every_pixel():
     """Without masks, the kept-pixel kernels keep every pixel ("kernel") and fuse as the sparse path
     does: the expand conv into the depthwise conv, and that into the project conv."""

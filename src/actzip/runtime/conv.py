@@ -421,14 +421,15 @@ class CompiledConv2d(nn.Module):
     def _banded_call(self, n: int, rows_input: bool, project: CompiledConv2d | None) -> native.BandedCall:
         """The kernel call of `_fused_depthwise` for `n` images, made once per batch size, thread
         count, instruction set and hand-over (kept with the ring plans)."""
-        producer = self.fused_producer
+        producer, threads = self.fused_producer, torch.get_num_threads()
         key = ("call", n, rows_input, self.feeds_kept_only, project is not None and project.feeds_kept_only,
-               producer.path, project.path if project is not None else None, torch.get_num_threads(), native.isa())
+               producer.path, project.path if project is not None else None, threads, native.isa())
         call = self._ring_plans.get(key)
         if call is not None:
             return call
         empty = torch.empty(0)
-        table, bands, producer_rows = self._ring_plan(rows_input, project is not None)
+        band = self._band_pixels(native.image_parts(n, threads))
+        table, bands, producer_rows = self._ring_plan(rows_input, project is not None, band)
         in_image = producer.in_channels * (producer.kept_pixels.numel() if rows_input else
                                            producer.input_hw[0] * producer.input_hw[1])
         first = producer._kernel_job(producer_rows)
@@ -439,10 +440,20 @@ class CompiledConv2d(nn.Module):
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
         else:
             _, out_image = project._out_rows()
-            third = project._kernel_job(project._band_rows())
-            call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, DEPTHWISE_BAND)
+            third = project._kernel_job(project._band_rows(band))
+            call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, band)
         self._ring_plans[key] = call
         return call
+
+    def _band_pixels(self, parts: int) -> int:
+        """Kept pixels per band when `parts` threads share each image: DEPTHWISE_BAND, or with
+        several parts bands as even as a whole number of them per part allows (at batch 1 a 7x7
+        map's one band would leave the second thread idle)."""
+        if parts == 1:
+            return DEPTHWISE_BAND
+        kept = self.kept_pixels.numel()
+        bands = -(-kept // DEPTHWISE_BAND)
+        return -(-kept // (-(-bands // parts) * parts))
 
     def _tap_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kept pixels, taps): each tap's pixel in the input map (clamped into it), and whether it
@@ -485,18 +496,18 @@ class CompiledConv2d(nn.Module):
             self._depthwise_rows_by_input[key] = native.depthwise_table(rows, out_rows, in_image * c, out_image)
         return self._depthwise_rows_by_input[key]
 
-    def _ring_plan(self, rows_input: bool, projected: bool = False) -> tuple[native.DepthwiseRows, native.Bands,
-                                                                               native.KeptRows]:
+    def _ring_plan(self, rows_input: bool, projected: bool = False, band: int = DEPTHWISE_BAND) -> tuple[
+            native.DepthwiseRows, native.Bands, native.KeptRows]:
         """For the fused producer: this conv's table into the ring (and, `projected`, out to the band
-        buffer of a fused 1x1 consumer), the bands, the producer's rows."""
-        key = rows_input, self.feeds_kept_only, projected
+        buffer of a fused 1x1 consumer), the bands of `band` kept pixels, the producer's rows."""
+        key = rows_input, self.feeds_kept_only, projected, band
         if key not in self._ring_plans:
             slots = self._producer_slots()
             valid = slots >= 0
             needs_to = torch.where(valid, slots, -1).max(1).values.cummax(0).values + 1
             needs_from = torch.where(valid, slots, slots.new_tensor(2**62)).min(1).values
-            starts = range(0, slots.shape[0], DEPTHWISE_BAND)
-            stops = torch.tensor([min(start + DEPTHWISE_BAND, slots.shape[0]) for start in starts], dtype=torch.long)
+            starts = range(0, slots.shape[0], band)
+            stops = torch.tensor([min(start + band, slots.shape[0]) for start in starts], dtype=torch.long)
             made = needs_to[stops - 1]
             first = torch.tensor([int(needs_from[start:stop].min()) for start, stop in zip(starts, stops)],
                                  dtype=torch.long)
@@ -505,7 +516,7 @@ class CompiledConv2d(nn.Module):
             ends = torch.stack([made, stops, first], 1).reshape(-1)
             out_rows, out_image = self._out_rows()
             if projected:  # band b's rows fill the band buffer from its start
-                out_rows, out_image = torch.arange(slots.shape[0]) % DEPTHWISE_BAND * self.out_channels, 0
+                out_rows, out_image = torch.arange(slots.shape[0]) % band * self.out_channels, 0
             table = native.depthwise_table(torch.where(valid, slots % ring * self.in_channels, slots), out_rows, 0,
                                            out_image)
             producer = self.fused_producer
@@ -549,13 +560,13 @@ class CompiledConv2d(nn.Module):
         return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels), rows,
                                     self.lo, self.hi)
 
-    def _band_rows(self) -> native.KeptRows:
+    def _band_rows(self, band: int) -> native.KeptRows:
         """One image's rows of this 1x1 conv when its input rows come from the band buffer of a fused
-        depthwise conv, DEPTHWISE_BAND rows long (`fuse_depthwise`)."""
-        key = ("band", self.feeds_kept_only)
+        depthwise conv, `band` rows long (`fuse_depthwise`)."""
+        key = ("band", self.feeds_kept_only, band)
         if key not in self._kept_rows_by_batch:
             rows = self._kept_rows(1, True)
-            in_rows = torch.arange(rows.in_rows.numel()) % DEPTHWISE_BAND * self.in_channels
+            in_rows = torch.arange(rows.in_rows.numel()) % band * self.in_channels
             self._kept_rows_by_batch[key] = rows._replace(in_rows=in_rows)
         return self._kept_rows_by_batch[key]
 

@@ -353,6 +353,11 @@ class Bands(NamedTuple):
     ring_rows: int
 
 
+def image_parts(images: int, threads: int) -> int:
+    """Parts of each image that threads share in a `BandedCall`: one where every thread has an image."""
+    return 1 if images >= threads else -(-threads // images)
+
+
 class BandedCall:
     """A rows-conv producer and the depthwise conv reading its kept rows from a ring, band by band,
     so that the producer's rows never leave the cache (kernels.c's producer_depthwise): `producer`
@@ -368,7 +373,7 @@ class BandedCall:
     def __init__(self, producer: Job, consumer: Job, keep: tuple, bands: Bands, images: int, in_image: int,
                  out_image: int, project: Job | None = None, band_rows: int = 0):
         threads = torch.get_num_threads()
-        parts = 1 if images >= threads else -(-threads // images)
+        parts = image_parts(images, threads)
         self.producer, self.consumer, self.project, self.keep, self.threads = producer, consumer, project, keep, threads
         self.ring = torch.empty(threads * bands.ring_rows * producer.cout)
         self.band = torch.empty(threads * band_rows * consumer.cin if project is not None else 0)
