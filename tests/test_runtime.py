@@ -661,3 +661,40 @@ def test_the_kept_pixel_kernel_in_thread_shares_equals_one_thread(monkeypatch, t
         assert torch.equal(fast.sparse(xc), one)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not native.available(), reason="the kept-pixel kernel is compiled")
+@pytest.mark.parametrize("isa", ["c", "avx512"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_few_kept_rows_against_many_outputs_share_the_outputs_between_threads(monkeypatch, isa, threads):
+    """Fewer kept rows than output channels (a late layer at batch 1): each thread takes a share of
+    the output channels, which may start inside a weight panel, and all the rows; the sums are
+    those of one thread."""
+    if native.ISAS.index(isa) > native.ISAS.index(native.best_isa()):
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ACTZIP_ISA", isa)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(256, 200, 3, 1, 1, bias=False)  # panels of 64, 64, 64 and 8 outputs
+    x = torch.randn(1, 256, 5, 5)
+    fast = CompiledConv2d(_masked_conv(conv, x, 0.4), (0.0, 6.0), tuple(x.shape), Workspace())
+    assert fast.kept_pixels.numel() < 200
+    shares = []  # (by output channels, threads) of each rows-conv call
+
+    def run_job(job, work, real=native.run_job):
+        real(job, work)
+        if job.kernel == 1:
+            shares.append((job.by_outputs, job.threads))
+
+    monkeypatch.setattr(native, "run_job", run_job)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fast.sparse(xc)
+        torch.set_num_threads(threads)
+        assert torch.equal(fast.sparse(xc), one)
+    finally:
+        torch.set_num_threads(before)
+    assert shares[-1] == (1, threads)
+    assert (one - fast.dense(xc)).abs().max() <= 1e-4 * one.abs().max()

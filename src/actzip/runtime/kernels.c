@@ -644,6 +644,12 @@ static inline const float *tap_row(const RowsConv *a, int64_t k, int64_t t, int6
     return a->x + (a->in_rows[k] + a->taps[t]);
 }
 
+/* Where output channel c0's columns start in the packed weight: in its panel, which may have
+   begun before c0 (a thread's share of the outputs may start inside a panel). */
+static inline const float *panel_at(const RowsConv *a, int64_t c0) {
+    return a->w + (c0 - c0 % PANEL) * a->ntaps * a->cin + c0 % PANEL;
+}
+
 /* Taps [t0, t1) of up to P kept pixels from row k on the panel at c0 (R vectors wide): taps come
    in blocks whose panel rows stay in L2 while every tile passes over them. The first block starts
    from the bias, later ones from the sums the block before stored; only the last adds the residual
@@ -670,7 +676,7 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
         inside[j] = a->inside ? a->inside[kj] : every_tap;
         edge |= inside[j] != every_tap;
     }
-    const float *panel = a->w + c0 * a->ntaps * cin;
+    const float *panel = panel_at(a, c0);
     /* no division for the first tap: a 64-bit one costs as much as a narrow tile's FMAs */
     for (int64_t t = t0, ti = t0 ? t0 / a->kw : 0, tj = t0 ? t0 % a->kw : 0; t < t1;) {
         /* a whole kernel row of taps inside the input, where they lie side by side, runs as one
@@ -777,7 +783,7 @@ int actzip_rows_tile_pixels(int64_t cin) {
 
 /* The portable path (and AVX2's, which has no tuned kernel here): one pixel and panel at a time. */
 static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width) {
-    const float *panel = a->w + c0 * a->ntaps * a->cin;
+    const float *panel = panel_at(a, c0);
     for (int j = 0; j < rows; j++) {
         float acc[PANEL];
         for (int64_t o = 0; o < width; o++) acc[o] = a->bias[c0 + o];
@@ -821,11 +827,20 @@ typedef struct Job {
     float *band;
     int64_t band_floats, out_image;
     int64_t masked;           /* fill_pixels: masked pixels per image */
+    int64_t by_outputs;       /* rows_conv: threads share the output channels, not the rows (see there) */
 } Job;
 
-/* Rows [begin, end) of a rows-conv job. The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the
-   bias padded alike, so `ldw` must be PANEL. */
-static int rows_conv(const Job *j, int64_t begin, int64_t end) {
+/* The end of the panel piece from output channel c0, at most c1. */
+static inline int64_t piece_end(int64_t c0, int64_t c1) {
+    const int64_t next = c0 - c0 % PANEL + PANEL;
+    return next < c1 ? next : c1;
+}
+
+/* Rows [begin, end) of a rows-conv job, output channels [c_lo, c_hi) (all of them, or a thread's
+   share where `by_outputs`: a few rows against a large weight, which every thread would otherwise
+   stream whole). The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the bias padded alike,
+   so `ldw` must be PANEL. */
+static int rows_conv_outputs(const Job *j, int64_t begin, int64_t end, int64_t c_lo, int64_t c_hi) {
     if (j->isa < 0 || j->isa > 2 || j->ldw != PANEL) return -1;
     RowsConv a = {j->x, j->w, j->bias, j->residual, j->zeros, j->y, j->in_rows, j->taps, j->out_rows, j->inside,
                   j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi, j->kw > 1,
@@ -837,28 +852,27 @@ static int rows_conv(const Job *j, int64_t begin, int64_t end) {
     if (P != PIX && P != ROWS_PIX) return -1;
     if (j->isa != 2) {
         for (int64_t k = begin; k < end; k += P)
-            for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
-                rows_tile_c(&a, k, end - k < P ? (int)(end - k) : P, c0, cout - c0 < PANEL ? cout - c0 : PANEL);
+            for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi))
+                rows_tile_c(&a, k, end - k < P ? (int)(end - k) : P, c0, piece_end(c0, c_hi) - c0);
         return 0;
     }
     if (cout <= 16 && ntaps * j->cin == NARROW_TAPS) {
         rows_narrow_avx512(&a, begin, end);
         return 0;
     }
-    if (panel_bytes * ((cout + PANEL - 1) / PANEL) <= (512 << 10)) {
+    if (panel_bytes * ((c_hi - c_lo + PANEL - 1) / PANEL) <= (512 << 10)) {
         /* the whole weight stays in L2: each tile writes its output rows whole, once */
         for (int64_t k = begin; k < end; k += P)
-            for (int64_t c0 = 0; c0 < cout; c0 += PANEL)
-                rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, cout - c0 < PANEL ? cout - c0 : PANEL,
-                                 0, ntaps);
+            for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi))
+                rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, piece_end(c0, c_hi) - c0, 0, ntaps);
         return 0;
     }
     /* else panel by panel, in blocks of taps whose panel rows (taps x cin x PANEL floats) stay
        within ~512 KB of L2 while every tile passes over them */
     int64_t block = (512 << 10) / (j->cin * PANEL * 4);
     block = block < 1 ? 1 : block;
-    for (int64_t c0 = 0; c0 < cout; c0 += PANEL) {
-        int64_t width = cout - c0 < PANEL ? cout - c0 : PANEL;
+    for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi)) {
+        int64_t width = piece_end(c0, c_hi) - c0;
         for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
             int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
             for (int64_t k = begin; k < end; k += P)
@@ -867,6 +881,8 @@ static int rows_conv(const Job *j, int64_t begin, int64_t end) {
     }
     return 0;
 }
+
+static int rows_conv(const Job *j, int64_t begin, int64_t end) { return rows_conv_outputs(j, begin, end, 0, j->cout); }
 
 
 /* Max pooling of an NHWC input, output rows [begin, end) of the n * ho image rows (no dilation, no
@@ -1212,6 +1228,12 @@ int actzip_thread_zero(void) { return 0; }
 
 void actzip_share(void *p) {
     Job *j = p;
+    if (j->kernel == 1 && j->by_outputs) {  /* every row, a share of the output channels */
+        const int64_t vectors = (j->cout + 15) / 16, t = j->thread_num();
+        const int64_t c_lo = 16 * (t * vectors / j->threads), c_hi = 16 * ((t + 1) * vectors / j->threads);
+        if (c_lo < c_hi && rows_conv_outputs(j, 0, j->rows, c_lo, c_hi < j->cout ? c_hi : j->cout)) j->status = -1;
+        return;
+    }
     const int64_t unit = j->kernel == 4 ? 1 : TILE;  /* producer_depthwise shares whole images */
     int64_t share = ((j->rows + j->threads - 1) / j->threads + unit - 1) / unit * unit;
     int64_t begin = j->thread_num() * share, end = begin + share < j->rows ? begin + share : j->rows;

@@ -7,7 +7,10 @@ The kernels split their rows between PyTorch's intra-op thread count (`torch.get
 read at each call) on PyTorch's own OpenMP threads: the team is started through the libgomp that
 torch loaded (GOMP_parallel, with the team size as an argument), so no second pool competes for the
 cores and the thread count a user set stays as it is. Where torch brings no libgomp, the kernels run
-on the calling thread. Work under WORK_PER_THREAD multiply-adds stays on the calling thread.
+on the calling thread. Work under WORK_PER_THREAD multiply-adds stays on the calling thread. A
+rows conv with fewer rows than output channels (a late layer at batch 1) shares its output
+channels instead, so that each thread streams its part of the weight alone: ResNet18 at batch 1 on
+2 threads ran 10 % faster so (Intel Xeon, s = 0.3 and 0.5).
 
 The instruction set is this CPU's best (AVX-512F, else AVX2 + FMA, else portable C), lowered by
 the environment as `actzip.compiled` says.
@@ -81,7 +84,8 @@ class Job(ctypes.Structure):
                              "inside", "geometry")] \
         + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F), ("producer", _F), ("consumer", _F),
            ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "nparts", "ring_floats", "in_image", "tile")] \
-        + [("project", _F), ("band", _F), ("band_floats", _I64), ("out_image", _I64), ("masked", _I64)]
+        + [("project", _F), ("band", _F), ("band_floats", _I64), ("out_image", _I64), ("masked", _I64),
+           ("by_outputs", _I64)]
 
 
 @functools.cache
@@ -104,10 +108,15 @@ def _thread_zero() -> int:
 
 
 def run_job(job: Job, work: int) -> None:
-    """job's rows in tile-aligned shares, one per thread (see the module doc)."""
+    """job's rows in tile-aligned shares, one per thread (see the module doc), or a rows conv's
+    output channels in shares of whole vectors."""
     lib, openmp = library(), _openmp()
+    # a rows conv with more output channels than rows has a weight larger than its im2col rows:
+    # sharing the rows, each thread would stream the whole weight
+    job.by_outputs = job.kernel == 1 and job.cout > job.rows
     unit = 1 if job.kernel == 4 else TILE  # BandedCall shares whole images
-    threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, -(-job.rows // unit)))
+    shares = -(-job.cout // 16) if job.by_outputs else -(-job.rows // unit)
+    threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD, shares))
     if openmp is None or threads == 1:
         job.threads, job.thread_num = 1, _thread_zero()
         lib.actzip_share(ctypes.byref(job))
