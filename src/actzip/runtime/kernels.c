@@ -628,6 +628,8 @@ typedef struct {
     float lo, hi;
     int rows_side_by_side;  /* each kernel row's taps lie one after the other in the input */
     uint64_t every_tap;     /* the inside ranges of a pixel whose taps all lie inside the input */
+    const char *prefetch;   /* lines of the weight a tile asks into L2, one per channel step */
+    int64_t prefetch_lines;
 } RowsConv;
 
 /* Whether the tap at kernel row i, column j lies inside the input for a pixel whose inside ranges
@@ -677,6 +679,8 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
         edge |= inside[j] != every_tap;
     }
     const float *panel = panel_at(a, c0);
+    const char *pf = a->prefetch;
+    int64_t pf_left = a->prefetch_lines;
     /* no division for the first tap: a 64-bit one costs as much as a narrow tile's FMAs */
     for (int64_t t = t0, ti = t0 ? t0 / a->kw : 0, tj = t0 ? t0 % a->kw : 0; t < t1;) {
         /* a whole kernel row of taps inside the input, where they lie side by side, runs as one
@@ -690,6 +694,7 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
         tj += taps;
         if (tj == a->kw) tj = 0, ti++;
         for (int64_t c = 0; c < taps * cin; c++, w += PANEL) {
+            if (pf_left > 0) _mm_prefetch(pf, _MM_HINT_T1), pf += 64, pf_left--;
             __m512 v[ROWS_PIX];
 #pragma GCC unroll 8
             for (int j = 0; j < P; j++) v[j] = _mm512_set1_ps(x[j][c]);
@@ -871,12 +876,22 @@ static int rows_conv_outputs(const Job *j, int64_t begin, int64_t end, int64_t c
        within ~512 KB of L2 while every tile passes over them */
     int64_t block = (512 << 10) / (j->cin * PANEL * 4);
     block = block < 1 ? 1 : block;
+    const int64_t tiles = (end - begin + P - 1) / P;
     for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi)) {
         int64_t width = piece_end(c0, c_hi) - c0;
         for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
             int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
-            for (int64_t k = begin; k < end; k += P)
+            /* the tiles share out the next block's weight rows to ask into L2 as they go: with few
+               rows, the weight streaming in from L3 at each block's first tile left the core idle */
+            const int64_t c_next = t1 < ntaps ? c0 : piece_end(c0, c_hi), t_next = t1 < ntaps ? t1 : 0;
+            const int64_t next_rows = c_next < c_hi ? (t_next + block < ntaps ? block : ntaps - t_next) * j->cin : 0;
+            const char *next = (const char *)(panel_at(&a, c_next - c_next % PANEL) + t_next * j->cin * PANEL);
+            const int64_t lines = next_rows * PANEL * 4 / 64, share = (lines + tiles - 1) / tiles;
+            for (int64_t k = begin, i = 0; k < end; k += P, i++) {
+                a.prefetch = next + i * share * 64;
+                a.prefetch_lines = lines - i * share < share ? lines - i * share : share;
                 rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, width, t0, t1);
+            }
         }
     }
     return 0;
