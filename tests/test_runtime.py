@@ -223,6 +223,27 @@ def test_residual_conv_adds_before_its_activation_on_both_paths(name, bounds):
             fast(x)
 
 
+@pytest.mark.skipif(not native.available(), reason="the kept-pixel kernel is compiled")
+@pytest.mark.parametrize("name", ["1x1", "3x3 stride 2", "3x3 wide (taps in blocks)", "3x3, three output panels",
+                                  "3x3, one input channel"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_kept_pixel_kernel_writes_the_masked_pixels_in_its_own_pass(monkeypatch, name, residual):
+    """Every masked pixel of the full output (between kept ones, before the first and after the
+    last) gets its value from the kernel's pass: no second pass fills them, and none is left as
+    the output buffer held it (NaN here)."""
+    ref, x, _ = _reference(name, 2, images=2)
+    fast = CompiledConv2d(ref, (0.0, 6.0), tuple(x.shape), Workspace(), residual=residual)
+    assert 0 < fast.kept_pixels.numel() < fast.output_hw[0] * fast.output_hw[1]
+    monkeypatch.setattr(native, "fill_pixels", lambda *a, **k: pytest.fail("a second pass filled the masked pixels"))
+    monkeypatch.setattr(CompiledConv2d, "_rows_output", lambda self, n: torch.full((n, *self.output_hw, self.out_channels),
+                                                                                  float("nan")))
+    with torch.no_grad():
+        identity = torch.randn_like(ref(x)) if residual else None
+        want = (ref(x) + (identity if residual else 0)).clamp(0.0, 6.0)
+        got = fast.sparse(x.contiguous(memory_format=torch.channels_last), identity)
+    assert not got.isnan().any() and (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 def test_asymmetric_static_padding_of_efficientnet_ports():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 8, 3, 2, bias=False)

@@ -7,7 +7,8 @@ layout, and then writes the masked pixels' value act(BN(0)) over the masked pixe
 The sparse path computes the kept output pixels alone, with the compiled kernel of `native.py`
 (`rows_conv`): an implicit GEMM that reads each kept pixel's taps straight from the channels_last
 input (taps in the padding read a row of zeros, so the input is never padded or copied), and writes
-each kept row in place into the full NHWC output; the masked pixels' value goes between them after.
+each kept row in place into the full NHWC output, and the masked pixels' value between them in the
+same pass (a fused block's and the depthwise kernel's outputs get it in a pass after).
 When the conv's only consumer reads nothing but its kept pixels, `feeds_kept_only` skips the fill
 of the masked ones, and a sparse producer hands over its kept rows as they are (a 2-D tensor), with
 no scatter here and no gather there. Two consumers do: a sparse 1x1 conv with the same mask
@@ -344,8 +345,8 @@ class CompiledConv2d(nn.Module):
 
     def _sparse_native(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
         """The kept pixels straight from the NHWC input by the compiled kernel (taps in the padding
-        read zeros), written in place into the full output; then the masked pixels' value (or,
-        handing over, compact rows)."""
+        read zeros), written in place into the full output with the masked pixels' value between
+        them in the same pass (or, handing over, compact rows)."""
         kept = self.kept_pixels.numel()
         if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
             n, source = x.shape[0] // kept, x.contiguous()
@@ -356,10 +357,11 @@ class CompiledConv2d(nn.Module):
         residual = _nhwc(identity) if identity is not None else None
         if self.path == "kernel-zeros":  # every pixel kept: the rows in and out follow the pixels
             self._skip_zeros(source, out, residual, by_pixel=True)
-        else:
-            native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
-                             self.hi, residual)
-        return self._finish_rows(out, identity)
+            return self._finish_rows(out, identity)
+        fill = self.fill if self.masked and not self.feeds_kept_only and self.kept_pixels.numel() else None
+        native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
+                         self.hi, residual, fill)
+        return self._finish_rows(out, identity, filled=fill is not None)
 
     def _rows_output(self, n: int) -> torch.Tensor:
         """The output of the kept-pixel kernels for `n` images: kept rows, or a full NHWC map."""
@@ -367,12 +369,14 @@ class CompiledConv2d(nn.Module):
             (n, *self.output_hw, self.out_channels)
         return torch.empty(shape)
 
-    def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
-        """Kept rows as they are for a consumer that reads them alone, else the full map, filled."""
+    def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None = None, filled: bool = False) -> torch.Tensor:
+        """Kept rows as they are for a consumer that reads them alone, else the full map, filled
+        (unless the kernel `filled` it)."""
         if self.feeds_kept_only:
             return out
         out = out.permute(0, 3, 1, 2)
-        self._fill(out, self._residual(identity))
+        if not filled:
+            self._fill(out, self._residual(identity))
         return out
 
     def _fill(self, out: torch.Tensor, residual) -> None:

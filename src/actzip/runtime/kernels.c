@@ -630,6 +630,8 @@ typedef struct {
     uint64_t every_tap;     /* the inside ranges of a pixel whose taps all lie inside the input */
     const char *prefetch;   /* lines of the weight a tile asks into L2, one per channel step */
     int64_t prefetch_lines;
+    const float *fill;      /* or NULL: the masked rows' value, written between the kept ones */
+    int64_t kept, out_floats;
 } RowsConv;
 
 /* Whether the tap at kernel row i, column j lies inside the input for a pixel whose inside ranges
@@ -786,6 +788,38 @@ int actzip_rows_tile_pixels(int64_t cin) {
     return cin >= 16 && __builtin_cpu_is("intel") ? ROWS_PIX : PIX;
 }
 
+/* Output channels [c0, c1) of the masked rows from float `from` to `to` of a full output: the fill
+   row, or with a residual clamp(fill + residual) (NaN stays NaN), as fill_pixels writes them. */
+__attribute__((always_inline))
+static inline void fill_rows_between(const RowsConv *a, int64_t from, int64_t to, int64_t c0, int64_t c1) {
+    for (int64_t r = from; r < to; r += a->cout) {
+        float *restrict out = a->y + r;
+        if (a->residual)
+            for (int64_t c = c0; c < c1; c++) out[c] = clampf(a->fill[c] + a->residual[r + c], a->lo, a->hi);
+        else
+            for (int64_t c = c0; c < c1; c++) out[c] = a->fill[c];
+    }
+}
+
+/* With a fill row, the masked rows around kept rows [k, k + rows) on output channels [c0, c1): those
+   before each (from the kept row before it, or from the output's start) and, after the last kept
+   row, those to the output's end. Kept rows come in the order of the output, so the masked ones
+   lie between them, and a tile writes them in the pass that writes its own, while their lines are
+   near, instead of a second pass over the output. */
+__attribute__((always_inline))
+static inline void fill_masked_rows(const RowsConv *a, int64_t k, int64_t rows, int64_t c0, int64_t c1) {
+    if (!a->fill) return;
+    for (int64_t i = k; i < k + rows; i++) {
+        fill_rows_between(a, i ? a->out_rows[i - 1] + a->cout : 0, a->out_rows[i], c0, c1);
+        if (i == a->kept - 1) fill_rows_between(a, a->out_rows[i] + a->cout, a->out_floats, c0, c1);
+    }
+}
+
+__attribute__((target("avx512f")))
+static void fill_masked_rows_avx512(const RowsConv *a, int64_t k, int64_t rows, int64_t c0, int64_t c1) {
+    fill_masked_rows(a, k, rows, c0, c1);
+}
+
 /* The portable path (and AVX2's, which has no tuned kernel here): one pixel and panel at a time. */
 static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int64_t width) {
     const float *panel = panel_at(a, c0);
@@ -820,7 +854,7 @@ typedef struct Job {
     const uint64_t *inside;
     const int64_t *geometry;  /* max_pool: n, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw; depthwise: see there */
     float lo, hi;
-    const float *fill;        /* depthwise: the row a masked input pixel reads */
+    const float *fill;        /* depthwise: the row a masked input pixel reads; rows_conv: see RowsConv */
     /* producer_depthwise: two jobs, a ring of rows per thread and the band schedule (see there) */
     const struct Job *producer, *consumer;
     const int64_t *bands;
@@ -833,6 +867,7 @@ typedef struct Job {
     int64_t band_floats, out_image;
     int64_t masked;           /* fill_pixels: masked pixels per image */
     int64_t by_outputs;       /* rows_conv: threads share the output channels, not the rows (see there) */
+    int64_t out_floats;       /* rows_conv with a fill row: the floats of the whole output */
 } Job;
 
 /* The end of the panel piece from output channel c0, at most c1. */
@@ -850,26 +885,32 @@ static int rows_conv_outputs(const Job *j, int64_t begin, int64_t end, int64_t c
     RowsConv a = {j->x, j->w, j->bias, j->residual, j->zeros, j->y, j->in_rows, j->taps, j->out_rows, j->inside,
                   j->ntaps, j->kw, j->cin, j->cout, j->lo, j->hi, j->kw > 1,
                   (uint64_t)(j->ntaps / j->kw) << 16 | (uint64_t)j->kw << 48};
+    a.fill = j->fill, a.kept = j->rows, a.out_floats = j->out_floats;
     for (int64_t t = 1, col = 1 % j->kw; t < j->ntaps; t++, col = col + 1 == j->kw ? 0 : col + 1)
         if (col && j->taps[t] != j->taps[t - 1] + j->cin) a.rows_side_by_side = 0;  /* no dilation */
     const int64_t ntaps = j->ntaps, cout = j->cout, panel_bytes = ntaps * j->cin * PANEL * 4;
     const int P = (int)j->tile;
     if (P != PIX && P != ROWS_PIX) return -1;
     if (j->isa != 2) {
-        for (int64_t k = begin; k < end; k += P)
+        for (int64_t k = begin; k < end; k += P) {
             for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi))
                 rows_tile_c(&a, k, end - k < P ? (int)(end - k) : P, c0, piece_end(c0, c_hi) - c0);
+            fill_masked_rows(&a, k, end - k < P ? end - k : P, c_lo, c_hi);
+        }
         return 0;
     }
     if (cout <= 16 && ntaps * j->cin == NARROW_TAPS) {
         rows_narrow_avx512(&a, begin, end);
+        fill_masked_rows_avx512(&a, begin, end - begin, c_lo, c_hi);
         return 0;
     }
     if (panel_bytes * ((c_hi - c_lo + PANEL - 1) / PANEL) <= (512 << 10)) {
         /* the whole weight stays in L2: each tile writes its output rows whole, once */
-        for (int64_t k = begin; k < end; k += P)
+        for (int64_t k = begin; k < end; k += P) {
             for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi))
                 rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, piece_end(c0, c_hi) - c0, 0, ntaps);
+            fill_masked_rows_avx512(&a, k, end - k < P ? end - k : P, c_lo, c_hi);
+        }
         return 0;
     }
     /* else panel by panel, in blocks of taps whose panel rows (taps x cin x PANEL floats) stay
@@ -891,6 +932,7 @@ static int rows_conv_outputs(const Job *j, int64_t begin, int64_t end, int64_t c
                 a.prefetch = next + i * share * 64;
                 a.prefetch_lines = lines - i * share < share ? lines - i * share : share;
                 rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, width, t0, t1);
+                if (t1 == ntaps) fill_masked_rows_avx512(&a, k, end - k < P ? end - k : P, c0, c0 + width);
             }
         }
     }

@@ -85,7 +85,7 @@ class Job(ctypes.Structure):
         + [("lo", ctypes.c_float), ("hi", ctypes.c_float), ("fill", _F), ("producer", _F), ("consumer", _F),
            ("bands", _F), ("ring", _F)] + [(n, _I64) for n in ("nbands", "nparts", "ring_floats", "in_image", "tile")] \
         + [("project", _F), ("band", _F), ("band_floats", _I64), ("out_image", _I64), ("masked", _I64),
-           ("by_outputs", _I64)]
+           ("by_outputs", _I64), ("out_floats", _I64)]
 
 
 @functools.cache
@@ -212,11 +212,14 @@ def _zero_row(cin: int) -> torch.Tensor:
 
 
 def rows_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, kept: KeptRows,
-              lo: float = -float("inf"), hi: float = float("inf"), residual: torch.Tensor | None = None) -> torch.Tensor:
+              lo: float = -float("inf"), hi: float = float("inf"), residual: torch.Tensor | None = None,
+              fill: torch.Tensor | None = None) -> torch.Tensor:
     """The conv at the kept output pixels only, into `out`: x is the NHWC input (or kept rows),
-    `weight` and `bias` from `packed_taps_weight`, residual laid out as out. The offsets are the
-    caller's to get right: they are not checked here, beyond their tensors."""
-    job = rows_conv_job(x, weight, bias, out, kept, lo, hi, residual)
+    `weight` and `bias` from `packed_taps_weight`, residual laid out as out. With `fill` (cout,), out
+    is the full NHWC map and every other row of it gets the masked pixels' value in the same pass,
+    as `fill_pixels` writes it (at least one pixel kept). The offsets are the caller's to get right:
+    they are not checked here, beyond their tensors."""
+    job = rows_conv_job(x, weight, bias, out, kept, lo, hi, residual, fill)
     run_job(job, job.rows * weight.shape[0] * out.shape[-1])
     return out
 
@@ -229,13 +232,15 @@ def rows_tile_pixels(cin: int) -> int:
 
 
 def rows_conv_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, kept: KeptRows,
-                  lo: float, hi: float, residual: torch.Tensor | None = None) -> Job:
+                  lo: float, hi: float, residual: torch.Tensor | None = None, fill: torch.Tensor | None = None) -> Job:
     """The Job of `rows_conv`, its tensors checked; the tensors must outlive it."""
     rows, cout, ntaps = kept.in_rows.numel(), out.shape[-1], kept.taps.numel()
     cin = weight.shape[0] // (ntaps * -(-cout // PANEL))
-    for t in (x, weight, bias, out) + ((residual,) if residual is not None else ()):
+    for t in (x, weight, bias, out) + tuple(t for t in (residual, fill) if t is not None):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError("rows_conv takes contiguous float32 tensors")
+    if fill is not None and (fill.shape != (cout,) or rows == 0):
+        raise ValueError("rows_conv fills the masked rows with a (cout,) row, around at least one kept row")
     offsets = [kept.in_rows, kept.taps, kept.out_rows] + ([kept.inside] if kept.inside is not None else [])
     if any(t.dtype != torch.int64 or not t.is_contiguous() for t in offsets):
         raise ValueError("rows_conv takes contiguous int64 offsets")
@@ -247,7 +252,7 @@ def rows_conv_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out
                residual=residual.data_ptr() if residual is not None else None, zeros=_zero_row(cin).data_ptr(),
                in_rows=kept.in_rows.data_ptr(), taps=kept.taps.data_ptr(), out_rows=kept.out_rows.data_ptr(),
                inside=kept.inside.data_ptr() if kept.inside is not None else None, lo=lo, hi=hi,
-               tile=rows_tile_pixels(cin))
+               tile=rows_tile_pixels(cin), fill=fill.data_ptr() if fill is not None else None, out_floats=out.numel())
 
 
 def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
