@@ -576,6 +576,35 @@ def test_one_image_on_two_threads_splits_a_small_map_into_even_bands():
 
 
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_fused_blocks_project_conv_writes_its_masked_pixels_in_its_own_pass(monkeypatch, threads):
+    """The 1x1 conv at the end of a fused block writes the masked pixels between its kept rows,
+    band by band (and with one image on two threads, each thread its bands'): no second pass, and no
+    pixel left as the output buffer held it (NaN here)."""
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(nn.Sequential(_InvertedResidual(16, 48)))
+    x = torch.rand(2, 16, 15, 13)
+    attach_pixel_masks(model, PixelMask(0.4), x).update(1.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        compiled = compile(model, x, repeats=1, engines=OWN)
+        _, _, project = _all_on(compiled, "sparse")
+        assert project.fused_depthwise is not None and project.residual and not project.feeds_kept_only
+        monkeypatch.setattr(native, "fill_pixels", lambda *a, **k: pytest.fail("a second pass filled the masked pixels"))
+        monkeypatch.setattr(CompiledConv2d, "_rows_output", lambda self, n: torch.full(
+            (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else
+            (n, *self.output_hw, self.out_channels), float("nan")))
+        with torch.no_grad():
+            want = model(x)
+            for batch in (2, 1):
+                got = compiled(x[:batch])
+                assert not got.isnan().any() and (got - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
 def test_an_unmasked_inverted_residual_block_runs_fused_on_every_pixel():
     """Without masks, the kept-pixel kernels keep every pixel ("kernel") and fuse as the sparse path
     does: the expand conv into the depthwise conv, and that into the project conv."""

@@ -8,7 +8,7 @@ The sparse path computes the kept output pixels alone, with the compiled kernel 
 (`rows_conv`): an implicit GEMM that reads each kept pixel's taps straight from the channels_last
 input (taps in the padding read a row of zeros, so the input is never padded or copied), and writes
 each kept row in place into the full NHWC output, and the masked pixels' value between them in the
-same pass (a fused block's and the depthwise kernel's outputs get it in a pass after).
+same pass (the depthwise kernel's output gets it in a pass after).
 When the conv's only consumer reads nothing but its kept pixels, `feeds_kept_only` skips the fill
 of the masked ones, and a sparse producer hands over its kept rows as they are (a 2-D tensor), with
 no scatter here and no gather there. Two consumers do: a sparse 1x1 conv with the same mask
@@ -420,7 +420,7 @@ class CompiledConv2d(nn.Module):
             return self._finish_rows(out)
         out = project._rows_output(n)
         call.run(source, out, _nhwc(identity) if identity is not None else None)
-        return project._finish_rows(out, identity)
+        return project._finish_rows(out, identity, filled=call.fills)
 
     def _banded_call(self, n: int, rows_input: bool, project: CompiledConv2d | None) -> native.BandedCall:
         """The kernel call of `_fused_depthwise` for `n` images, made once per batch size, thread
@@ -444,7 +444,7 @@ class CompiledConv2d(nn.Module):
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
         else:
             _, out_image = project._out_rows()
-            third = project._kernel_job(project._band_rows(band))
+            third = project._kernel_job(project._band_rows(band), 0 if project.feeds_kept_only else out_image)
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, band)
         self._ring_plans[key] = call
         return call
@@ -550,19 +550,21 @@ class CompiledConv2d(nn.Module):
                                                                 inside.repeat(batch), self.kernel_size[1])
         return self._kept_rows_by_batch[key]
 
-    def _kernel_job(self, rows: native.KeptRows) -> native.Job:
+    def _kernel_job(self, rows: native.KeptRows, image_floats: int = 0) -> native.Job:
         """The Job of this conv on one image inside a fused block (`native.BandedCall`), over `rows`:
         into the ring of the depthwise conv it feeds (`fuse_producer`), or from the band buffer of
         the one it runs (`fuse_depthwise`). Its rows conv, or on "kernel-zeros" its 1x1 conv
         skipping zeros pixel by pixel, whose rows follow the pixels (the kernel places them as
-        `rows` do)."""
+        `rows` do). With `image_floats` (a full output image's), a masked rows conv writes its
+        masked pixels' value in the same pass."""
         empty = torch.empty(0)
         if self.path == "kernel-zeros" and native.isa() == "avx512":  # (an ISA lowered since: the rows conv)
             return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
                                              empty.view(0, self.out_channels), self.lo, self.hi, by_pixel=True,
                                              rows=self.kept_pixels.numel())
+        fill = self.fill if image_floats and self.masked and self.kept_pixels.numel() else None
         return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels), rows,
-                                    self.lo, self.hi)
+                                    self.lo, self.hi, fill=fill, out_floats=image_floats)
 
     def _band_rows(self, band: int) -> native.KeptRows:
         """One image's rows of this 1x1 conv when its input rows come from the band buffer of a fused

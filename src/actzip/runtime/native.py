@@ -232,8 +232,10 @@ def rows_tile_pixels(cin: int) -> int:
 
 
 def rows_conv_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, kept: KeptRows,
-                  lo: float, hi: float, residual: torch.Tensor | None = None, fill: torch.Tensor | None = None) -> Job:
-    """The Job of `rows_conv`, its tensors checked; the tensors must outlive it."""
+                  lo: float, hi: float, residual: torch.Tensor | None = None, fill: torch.Tensor | None = None,
+                  out_floats: int = 0) -> Job:
+    """The Job of `rows_conv`, its tensors checked; the tensors must outlive it. `out_floats`: those
+    the masked rows fill up to (`out`'s, by default; an image's, for a Job a BandedCall moves)."""
     rows, cout, ntaps = kept.in_rows.numel(), out.shape[-1], kept.taps.numel()
     cin = weight.shape[0] // (ntaps * -(-cout // PANEL))
     for t in (x, weight, bias, out) + tuple(t for t in (residual, fill) if t is not None):
@@ -252,7 +254,8 @@ def rows_conv_job(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out
                residual=residual.data_ptr() if residual is not None else None, zeros=_zero_row(cin).data_ptr(),
                in_rows=kept.in_rows.data_ptr(), taps=kept.taps.data_ptr(), out_rows=kept.out_rows.data_ptr(),
                inside=kept.inside.data_ptr() if kept.inside is not None else None, lo=lo, hi=hi,
-               tile=rows_tile_pixels(cin), fill=fill.data_ptr() if fill is not None else None, out_floats=out.numel())
+               tile=rows_tile_pixels(cin), fill=fill.data_ptr() if fill is not None else None,
+               out_floats=out_floats or out.numel())
 
 
 def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
@@ -389,6 +392,7 @@ class BandedCall:
         threads = torch.get_num_threads()
         parts = image_parts(images, threads)
         self.producer, self.consumer, self.project, self.keep, self.threads = producer, consumer, project, keep, threads
+        self.fills = project is not None and bool(project.fill)  # the project conv writes its masked pixels
         self.ring = torch.empty(threads * bands.ring_rows * producer.cout)
         self.band = torch.empty(threads * band_rows * consumer.cin if project is not None else 0)
         self.in_numel, self.out_numel = images * in_image, images * out_image
