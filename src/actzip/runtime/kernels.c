@@ -876,6 +876,33 @@ static inline int64_t piece_end(int64_t c0, int64_t c1) {
     return next < c1 ? next : c1;
 }
 
+/* The rows conv whose weight outgrows L2 (AVX-512): panel by panel, in blocks of taps whose panel
+   rows (taps x cin x PANEL floats) stay within ~512 KB of L2 while every tile of rows [begin, end)
+   passes over them, the sums going through the output between blocks. The tiles share out the
+   next block's weight rows to ask into L2 as they go: with few rows (batch 1), the weight streams
+   in from L3 at each block's first tile, which left the core idle. */
+static void rows_by_blocks(RowsConv *a, int64_t begin, int64_t end, int64_t c_lo, int64_t c_hi, int P) {
+    const int64_t ntaps = a->ntaps, cin = a->cin, tiles = (end - begin + P - 1) / P;
+    int64_t block = (512 << 10) / (cin * PANEL * 4);
+    block = block < 1 ? 1 : block;
+    for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi)) {
+        const int64_t width = piece_end(c0, c_hi) - c0;
+        for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
+            const int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
+            const int64_t c_next = t1 < ntaps ? c0 : piece_end(c0, c_hi), t_next = t1 < ntaps ? t1 : 0;
+            const int64_t next_taps = c_next < c_hi ? (t_next + block < ntaps ? block : ntaps - t_next) : 0;
+            const char *next = (const char *)(panel_at(a, c_next - c_next % PANEL) + t_next * cin * PANEL);
+            const int64_t lines = next_taps * cin * PANEL * 4 / 64, share = (lines + tiles - 1) / tiles;
+            for (int64_t k = begin, i = 0; k < end; k += P, i++) {
+                a->prefetch = next + i * share * 64;
+                a->prefetch_lines = lines - i * share < share ? lines - i * share : share;
+                rows_tile_avx512(a, k, end - k < P ? (int)(end - k) : P, P, c0, width, t0, t1);
+                if (t1 == ntaps) fill_masked_rows_avx512(a, k, end - k < P ? end - k : P, c0, c0 + width);
+            }
+        }
+    }
+}
+
 /* Rows [begin, end) of a rows-conv job, output channels [c_lo, c_hi) (all of them, or a thread's
    share where `by_outputs`: a few rows against a large weight, which every thread would otherwise
    stream whole). The weight is (ceil(cout / PANEL) * ntaps * cin, PANEL), the bias padded alike,
@@ -913,29 +940,7 @@ static int rows_conv_outputs(const Job *j, int64_t begin, int64_t end, int64_t c
         }
         return 0;
     }
-    /* else panel by panel, in blocks of taps whose panel rows (taps x cin x PANEL floats) stay
-       within ~512 KB of L2 while every tile passes over them */
-    int64_t block = (512 << 10) / (j->cin * PANEL * 4);
-    block = block < 1 ? 1 : block;
-    const int64_t tiles = (end - begin + P - 1) / P;
-    for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi)) {
-        int64_t width = piece_end(c0, c_hi) - c0;
-        for (int64_t t0 = 0; t0 < ntaps; t0 += block) {
-            int64_t t1 = t0 + block < ntaps ? t0 + block : ntaps;
-            /* the tiles share out the next block's weight rows to ask into L2 as they go: with few
-               rows, the weight streaming in from L3 at each block's first tile left the core idle */
-            const int64_t c_next = t1 < ntaps ? c0 : piece_end(c0, c_hi), t_next = t1 < ntaps ? t1 : 0;
-            const int64_t next_rows = c_next < c_hi ? (t_next + block < ntaps ? block : ntaps - t_next) * j->cin : 0;
-            const char *next = (const char *)(panel_at(&a, c_next - c_next % PANEL) + t_next * j->cin * PANEL);
-            const int64_t lines = next_rows * PANEL * 4 / 64, share = (lines + tiles - 1) / tiles;
-            for (int64_t k = begin, i = 0; k < end; k += P, i++) {
-                a.prefetch = next + i * share * 64;
-                a.prefetch_lines = lines - i * share < share ? lines - i * share : share;
-                rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, width, t0, t1);
-                if (t1 == ntaps) fill_masked_rows_avx512(&a, k, end - k < P ? end - k : P, c0, c0 + width);
-            }
-        }
-    }
+    rows_by_blocks(&a, begin, end, c_lo, c_hi, P);
     return 0;
 }
 
