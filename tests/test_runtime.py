@@ -1,3 +1,4 @@
+import contextlib
 import gc
 
 import pytest
@@ -512,6 +513,26 @@ class _InvertedResidual(nn.Module):
         return x + self.block(x)
 
 
+@contextlib.contextmanager
+def _num_threads(count: int):
+    """PyTorch's thread count set to `count` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _masked_block(shape: tuple[int, ...], sparsity: float) -> tuple[nn.Module, torch.Tensor]:
+    """An inverted residual block (expanding 3x), BatchNorm randomized, masked, and an input of `shape`."""
+    torch.manual_seed(0)
+    x = torch.rand(shape)
+    model = _randomize_batchnorm(nn.Sequential(_InvertedResidual(shape[1], 3 * shape[1])))
+    attach_pixel_masks(model, PixelMask(sparsity), x).update(1.0)
+    return model, x
+
+
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_producers_equal_the_model_over_many_bands(threads):
@@ -553,13 +574,8 @@ def test_one_image_on_two_threads_splits_a_small_map_into_even_bands():
     bands of (nearly) the same size, one per thread, and the block still equals the model."""
     import actzip.runtime.conv as conv_module
 
-    torch.manual_seed(0)
-    model = _randomize_batchnorm(nn.Sequential(_InvertedResidual(16, 48)))
-    x = torch.rand(1, 16, 7, 7)
-    attach_pixel_masks(model, PixelMask(0.3), x).update(1.0)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    model, x = _masked_block((1, 16, 7, 7), 0.3)
+    with _num_threads(2):
         compiled = compile(model, x, repeats=1, engines=OWN)
         expand, depthwise, project = _all_on(compiled, "sparse")
         assert depthwise.fused_producer is expand and project.fused_depthwise is depthwise
@@ -571,8 +587,6 @@ def test_one_image_on_two_threads_splits_a_small_map_into_even_bands():
         with torch.no_grad():
             want = model(x)
             assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
@@ -581,13 +595,8 @@ def test_a_fused_blocks_project_conv_writes_its_masked_pixels_in_its_own_pass(mo
     """The 1x1 conv at the end of a fused block writes the masked pixels between its kept rows,
     band by band (and with one image on two threads, each thread its bands'): no second pass, and no
     pixel left as the output buffer held it (NaN here)."""
-    torch.manual_seed(0)
-    model = _randomize_batchnorm(nn.Sequential(_InvertedResidual(16, 48)))
-    x = torch.rand(2, 16, 15, 13)
-    attach_pixel_masks(model, PixelMask(0.4), x).update(1.0)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    model, x = _masked_block((2, 16, 15, 13), 0.4)
+    with _num_threads(threads):
         compiled = compile(model, x, repeats=1, engines=OWN)
         _, _, project = _all_on(compiled, "sparse")
         assert project.fused_depthwise is not None and project.residual and not project.feeds_kept_only
@@ -600,8 +609,6 @@ def test_a_fused_blocks_project_conv_writes_its_masked_pixels_in_its_own_pass(mo
             for batch in (2, 1):
                 got = compiled(x[:batch])
                 assert not got.isnan().any() and (got - want[:batch]).abs().max() <= 1e-4 * want.abs().max()
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
@@ -738,13 +745,9 @@ def test_a_few_kept_rows_against_many_outputs_share_the_outputs_between_threads(
 
     monkeypatch.setattr(native, "run_job", run_job)
     xc = x.contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with _num_threads(1):
         one = fast.sparse(xc)
-        torch.set_num_threads(threads)
+    with _num_threads(threads):
         assert torch.equal(fast.sparse(xc), one)
-    finally:
-        torch.set_num_threads(before)
     assert shares[-1] == (1, threads)
     assert (one - fast.dense(xc)).abs().max() <= 1e-4 * one.abs().max()
