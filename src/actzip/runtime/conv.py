@@ -358,7 +358,7 @@ class CompiledConv2d(nn.Module):
         if self.path == "kernel-zeros":  # every pixel kept: the rows in and out follow the pixels
             self._skip_zeros(source, out, residual, by_pixel=True)
             return self._finish_rows(out, identity)
-        fill = self.fill if self.masked and not self.feeds_kept_only and self.kept_pixels.numel() else None
+        fill = self._fill_in_pass()
         native.rows_conv(source, self.taps_weight, self.taps_bias, out, self._kept_rows(n, x.dim() == 2), self.lo,
                          self.hi, residual, fill)
         return self._finish_rows(out, identity, filled=fill is not None)
@@ -368,6 +368,11 @@ class CompiledConv2d(nn.Module):
         shape = (n * self.kept_pixels.numel(), self.out_channels) if self.feeds_kept_only else \
             (n, *self.output_hw, self.out_channels)
         return torch.empty(shape)
+
+    def _fill_in_pass(self) -> torch.Tensor | None:
+        """The masked pixels' value for a rows conv to write between its kept rows of a full map, or
+        None: no masked pixels, none kept, or kept rows handed over (no full map)."""
+        return self.fill if self.masked and not self.feeds_kept_only and self.kept_pixels.numel() else None
 
     def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None = None, filled: bool = False) -> torch.Tensor:
         """Kept rows as they are for a consumer that reads them alone, else the full map, filled
@@ -444,7 +449,7 @@ class CompiledConv2d(nn.Module):
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, table.out_image)
         else:
             _, out_image = project._out_rows()
-            third = project._kernel_job(project._band_rows(band), 0 if project.feeds_kept_only else out_image)
+            third = project._kernel_job(project._band_rows(band), out_image)
             call = native.BandedCall(first, second, (geometry,), bands, n, in_image, out_image, third, band)
         self._ring_plans[key] = call
         return call
@@ -555,14 +560,14 @@ class CompiledConv2d(nn.Module):
         into the ring of the depthwise conv it feeds (`fuse_producer`), or from the band buffer of
         the one it runs (`fuse_depthwise`). Its rows conv, or on "kernel-zeros" its 1x1 conv
         skipping zeros pixel by pixel, whose rows follow the pixels (the kernel places them as
-        `rows` do). With `image_floats` (a full output image's), a masked rows conv writes its
-        masked pixels' value in the same pass."""
+        `rows` do). With `image_floats` (an output image's), a masked rows conv writing a full map
+        writes its masked pixels' value in the same pass (`_fill_in_pass`)."""
         empty = torch.empty(0)
         if self.path == "kernel-zeros" and native.isa() == "avx512":  # (an ISA lowered since: the rows conv)
             return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
                                              empty.view(0, self.out_channels), self.lo, self.hi, by_pixel=True,
                                              rows=self.kept_pixels.numel())
-        fill = self.fill if image_floats and self.masked and self.kept_pixels.numel() else None
+        fill = self._fill_in_pass() if image_floats else None
         return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels), rows,
                                     self.lo, self.hi, fill=fill, out_floats=image_floats)
 
