@@ -667,10 +667,16 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
     const int first = t0 == 0, last = t1 == a->ntaps;
     const int64_t cin = a->cin;
     __m512 acc[ROWS_PIX][RMAX];
-    for (int j = 0; j < P; j++) {
-        for (int r = 0; r < R; r++)
-            acc[j][r] = first || j >= rows ? _mm512_loadu_ps(a->bias + c0 + 16 * r)
-                                           : load_part(a->y + a->out_rows[k + j] + c0 + 16 * r, width - 16 * r);
+    if (first) {  /* apart from the case below: mixed in one loop, the sums started on the stack */
+        for (int r = 0; r < R; r++) {
+            const __m512 bias = _mm512_loadu_ps(a->bias + c0 + 16 * r);
+            for (int j = 0; j < P; j++) acc[j][r] = bias;
+        }
+    } else {
+        for (int j = 0; j < P; j++)
+            for (int r = 0; r < R; r++)
+                acc[j][r] = j >= rows ? _mm512_loadu_ps(a->bias + c0 + 16 * r)
+                                      : load_part(a->y + a->out_rows[k + j] + c0 + 16 * r, width - 16 * r);
     }
     /* a tile whose pixels have every tap inside (most) skips the per-tap check */
     const uint64_t every_tap = a->every_tap;
