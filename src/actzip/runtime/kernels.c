@@ -667,7 +667,7 @@ static inline void rows_tile_avx512_r(const RowsConv *a, int64_t k, int rows, in
     const int first = t0 == 0, last = t1 == a->ntaps;
     const int64_t cin = a->cin;
     __m512 acc[ROWS_PIX][RMAX];
-    if (first) {  /* apart from the case below: mixed in one loop, the sums started on the stack */
+    if (first) {  /* apart from the partial sums: in one loop with them, GCC builds the sums on the stack */
         for (int r = 0; r < R; r++) {
             const __m512 bias = _mm512_loadu_ps(a->bias + c0 + 16 * r);
             for (int j = 0; j < P; j++) acc[j][r] = bias;
