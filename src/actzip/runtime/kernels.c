@@ -1086,6 +1086,36 @@ static inline void depthwise_tile_avx512(const Job *j, const float *const (*src)
    the multiply-adds. */
 #define RUN_PIX 8
 #define RUN_LOAD(r, p) (MASKED && (r) == R - 1 ? _mm512_maskz_loadu_ps(tail, p) : _mm512_loadu_ps(p))
+
+/* How many taps from tap t (at most 5) each read `step` floats after the one before, as a kernel
+   row's taps do at stride 1: pixel p's tap t + i then reads what pixel p + i's tap t reads. */
+static inline int tap_chain(const float *const *src, int64_t t, int64_t T, int64_t step) {
+    int n = 1;
+    while (n < 5 && t + n < T && src[t + n] == src[t + n - 1] + step) n++;
+    return n;
+}
+
+/* L such taps (weights from w, the first one's input from s) into the sums of a run of P pixels:
+   each input vector is loaded once for the L taps that read it, not once per multiply-add, which
+   left a 16-channel conv bound by its loads. Each pixel still adds its taps in order. */
+__attribute__((target("avx512f"), always_inline))
+static inline void depthwise_chain_avx512(const float *w, const float *s, int64_t step, int64_t C,
+                                          __m512 (*acc)[2], __mmask16 tail, const int P, const int R, const int L,
+                                          const int MASKED) {
+    __m512 wv[5][2];
+#pragma GCC unroll 5
+    for (int i = 0; i < L; i++) wv[i][0] = RUN_LOAD(0, w + i * C), wv[i][1] = R > 1 ? RUN_LOAD(1, w + i * C + 16) : wv[i][0];
+#pragma GCC unroll 12
+    for (int q = 0; q < P + L - 1; q++) {
+        const __m512 v0 = RUN_LOAD(0, s + q * step), v1 = R > 1 ? RUN_LOAD(1, s + q * step + 16) : v0;
+#pragma GCC unroll 5
+        for (int i = L - 1; i >= 0; i--) {  /* pixel q - i, its tap i */
+            if (q - i < 0 || q - i >= P) continue;
+            acc[q - i][0] = _mm512_fmadd_ps(v0, wv[i][0], acc[q - i][0]);
+            if (R > 1) acc[q - i][1] = _mm512_fmadd_ps(v1, wv[i][1], acc[q - i][1]);
+        }
+    }
+}
 __attribute__((target("avx512f"), always_inline))
 static inline void depthwise_run_avx512(const Job *j, int64_t img, int64_t k, int64_t step, __mmask16 tail,
                                         const int P, const int R, const int MASKED) {
@@ -1096,14 +1126,16 @@ static inline void depthwise_run_avx512(const Job *j, int64_t img, int64_t k, in
     const __m512 b0 = RUN_LOAD(0, j->bias), b1 = R > 1 ? RUN_LOAD(1, j->bias + 16) : b0;
 #pragma GCC unroll 8
     for (int p = 0; p < P; p++) acc[p][0] = b0, acc[p][1] = b1;
-    for (int64_t t = 0; t < T; t++) {
-        const float *w = j->w + t * C, *s = src[t];
-        const __m512 w0 = RUN_LOAD(0, w), w1 = R > 1 ? RUN_LOAD(1, w + 16) : w0;
-#pragma GCC unroll 8
-        for (int p = 0; p < P; p++) {
-            acc[p][0] = _mm512_fmadd_ps(RUN_LOAD(0, s + p * step), w0, acc[p][0]);
-            if (R > 1) acc[p][1] = _mm512_fmadd_ps(RUN_LOAD(1, s + p * step + 16), w1, acc[p][1]);
+    for (int64_t t = 0; t < T;) {
+        const int n = tap_chain(src, t, T, step);
+        if (n == 5) {
+            depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 5, MASKED);
+        } else if (n >= 3) {
+            depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 3, MASKED);
+        } else {
+            depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 1, MASKED);
         }
+        t += n == 5 ? 5 : n >= 3 ? 3 : 1;
     }
     const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
 #pragma GCC unroll 8
