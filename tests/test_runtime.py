@@ -189,6 +189,33 @@ def test_a_one_channel_3x3_conv_on_actzips_kernel_equals_the_conv(cout, stride, 
             assert (got - want[:n]).abs().max() <= 1e-4 * 6  # a NaN fails this too
 
 
+@pytest.mark.parametrize("cin, cout, stride", [(32, 16, 1), (16, 24, 1), (8, 130, 1), (48, 64, 1), (16, 24, 2)])
+@pytest.mark.parametrize("tile", [4, 6])  # the tiles on AMD and on Intel CPUs
+@pytest.mark.parametrize("residual", [False, True])
+def test_an_unmasked_1x1_conv_on_actzips_kernel_equals_the_conv(monkeypatch, cin, cout, stride, tile, residual):
+    """Full tiles of a 1x1 conv whose rows follow one another run with constant sizes (kernels.c's
+    rows_1x1_tile): one to four vectors, a partial last one, three panels; the 15x13 maps leave a
+    short tile at the batch's end to the general tile, and at stride 2 the input rows do not follow."""
+    if not native.available():
+        pytest.skip("the compiled kernels are not built")
+    monkeypatch.setattr(native, "rows_tile_pixels", lambda cin: tile)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+    x = torch.randn(3, cin, 15, 13)
+    model = _randomize_batchnorm(nn.Sequential(conv, nn.BatchNorm2d(cout)))
+    ref = folded(conv, model[1])
+    with torch.no_grad():
+        identity = torch.randn_like(model(x)) if residual else None
+        want = (model(x) + identity if residual else model(x)).clamp(0.0, 6.0)
+        fast = CompiledConv2d(ref, (0.0, 6.0), tuple(x.shape), Workspace(), residual=residual)
+        fast.path = "kernel"
+        for n in (3, 1):  # and another batch size
+            got = fast(x[:n].contiguous(memory_format=torch.channels_last),
+                       identity[:n].contiguous(memory_format=torch.channels_last) if residual else None)
+            assert got.shape == want[:n].shape
+            assert (got - want[:n]).abs().max() <= 1e-4 * 6  # a NaN fails this too
+
+
 def test_a_depthwise_table_knows_which_pixels_read_one_step_after_the_one_before():
     rows = torch.tensor([[-1, 0, 8], [0, 8, 16], [8, 16, 24], [16, 24, -1], [40, 48, 56], [48, 56, 64]])
     assert native.tap_steps(rows).tolist() == [0, 8, 0, 0, 8, 0]  # padding, a jump, the last pixel: 0

@@ -742,6 +742,80 @@ static void rows_tile_avx512(const RowsConv *a, int64_t k, int rows, int pixels,
 }
 #undef ROWS_CASE
 
+/* A full tile of P pixels of a 1x1 conv whose input rows and output rows each follow one another
+   (every pixel kept, or compact kept rows), on the panel at c0 (R vectors, the last partial if
+   TAIL): the pixels' rows are found by steps of cin and cout, and with P, R and TAIL constants the
+   sums stay in registers through the stores. The general tile reads each pixel's rows from the
+   tables, checks its taps, and stores up to a row count and width known only at run time, which
+   keeps its sums on the stack: with 16 to 80 input channels that cost it a quarter to a third of
+   the time (AMD Zen 4). */
+__attribute__((target("avx512f"), always_inline))
+static inline void rows_1x1_tile_avx512_r(const RowsConv *a, const float *x, float *y, const float *res, int64_t c0,
+                                          __mmask16 tail, const int R, const int P, const int TAIL) {
+    const int64_t cin = a->cin, cout = a->cout;
+    __m512 acc[ROWS_PIX][RMAX];
+    for (int r = 0; r < R; r++) {
+        const __m512 bias = _mm512_loadu_ps(a->bias + c0 + 16 * r);
+        for (int j = 0; j < P; j++) acc[j][r] = bias;
+    }
+    const float *w = panel_at(a, c0);
+    for (int64_t c = 0; c < cin; c++, w += PANEL) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 wr = _mm512_loadu_ps(w + 16 * r);
+#pragma GCC unroll 8
+            for (int j = 0; j < P; j++) acc[j][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[j * cin + c]), wr, acc[j][r]);
+        }
+    }
+    const __m512 lo = _mm512_set1_ps(a->lo), hi = _mm512_set1_ps(a->hi);
+#pragma GCC unroll 8
+    for (int j = 0; j < P; j++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const int part = TAIL && r == R - 1;
+            const int64_t at = j * cout + c0 + 16 * r;
+            __m512 v = acc[j][r];
+            if (res) v = _mm512_add_ps(v, part ? _mm512_maskz_loadu_ps(tail, res + at) : _mm512_loadu_ps(res + at));
+            v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+            if (part)
+                _mm512_mask_storeu_ps(y + at, tail, v);
+            else
+                _mm512_storeu_ps(y + at, v);
+        }
+    }
+}
+
+#define PLAIN_CASE(r) case r: \
+    if (P == ROWS_PIX) { \
+        if (part) rows_1x1_tile_avx512_r(a, x, y, res, c0, tail, r, ROWS_PIX, 1); \
+        else rows_1x1_tile_avx512_r(a, x, y, res, c0, tail, r, ROWS_PIX, 0); \
+    } else { \
+        if (part) rows_1x1_tile_avx512_r(a, x, y, res, c0, tail, r, PIX, 1); \
+        else rows_1x1_tile_avx512_r(a, x, y, res, c0, tail, r, PIX, 0); \
+    } break;
+/* The full tile of P (PIX or ROWS_PIX) rows from row k on the panel at c0, `width` outputs wide. */
+__attribute__((target("avx512f")))
+static void rows_1x1_tile_avx512(const RowsConv *a, int64_t k, int P, int64_t c0, int64_t width) {
+    const float *x = a->x + a->in_rows[k];
+    float *y = a->y + a->out_rows[k];
+    const float *res = a->residual ? a->residual + a->out_rows[k] : NULL;
+    const int R = (int)((width + 15) / 16), part = width % 16 != 0;
+    const __mmask16 tail = tail_mask(width - 16 * (R - 1));
+    switch (R) {
+        PLAIN_CASE(1) PLAIN_CASE(2) PLAIN_CASE(3)
+        default: PLAIN_CASE(4)
+    }
+}
+#undef PLAIN_CASE
+
+/* Whether the P rows from k read input rows, and write output rows, that follow one another. */
+static inline int rows_follow(const RowsConv *a, int64_t k, int P) {
+    for (int j = 1; j < P; j++)
+        if (a->in_rows[k + j] != a->in_rows[k] + j * a->cin || a->out_rows[k + j] != a->out_rows[k] + j * a->cout)
+            return 0;
+    return 1;
+}
+
 /* A rows conv of at most 16 outputs and NARROW_TAPS taps x input channels, the stem of a one-channel
    image: its whole weight stays in registers, and 8 pixels whose taps are all inside the input run
    at once, each its own chain of FMAs. With only 9 FMAs per pixel, the register tile spends most
@@ -942,7 +1016,13 @@ static int rows_conv_outputs(const Job *j, int64_t begin, int64_t end, int64_t c
     }
     if (panel_bytes * ((c_hi - c_lo + PANEL - 1) / PANEL) <= (512 << 10)) {
         /* the whole weight stays in L2: each tile writes its output rows whole, once */
+        const int plain = ntaps == 1 && !a.fill;  /* a 1x1 conv with no masked rows to write */
         for (int64_t k = begin; k < end; k += P) {
+            if (plain && end - k >= P && rows_follow(&a, k, P)) {
+                for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi))
+                    rows_1x1_tile_avx512(&a, k, P, c0, piece_end(c0, c_hi) - c0);
+                continue;
+            }
             for (int64_t c0 = c_lo; c0 < c_hi; c0 = piece_end(c0, c_hi))
                 rows_tile_avx512(&a, k, end - k < P ? (int)(end - k) : P, P, c0, piece_end(c0, c_hi) - c0, 0, ntaps);
             fill_masked_rows_avx512(&a, k, end - k < P ? end - k : P, c_lo, c_hi);
