@@ -51,7 +51,8 @@ def _maps(pixels, channels, zeros, seed, correlated):
 
 SHAPES = [(1, 3, 5), (7, 5, 3), (33, 40, 200), (64, 96, 24), (130, 1152, 192), (9, 17, 97), (12, 512, 520),
           (260, 70, 209),  # pixel by pixel: blocks of 256 pixels, 64 input and 192 output channels
-          (40, 96, 256)]  # a weight padded past its width (see packed_weight)
+          (40, 96, 256),  # a weight padded past its width (see packed_weight)
+          (300, 130, 384)]  # pixel by pixel: three panels of 128 outputs
 
 
 @pytest.mark.parametrize("isa", ["c", "avx2", "avx512"])
