@@ -754,7 +754,7 @@ static void rows_tile_avx512(const RowsConv *a, int64_t k, int rows, int pixels,
    TAIL): the pixels' rows are found by steps of cin and cout, and with P, R and TAIL constants the
    sums stay in registers through the stores. The general tile reads each pixel's rows from the
    tables, checks its taps, and stores up to a row count and width known only at run time, which
-   keeps its sums on the stack: with 16 to 80 input channels that cost it a quarter to a third of
+   keeps its sums on the stack: with 16 to 80 input channels that cost it a tenth to a third of
    the time (AMD Zen 4). */
 __attribute__((target("avx512f"), always_inline))
 static inline void rows_1x1_tile_avx512_r(const RowsConv *a, const float *x, float *y, const float *res, int64_t c0,
@@ -1183,8 +1183,9 @@ static inline int tap_chain(const float *const *src, int64_t t, int64_t T, int64
 }
 
 /* L such taps (weights from w, the first one's input from s) into the sums of a run of P pixels:
-   each input vector is loaded once for the L taps that read it, not once per multiply-add, which
-   left a 16-channel conv bound by its loads. Each pixel still adds its taps in order. */
+   each input vector is loaded once for the L taps that read it, not once per multiply-add. On AMD
+   Zen 4 a 16-channel 3x3 conv at 28x28 took 0.93x the time, a 24-channel 5x5 one 0.91x; a 32-channel
+   3x3 one at 112x112, its input from memory, 1.03x. Each pixel still adds its taps in order. */
 __attribute__((target("avx512f"), always_inline))
 static inline void depthwise_chain_avx512(const float *w, const float *s, int64_t step, int64_t C,
                                           __m512 (*acc)[2], __mmask16 tail, const int P, const int R, const int L,
