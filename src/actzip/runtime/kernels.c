@@ -1214,16 +1214,15 @@ static inline void depthwise_run_avx512(const Job *j, int64_t img, int64_t k, in
     const __m512 b0 = RUN_LOAD(0, j->bias), b1 = R > 1 ? RUN_LOAD(1, j->bias + 16) : b0;
 #pragma GCC unroll 8
     for (int p = 0; p < P; p++) acc[p][0] = b0, acc[p][1] = b1;
-    for (int64_t t = 0; t < T;) {
-        const int n = tap_chain(src, t, T, step);
-        if (n == 5) {
+    for (int64_t t = 0; t < T;) {  /* chains of 5 or 3 taps (a kernel row), else one tap */
+        const int n = tap_chain(src, t, T, step), L = n == 5 ? 5 : n >= 3 ? 3 : 1;
+        if (L == 5)
             depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 5, MASKED);
-        } else if (n >= 3) {
+        else if (L == 3)
             depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 3, MASKED);
-        } else {
+        else
             depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 1, MASKED);
-        }
-        t += n == 5 ? 5 : n >= 3 ? 3 : 1;
+        t += L;
     }
     const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
 #pragma GCC unroll 8
