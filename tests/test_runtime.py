@@ -143,11 +143,13 @@ def test_without_the_compiled_kernels_the_sparse_path_gathers_multiplies_and_exp
 @pytest.mark.parametrize("k, stride, hw, c", [(3, 1, (15, 13), 24), (3, 2, (15, 13), 24), (5, 2, (9, 12), 24),
                                               (5, 1, (4, 3), 24), (3, 1, (6, 21), 8), (3, 1, (5, 20), 16),
                                               (3, 2, (7, 25), 32), (3, 1, (5, 19), 40), (5, 1, (7, 22), 16),
-                                              (5, 1, (6, 21), 32)])
+                                              (5, 1, (6, 21), 32), (3, 1, (5, 20), 64), (5, 1, (6, 19), 56),
+                                              (3, 2, (7, 19), 48)])
 def test_an_unmasked_depthwise_conv_on_actzips_kernel_equals_the_conv(k, stride, hw, c):
-    """Up to 32 channels, pixels along a row away from the border run 8 or 4 at a time from the
-    first one's taps (kernels.c's runs): rows 19-25 wide give runs of both, and tiles around them.
-    At stride 1 a run loads each input vector once for the 3 or 5 taps of a kernel row that read it."""
+    """Pixels along a row away from the border run 8 or 4 at a time from the first one's taps,
+    32 channels at a time, then 8-31 channels (kernels.c's runs): rows 19-25 wide give runs of both,
+    and tiles around them. At stride 1 a run loads each input vector once for the 3 or 5 taps of a
+    kernel row that read it."""
     if not native.available():
         pytest.skip("the compiled kernels are not built")
     torch.manual_seed(0)

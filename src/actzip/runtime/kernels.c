@@ -1166,7 +1166,7 @@ static inline void depthwise_tile_avx512(const Job *j, const float *const (*src)
 #undef DW_LOAD
 
 /* A run of P (at most RUN_PIX) kept pixels from pixel k of image img whose taps read `step` floats
-   apart (along an image row, away from the border: the steps above), at most 32 channels (R
+   apart (along an image row, away from the border: the steps above), 32 channels at a time (R
    vectors, the last partial if MASKED): the first pixel's table row gives every pixel's taps, and
    up to twice the pixels of a tile share each weight vector. With 16 channels the 4-pixel tiles
    spent more time on their tables and tap pointers (9 loads for 4 multiply-adds per tap) than on
@@ -1205,29 +1205,28 @@ static inline void depthwise_chain_avx512(const float *w, const float *s, int64_
     }
 }
 __attribute__((target("avx512f"), always_inline))
-static inline void depthwise_run_avx512(const Job *j, int64_t img, int64_t k, int64_t step, __mmask16 tail,
-                                        const int P, const int R, const int MASKED) {
+static inline void depthwise_run_avx512(const Job *j, const float *const *src, float *out, int64_t k, int64_t c0,
+                                        int64_t step, __mmask16 tail, const int P, const int R, const int MASKED) {
     const int64_t T = j->geometry[1], C = j->cin;
-    const float *src[DW_MAX_TAPS];
-    float *const out = depthwise_taps(j, img, k, src) - j->out_rows[k];
     __m512 acc[RUN_PIX][2];
-    const __m512 b0 = RUN_LOAD(0, j->bias), b1 = R > 1 ? RUN_LOAD(1, j->bias + 16) : b0;
+    const __m512 b0 = RUN_LOAD(0, j->bias + c0), b1 = R > 1 ? RUN_LOAD(1, j->bias + c0 + 16) : b0;
 #pragma GCC unroll 8
     for (int p = 0; p < P; p++) acc[p][0] = b0, acc[p][1] = b1;
     for (int64_t t = 0; t < T;) {  /* chains of 5 or 3 taps (a kernel row), else one tap */
         const int n = tap_chain(src, t, T, step), L = n == 5 ? 5 : n >= 3 ? 3 : 1;
+        const float *w = j->w + t * C + c0, *s = src[t] + c0;
         if (L == 5)
-            depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 5, MASKED);
+            depthwise_chain_avx512(w, s, step, C, acc, tail, P, R, 5, MASKED);
         else if (L == 3)
-            depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 3, MASKED);
+            depthwise_chain_avx512(w, s, step, C, acc, tail, P, R, 3, MASKED);
         else
-            depthwise_chain_avx512(j->w + t * C, src[t], step, C, acc, tail, P, R, 1, MASKED);
+            depthwise_chain_avx512(w, s, step, C, acc, tail, P, R, 1, MASKED);
         t += L;
     }
     const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
 #pragma GCC unroll 8
     for (int p = 0; p < P; p++) {
-        float *o = out + j->out_rows[k + p];
+        float *o = out + j->out_rows[k + p] + c0;
         for (int r = 0; r < R; r++) {
             const __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[p][r]));
             if (MASKED && r == R - 1)
@@ -1237,22 +1236,35 @@ static inline void depthwise_run_avx512(const Job *j, int64_t img, int64_t k, in
         }
     }
 }
+
+/* The run on every channel: blocks of 32, then what is left (one or two vectors, the last partial
+   or not). */
+__attribute__((target("avx512f"), always_inline))
+static inline void depthwise_run_blocks_avx512(const Job *j, int64_t img, int64_t k, int64_t step, const int P) {
+    const int64_t C = j->cin;
+    const float *src[DW_MAX_TAPS];
+    float *const out = depthwise_taps(j, img, k, src) - j->out_rows[k];
+    int64_t c0 = 0;
+    for (; c0 + 32 <= C; c0 += 32) depthwise_run_avx512(j, src, out, k, c0, step, 0xFFFF, P, 2, 0);
+    const int64_t left = C - c0;
+    const __mmask16 tail = tail_mask(left - 16 * ((left - 1) / 16));
+    switch ((left + 15) / 16 + 2 * (left % 16 != 0)) {
+        case 1: depthwise_run_avx512(j, src, out, k, c0, step, tail, P, 1, 0); break;
+        case 3: depthwise_run_avx512(j, src, out, k, c0, step, tail, P, 1, 1); break;
+        case 4: depthwise_run_avx512(j, src, out, k, c0, step, tail, P, 2, 1); break;
+        default: break;  /* none left */
+    }
+}
 #undef RUN_LOAD
 
 /* The step of a run of n pixels from kept pixel k, with `left` rows left, or 0 where none starts. */
 static inline int64_t depthwise_run_step(const Job *j, int64_t k, int64_t left, int n) {
     const int64_t kept = j->geometry[0], *steps = j->geometry + 4;
-    if (j->cin > 32 || left < n || k + n > kept) return 0;
+    if (left < n || k + n > kept) return 0;
     for (int p = 1; p < n - 1; p++)
         if (steps[k + p] != steps[k]) return 0;
     return steps[k];
 }
-
-#define RUN_CASES(P) switch ((C + 15) / 16 + 2 * (C % 16 != 0)) { \
-        case 1: depthwise_run_avx512(j, img, k, step, run_tail, P, 1, 0); break; \
-        case 2: depthwise_run_avx512(j, img, k, step, run_tail, P, 2, 0); break; \
-        case 3: depthwise_run_avx512(j, img, k, step, run_tail, P, 1, 1); break; \
-        default: depthwise_run_avx512(j, img, k, step, run_tail, P, 2, 1); break; }
 
 /* One tile of `rows` (at most PIX) kept pixels from pixel k of image img, every channel. */
 __attribute__((target("avx512f")))
@@ -1282,8 +1294,7 @@ static void depthwise_tiles_avx512(const Job *j, int64_t img, int64_t k, int row
 
 __attribute__((target("avx512f")))
 static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
-    const int64_t C = j->cin, kept = j->geometry[0];
-    const __mmask16 run_tail = tail_mask(C - 16 * ((C - 1) / 16));
+    const int64_t kept = j->geometry[0];
     /* row r0 is kept pixel k of image img, moved along without dividing: a 64-bit division per
        pixel took a tenth of the time of a 16-channel conv */
     int64_t img = begin / kept, k = begin % kept;
@@ -1291,10 +1302,10 @@ static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
         int64_t step = depthwise_run_step(j, k, end - r0, RUN_PIX);
         int rows = RUN_PIX;
         if (step) {
-            RUN_CASES(RUN_PIX)
+            depthwise_run_blocks_avx512(j, img, k, step, RUN_PIX);
         } else if ((step = depthwise_run_step(j, k, end - r0, PIX))) {  /* the end of a row */
             rows = PIX;
-            RUN_CASES(PIX)
+            depthwise_run_blocks_avx512(j, img, k, step, PIX);
         } else {
             rows = end - r0 < PIX ? (int)(end - r0) : PIX;
             depthwise_tiles_avx512(j, img, k, rows);
@@ -1303,7 +1314,6 @@ static void depthwise_rows_avx512(const Job *j, int64_t begin, int64_t end) {
         for (k += rows; k >= kept; k -= kept) img++;
     }
 }
-#undef RUN_CASES
 
 static int depthwise_rows(const Job *j, int64_t begin, int64_t end) {
     if (j->ntaps > DW_MAX_TAPS) return -1;
