@@ -375,10 +375,12 @@ int actzip_sparse_conv1x1(const float *x, const float *w, const float *bias, con
    for a register tile with half a load per FMA). Neighbouring pixels that share non-zero channels
    therefore run as a pair: the channels they share load each weight vector once for both pixels'
    FMAs, and each pixel's other channels follow alone, so no FMA is spent on a zero (a loop over
-   the pair's union, with FMAs on zeros, took up to 1.15x the time of pixels alone). Pairs pass in
-   order of their shared count, like the pixels above. Against pixels alone, Intel Xeon: 0.82-0.92x
-   the time on synthetic maps whose zeros neighbours share, 0.87-0.95x on Lite0's late project convs
-   over the photos, 0.96-1.05x on independent zeros, 0.97-1.0x on the L1 MobileNet v1's maps. */
+   the pair's union, with FMAs on zeros, took up to 1.15x the time of pixels alone). Against pixels
+   alone, Intel Xeon: 0.82-0.92x the time on synthetic maps whose zeros neighbours share, 0.87-0.95x
+   on Lite0's late project convs over the photos, 0.96-1.05x on independent zeros, 0.97-1.0x on the
+   L1 MobileNet v1's maps. Pairs pass in the order they come: sorted by their shared count, like the
+   pixels above, the sort cost more than the predictor saved (AMD Zen 4: 0.90-1.0x the time on the
+   synthetic maps without it, 0.96x the L1 MobileNet v1's forward, whose pixels nearly all pair). */
 #define PIXEL_CHANNELS 64
 #define PIXEL_BLOCK 256
 #define PIXEL_PANEL 192
@@ -390,8 +392,7 @@ int actzip_sparse_conv1x1(const float *x, const float *w, const float *bias, con
 #define PIXEL_NARROW_PANEL 128
 
 /* The non-zero masks of pixels [p0, p1) on input channels [k0, k0 + kb); the pairs (their first
-   pixel, from p0; the second is the next one) in order of their shared count; the other pixels in
-   order of their count. */
+   pixel, from p0; the second is the next one) in order; the other pixels in order of their count. */
 typedef struct {
     uint64_t mask[PIXEL_BLOCK];
     int16_t pairs[PIXEL_BLOCK / 2], singles[PIXEL_BLOCK];
@@ -417,21 +418,18 @@ static inline uint64_t nonzero_mask_avx512(const float *x, int64_t n) {
 __attribute__((target("avx512f")))
 static void order_pixels(const Conv1x1 *a, int64_t p0, int64_t p1, int64_t k0, int64_t kb, PixelOrder *o) {
     const int n = (int)(p1 - p0);
-    int16_t pairs[PIXEL_BLOCK / 2], singles[PIXEL_BLOCK];
+    int16_t singles[PIXEL_BLOCK];
     int np = 0, ns = 0;
     for (int j = 0; j < n; j++) o->mask[j] = nonzero_mask_avx512(a->x + (p0 + j) * a->cin + k0, kb);
     for (int j = 0; j < n; j++) {
         if (j + 1 < n && (o->mask[j] & o->mask[j + 1]))
-            pairs[np++] = (int16_t)j++;
+            o->pairs[np++] = (int16_t)j++;
         else
             singles[ns++] = (int16_t)j;
     }
-#define SHARED(j) __builtin_popcountll(o->mask[j] & o->mask[(j) + 1])
 #define OWN(j) __builtin_popcountll(o->mask[j])
-    COUNT_SORT(np, pairs, SHARED, o->pairs);
     COUNT_SORT(ns, singles, OWN, o->singles);
 #undef OWN
-#undef SHARED
     o->npairs = np, o->nsingles = ns;
 }
 #undef COUNT_SORT
