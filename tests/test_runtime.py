@@ -611,10 +611,35 @@ def test_one_image_on_two_threads_splits_a_small_map_into_even_bands():
         expand, depthwise, project = _all_on(compiled, "sparse")
         assert depthwise.fused_producer is expand and project.fused_depthwise is depthwise
         kept = depthwise.kept_pixels.numel()
-        assert kept <= conv_module.DEPTHWISE_BAND and depthwise._band_pixels(1) == conv_module.DEPTHWISE_BAND
-        band = depthwise._band_pixels(native.image_parts(1, 2))
+        assert kept <= conv_module.DEPTHWISE_BAND and depthwise._band_pixels(1, True) == conv_module.DEPTHWISE_BAND
+        band = depthwise._band_pixels(native.image_parts(1, 2), True)
         ends = depthwise._ring_plan(False, True, band)[1].ends.view(-1, 3)
         assert ends.shape[0] == 2 and ends[0, 1] in (kept // 2, -(-kept // 2)) and ends[1, 1] == kept
+        with torch.no_grad():
+            want = model(x)
+            assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused producer runs on the compiled kernels")
+def test_a_narrow_depthwise_conv_without_a_project_conv_takes_a_whole_image_per_band():
+    """Where no project conv reads its bands, a depthwise conv's bands hold up to BAND_FLOATS of
+    its rows: MobileNet v1's 16-channel one at 28x28, fused with the stem, takes each image in one
+    band instead of 17, and the model's output stays as it was."""
+    from actzip.runtime.compile import link_kept_rows
+
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(mobilenet_v1(width=0.5)).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with _num_threads(1):
+        compiled = compile(model, x, repeats=1, engines=OWN, verify=False)
+        for m in compiled.modules():
+            if getattr(m, "every_pixel", False):
+                m.path = "kernel"
+        link_kept_rows(compiled.graph_module)
+        first = next(m for m in compiled.modules() if getattr(m, "fused_producer", None) is not None)
+        assert first.in_channels == 16 and first.fused_producer.in_channels == 1 and not first.passes_input
+        ends = first._ring_plan(False, False, first._band_pixels(1, False))[1].ends.view(-1, 3)
+        assert ends.shape[0] == 1 and int(ends[0, 1]) == 28 * 28
         with torch.no_grad():
             want = model(x)
             assert (compiled(x) - want).abs().max() <= 1e-4 * want.abs().max()

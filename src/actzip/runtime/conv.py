@@ -50,6 +50,12 @@ ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's
 # the paths on the kept-pixel kernels: the kept pixels, or every pixel, or every pixel skipping zeros
 KEPT_PATHS = ("sparse", "kernel", "kernel-zeros")
 DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.BandedCall`)
+# Without a fused project conv, a band holds up to this many floats of depthwise rows (48 rows of
+# 960 channels, MobileNetV2's widest), so that narrow convs pay the kernels' fixed costs per band
+# and per block of pixels less often: the L1 MobileNet v1 (16-512 channels, whole images then) ran
+# 0.96-0.98x the time (AMD Zen 4, batch 64, in turns). With a project conv the band buffer grows
+# too: MobileNetV2 at batch 1 ran 1.05x the time with such bands, so its bands stay at 48.
+BAND_FLOATS = 48 * 960
 # The most weight bytes of a 1x1 conv that runs its depthwise producer band by band (`fuse_depthwise`):
 # it reads its whole weight once per band, from L2 only if the weight stays there between bands
 PROJECT_WEIGHT_BYTES = 512 << 10
@@ -440,7 +446,7 @@ class CompiledConv2d(nn.Module):
         if call is not None:
             return call
         empty = torch.empty(0)
-        band = self._band_pixels(native.image_parts(n, threads))
+        band = self._band_pixels(native.image_parts(n, threads), project is not None)
         table, bands, producer_rows = self._ring_plan(rows_input, project is not None, band)
         in_image = producer.in_channels * (producer.kept_pixels.numel() if rows_input else
                                            producer.input_hw[0] * producer.input_hw[1])
@@ -457,15 +463,16 @@ class CompiledConv2d(nn.Module):
         self._ring_plans[key] = call
         return call
 
-    def _band_pixels(self, parts: int) -> int:
-        """Kept pixels per band when `parts` threads share each image: DEPTHWISE_BAND, or with
-        several parts bands as even as a whole number of them per part allows (at batch 1 a 7x7
-        map's one band would leave the second thread idle)."""
+    def _band_pixels(self, parts: int, projected: bool) -> int:
+        """Kept pixels per band when `parts` threads share each image: DEPTHWISE_BAND with a fused
+        project conv, else BAND_FLOATS of this conv's rows (DEPTHWISE_BAND at least); with several
+        parts, bands as even as a whole number of them per part allows (at batch 1 a 7x7 map's one
+        band would leave the second thread idle)."""
+        band = DEPTHWISE_BAND if projected else max(DEPTHWISE_BAND, BAND_FLOATS // self.in_channels)
         if parts == 1:
-            return DEPTHWISE_BAND
-        kept = self.kept_pixels.numel()
-        bands = -(-kept // DEPTHWISE_BAND)
-        return -(-kept // (-(-bands // parts) * parts))
+            return band
+        bands = -(-self.kept_count // band)
+        return -(-self.kept_count // (-(-bands // parts) * parts))
 
     def _tap_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kept pixels, taps): each tap's pixel in the input map (clamped into it), and whether it
