@@ -165,10 +165,10 @@ class CompiledConv2d(nn.Module):
         self.register_buffer("kept_pixels", keep.nonzero().reshape(-1))
         # for each output pixel, its row among an image's kept rows, or -1
         self.register_buffer("slot", torch.full((keep.numel(),), -1, dtype=torch.long))
-        self.slot[self.kept_pixels] = torch.arange(self.kept_pixels.numel())
-        self.sparsity = 1 - self.kept_pixels.numel() / keep.numel()
         # as plain ints, which every kernel call reads: a buffer's lookup goes through Module.__getattr__
         self.kept_count, self.masked_count = self.kept_pixels.numel(), self.masked_pixels.numel()
+        self.slot[self.kept_pixels] = torch.arange(self.kept_count)
+        self.sparsity = 1 - self.kept_count / keep.numel()
 
     def _prepare_sparse(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """What the sparse path of this masked conv reads, where it has one."""
@@ -380,7 +380,7 @@ class CompiledConv2d(nn.Module):
     def _fill_in_pass(self) -> torch.Tensor | None:
         """The masked pixels' value for a rows conv to write between its kept rows of a full map, or
         None: no masked pixels, none kept, or kept rows handed over (no full map)."""
-        return self.fill if self.masked and not self.feeds_kept_only and self.kept_pixels.numel() else None
+        return self.fill if self.masked and not self.feeds_kept_only and self.kept_count else None
 
     def _finish_rows(self, out: torch.Tensor, identity: torch.Tensor | None = None, filled: bool = False) -> torch.Tensor:
         """Kept rows as they are for a consumer that reads them alone, else the full map, filled
@@ -447,7 +447,7 @@ class CompiledConv2d(nn.Module):
         empty = torch.empty(0)
         band = self._band_pixels(native.image_parts(n, threads), project is not None)
         table, bands, producer_rows = self._ring_plan(rows_input, project is not None, band)
-        in_image = producer.in_channels * (producer.kept_pixels.numel() if rows_input else
+        in_image = producer.in_channels * (producer.kept_count if rows_input else
                                            producer.input_hw[0] * producer.input_hw[1])
         first = producer._kernel_job(producer_rows)
         out = self._rows_output(n) if project is None else empty.view(0, self.out_channels)
@@ -538,7 +538,7 @@ class CompiledConv2d(nn.Module):
             table = native.depthwise_table(torch.where(valid, slots % ring * self.in_channels, slots), out_rows, 0,
                                            out_image)
             producer = self.fused_producer
-            kept = producer.kept_pixels.numel()
+            kept = producer.kept_count
             rows = producer._kept_rows(1, rows_input)._replace(out_rows=torch.arange(kept) % ring * producer.out_channels)
             self._ring_plans[key] = table, native.Bands(ends.contiguous(), ring), rows
         return self._ring_plans[key]
@@ -575,7 +575,7 @@ class CompiledConv2d(nn.Module):
         if self.path == "kernel-zeros" and native.isa() == "avx512":  # (an ISA lowered since: the rows conv)
             return native.sparse_conv1x1_job(empty.view(0, self.in_channels), self.packed_weight, self.packed_bias,
                                              empty.view(0, self.out_channels), self.lo, self.hi, by_pixel=True,
-                                             rows=self.kept_pixels.numel())
+                                             rows=self.kept_count)
         fill = self._fill_in_pass() if image_floats else None
         return native.rows_conv_job(empty, self.taps_weight, self.taps_bias, empty.view(0, self.out_channels), rows,
                                     self.lo, self.hi, fill=fill, out_floats=image_floats)
