@@ -145,6 +145,8 @@ PAGES_BY_JSON = {
                           _unseen_photos),
     "context_entropy": Page("What each context of the fast coder buys", "`python benchmarks/context_entropy.py`.",
                             _context_entropy),
+    "refinement_bits": Page("What 16-bit codes add over 8-bit ones", "`python benchmarks/refinement_bits.py`.",
+                            _from_script("refinement_bits", "table")),
     "ctx_mixing": Page("What each model of ctx's mixing model buys", "`python benchmarks/ctx_mixing.py`.",
                        _from_script("ctx_mixing", "table")),
     "sparsify_overhead": Page("Cost of the activation penalties and of DDP",
