@@ -27,7 +27,7 @@ HERE = Path(__file__).parent
 BUDGET = 1e-3
 
 
-def _conditional_bits(symbols: np.ndarray, context: np.ndarray) -> float:
+def conditional_bits(symbols: np.ndarray, context: np.ndarray) -> float:
     """n * H(symbol | context), from joint and marginal counts."""
     def n_entropy(keys):
         _, counts = np.unique(keys, return_counts=True)
@@ -35,7 +35,7 @@ def _conditional_bits(symbols: np.ndarray, context: np.ndarray) -> float:
     return n_entropy(context.astype(np.int64) * 4096 + symbols) - n_entropy(context)
 
 
-def _shifted(c: np.ndarray, dy: int, dx: int, axis_shift: int = 0) -> np.ndarray:
+def shifted(c: np.ndarray, dy: int, dx: int, axis_shift: int = 0) -> np.ndarray:
     """c moved so that each position sees its neighbour (dy rows up, dx columns left, or
     axis_shift channels back); 0 outside the plane, as for a coder that has not seen it."""
     out = np.zeros_like(c)
@@ -55,18 +55,18 @@ def context_sizes(a: np.ndarray) -> dict[str, float]:
     symbols = np.where(u > 0, length * 8 + (u >> np.maximum(length - 3, 0)), 0).ravel()
     raw = float(np.maximum(length - 3, 0).sum())
     cls = np.minimum(length, 8)
-    base = _shifted(cls, 0, 1) * 9 + _shifted(cls, 1, 0)
+    base = shifted(cls, 0, 1) * 9 + shifted(cls, 1, 0)
     rank = np.argsort(np.argsort(length.mean(axis=(0, 2, 3))))
     channel = np.broadcast_to(np.arange(a.shape[1])[None, :, None, None], a.shape)
     contexts = {
         "ctxrans (left, up)": base,
         "+ 4 channel classes": base * 4 + (rank * 4 // a.shape[1])[channel],
         "+ 8 channel classes": base * 8 + (rank * 8 // a.shape[1])[channel],
-        "+ up-left + up-right": base * 17 + _shifted(cls, 1, 1) + _shifted(cls, 1, -1),
-        "+ previous channel": base * 9 + _shifted(cls, 0, 0, axis_shift=1),
+        "+ up-left + up-right": base * 17 + shifted(cls, 1, 1) + shifted(cls, 1, -1),
+        "+ previous channel": base * 9 + shifted(cls, 0, 0, axis_shift=1),
         "+ a table per channel": base * a.shape[1] + channel,
     }
-    return {name: _conditional_bits(symbols, c.ravel()) + raw for name, c in contexts.items()}
+    return {name: conditional_bits(symbols, c.ravel()) + raw for name, c in contexts.items()}
 
 
 def main():

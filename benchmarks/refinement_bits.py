@@ -30,27 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from actzip.fileio import atomic_write
+from context_entropy import conditional_bits, shifted
 from lite0_maps import held_out_photos, lite0_streams
 
 HERE = Path(__file__).parent
 TARGET = 1.20  # issue 26: the 16-bit ratio as a multiple of JPEG-XL e9's
-
-
-def conditional_bits(symbols: np.ndarray, context: np.ndarray) -> float:
-    """n * H(symbol | context), from joint and marginal counts."""
-    def n_entropy(keys):
-        _, counts = np.unique(keys, return_counts=True)
-        return float(-(counts * np.log2(counts / keys.size)).sum())
-    return n_entropy(context.astype(np.int64) * (1 << 20) + symbols) - n_entropy(context)
-
-
-def shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """x moved so that each pixel sees its neighbour dy rows up and dx columns left (dx < 0: right);
-    0 outside the plane."""
-    out = np.zeros_like(x)
-    h, w = x.shape[-2:]
-    out[..., dy:, max(dx, 0):w + min(dx, 0)] = x[..., :h - dy, max(-dx, 0):w - max(dx, 0)]
-    return out
 
 
 def median_predictor(x: np.ndarray) -> np.ndarray:
@@ -63,7 +47,7 @@ def median_predictor(x: np.ndarray) -> np.ndarray:
 def channel_predictor(x: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Per channel, the least-squares fit (over the `known` pixels) of the pixel on its left, up,
     up-left and up-right neighbours and on the previous channel's same, left and up pixels."""
-    previous = np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+    previous = shifted(x, 0, 0, axis_shift=1)
     features = np.stack([shifted(x, 0, 1), shifted(x, 1, 0), shifted(x, 1, 1), shifted(x, 1, -1),
                          previous, shifted(previous, 0, 1), shifted(previous, 1, 0), np.ones_like(x)], axis=-1)
     out = np.zeros_like(x)
