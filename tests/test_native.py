@@ -352,3 +352,48 @@ def test_the_fill_kernel_writes_what_numba_writes(monkeypatch, isa, with_identit
     assert torch.equal(out.nan_to_num(), want.nan_to_num())
     with pytest.raises(ValueError, match="fill_pixels takes"):
         native.fill_pixels(out, pixels.int(), value)
+
+
+class TapsBlock(nn.Module):
+    """A residual block of 3x3 convs (the second with the add and ReLU fused), then a stride-2 one
+    without padding on an odd map: the convs of `zeros-taps`."""
+
+    def __init__(self, c, shift):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.down = nn.Sequential(nn.Conv2d(c, 2 * c, 3, stride=2, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU())
+        for m in (self.conv1[1], self.conv2[1]):  # shifted down: the ReLUs' outputs are mostly (or all) zero
+            m.bias.data.fill_(shift)
+        self.down[1].bias.data.fill_(0.5)  # and up: the output is not all zero
+
+    def forward(self, x):
+        x = torch.relu(x)
+        return self.down(torch.relu(x + self.conv2(self.conv1(x))))
+
+
+@pytest.mark.skipif(native.isa() != "avx512", reason="zeros-taps runs the pixel-by-pixel kernel, AVX-512's")
+@pytest.mark.parametrize("shift", [-0.8, -100.0])  # 60-80 % zeros, and all zeros after the first ReLU
+def test_convs_with_taps_skipping_zeros_over_their_im2col_rows_equal_the_model(tmp_path, shift):
+    from actzip.runtime import saved
+
+    torch.manual_seed(0)
+    model = TapsBlock(24, shift).eval()
+    x = torch.randn(2, 24, 13, 11)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    taps = [m for m in compiled.modules() if getattr(m, "taps_zeros_capable", False)]
+    assert len(taps) == 3 and all(m.alternatives[-1] == "zeros-taps" for m in taps)  # each input at least half zeros
+    for m in taps:  # whatever the timing chose, the path must give the model's output
+        m.path = "zeros-taps"
+    path = tmp_path / "model.actzip"
+    saved.save(compiled, path)
+    loaded = saved.load(path)
+    assert sum(getattr(m, "path", None) == "zeros-taps" for m in loaded.modules()) == 3
+    with torch.no_grad():
+        want = model(x)
+        scale = float(want.abs().max())
+        assert scale > 0.1
+        for run in (compiled, loaded):
+            got = run(x)
+            assert torch.isfinite(got).all() and (got - want).abs().max() <= 1e-4 * scale
+            assert (run(x[:1]) - want[:1]).abs().max() <= 1e-4 * scale  # another batch size

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ActzipError, ActzipWarning
-from .conv import CHANNELS_LAST, KEPT_PATHS, ZEROS_PATHS, CompiledConv2d, Workspace
+from .conv import CHANNELS_LAST, KEPT_PATHS, TAPS_ZEROS_PATH, ZEROS_PATHS, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
 from . import native, onnx, prefix
 from .memory import hold_freed_memory
@@ -52,6 +52,10 @@ ENGINE_RUNS_PER_ROUND = 3
 # A 1x1 conv whose example input has fewer zeros than this is not timed on the zeros path: the
 # kernel breaks even near 55 % zeros on correlated maps.
 ZEROS_WORTH_TIMING = 0.3
+# A conv with taps whose im2col rows would take more bytes than this is not timed on "zeros-taps":
+# the workspace would hold them for good, and the gather over 9x the input lost on the large maps
+# measured (the L1 resnet20's 28x28 convs, 29 MB at batch 64: 0.24-0.30x dense)
+TAPS_ZEROS_BYTES = 16 << 20
 
 
 @dataclass
@@ -67,7 +71,8 @@ class LayerChoice:
     sparse_ms: float | None  # its faster other path: kept pixels only, or skipping zeros
     path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
     # pixels), "zeros-pixel" (skips each pixel's own zero channels), "kernel" (an unmasked conv by
-    # actzip's kept-pixel kernels, every pixel kept), "kernel-zeros" (that, skipping zeros pixel by pixel)
+    # actzip's kept-pixel kernels, every pixel kept), "kernel-zeros" (that, skipping zeros pixel by pixel),
+    # "zeros-taps" (a conv with taps skipping the zeros of its im2col rows)
     # or "onnxruntime" (in the prefix of the model that onnxruntime runs, see prefix.py)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
@@ -315,7 +320,7 @@ def compile(model: nn.Module, example: torch.Tensor, repeats: int = 5, verify: b
     gm, order, input_shapes, left_as_is = _fused_graph(model, example)
     modules = dict(gm.named_modules())
     compiled = {name: modules[name] for name in order if name not in left_as_is}
-    zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable}, example)
+    zeros = _input_zeros(gm, {n: c for n, c in compiled.items() if c.zeros_capable or c.taps_zeros_capable}, example)
     candidates = {}
     for name, conv in compiled.items():
         conv.alternatives = _alternatives(conv, zeros.get(name, 0))
@@ -415,7 +420,7 @@ def _note(layers: list[LayerChoice]) -> str:
     masked = [c for c in layers if c.sparsity is not None]
     on_zeros = sum("zeros" in c.path for c in layers)
     on_kernel = sum(c.path.startswith("kernel") for c in layers)
-    zeros_note = (f"; {on_zeros} 1x1 convs skip their input's zeros" if on_zeros else "") \
+    zeros_note = (f"; {on_zeros} convs skip their input's zeros" if on_zeros else "") \
         + (f"; {on_kernel} convs run actzip's kernels" if on_kernel else "")
     if masked:
         sparse = sum(c.path == "sparse" for c in layers)
@@ -508,6 +513,8 @@ def _alternatives(conv: CompiledConv2d, zeros: float) -> tuple[str, ...]:
     unmasked conv, and the zeros kernels where its input has zeros enough to try."""
     if _sparse_candidate(conv):
         return ("sparse",)
+    if conv.taps_zeros_capable and zeros >= ZEROS_WORTH_TIMING and conv.cols_bytes(conv.batch) <= TAPS_ZEROS_BYTES:
+        return ("kernel", TAPS_ZEROS_PATH) if conv.every_pixel else (TAPS_ZEROS_PATH,)
     if not (conv.zeros_capable and zeros >= ZEROS_WORTH_TIMING):
         return ("kernel",) if conv.every_pixel else ()
     kept = tuple(p for p in ("kernel", "kernel-zeros") if p in conv.paths())
@@ -519,7 +526,7 @@ def _describe(path: str, zeros: float | None) -> str:
     skipping = f"skipping {100 * zeros:.0f} % zeros" if zeros is not None else ""
     return {"sparse": "sparse", "kernel": "actzip's kernel on every pixel", "dense": "dense",
             "kernel-zeros": f"actzip's kernel on every pixel, {skipping}",
-            "zeros-pixel": f"{skipping} pixel by pixel"}.get(path, skipping)
+            "zeros-pixel": f"{skipping} pixel by pixel", TAPS_ZEROS_PATH: f"{skipping} over its taps"}.get(path, skipping)
 
 
 def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], timed: Timings | None,

@@ -34,6 +34,9 @@ channels (best where zeros are independent; AVX-512 only). And an unmasked conv 
 the kept-pixel kernels with every pixel kept, which hand over rows and fuse as the sparse path does;
 an unmasked 1x1 conv on that path may also skip its input's zeros pixel by pixel ("kernel-zeros"),
 on the rows handed over or, fused, on each band of its depthwise producer (AVX-512 only).
+An unmasked conv with taps (3x3 and the like, any stride) may skip zeros too ("zeros-taps"): its
+input's im2col rows, gathered into the workspace as the path without the compiled kernels gathers
+them, go through the pixel-by-pixel 1x1 kernel with the weight of all its taps (AVX-512 only).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .rows import expand_rows, fill_pixels
 
 CHANNELS_LAST = torch.channels_last
 ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
+TAPS_ZEROS_PATH = "zeros-taps"  # a conv with taps skipping its im2col rows' zeros (module doc)
 # the paths on the kept-pixel kernels: the kept pixels, or every pixel, or every pixel skipping zeros
 KEPT_PATHS = ("sparse", "kernel", "kernel-zeros")
 DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.BandedCall`)
@@ -132,6 +136,15 @@ class CompiledConv2d(nn.Module):
                               and self.stride == (1, 1) and self.pads == (0, 0, 0, 0) and native.available())
         if self.zeros_capable:
             self.packed_weight, self.packed_bias = native.packed_weight(weight, bias)
+        # gathering the im2col rows costs a pass over 9x the input, which the zeros repay on small
+        # maps: the L1 resnet20's 7x7 convs (64 channels, 69-78 % zeros) ran 1.24-1.46x oneDNN's
+        # dense conv, gather included, its 28x28 16-channel ones 0.24-0.30x (AMD Zen 4, batch 64)
+        self.taps_zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size != (1, 1)
+                                   and native.isa() == "avx512")
+        if self.taps_zeros_capable:
+            taps_rows = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1)  # (tap, channel) order
+            self.cols_packed_weight, self.cols_packed_bias = native.packed_weight(taps_rows, bias)
+        self._gather_by_batch: dict[int, torch.Tensor] = {}
         self.path = "dense"
         self.pad_buffer: torch.Tensor | None = None  # the zero-bordered input of an asymmetric pad
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
@@ -152,7 +165,8 @@ class CompiledConv2d(nn.Module):
         return (("dense",) + (("sparse",) if self.masked and self.sparse_capable else ())
                 + (("kernel",) if self.every_pixel else ())
                 + (("kernel-zeros",) if self.every_pixel and self.zeros_capable and native.isa() == "avx512" else ())
-                + (ZEROS_PATHS if self.zeros_capable else ()))
+                + (ZEROS_PATHS if self.zeros_capable else ())
+                + ((TAPS_ZEROS_PATH,) if self.taps_zeros_capable else ()))
 
     def _set_mask(self, mask: torch.Tensor, value: torch.Tensor) -> None:
         """The kept and masked output pixels, and the masked pixels' value after the activation."""
@@ -191,7 +205,7 @@ class CompiledConv2d(nn.Module):
             # (out, kh*kw*in) in (tap, channel) order, as a 1x1 conv
             self.cols_weight = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1).contiguous(
                 memory_format=CHANNELS_LAST)
-            self._tables_by_batch: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            self._weight_by_batch: dict[int, torch.Tensor] = {}
 
     def macs(self, batch: int) -> int:
         """Multiply-accumulates of the dense conv over `batch` images."""
@@ -199,26 +213,36 @@ class CompiledConv2d(nn.Module):
         return batch * self.output_hw[0] * self.output_hw[1] * self.out_channels * self.in_channels // self.groups \
             * kh * kw
 
+    def cols_bytes(self, batch: int) -> int:
+        """Bytes of the im2col rows of `batch` images' kept output pixels (`_im2col`)."""
+        kh, kw = self.kernel_size
+        return 4 * batch * self.kept_count * kh * kw * self.in_channels
+
     # -- index tables --------------------------------------------------------------------------
-    def _tables(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """For `batch` images: the rows of the padded NHWC input to gather (R * taps) and the im2col
-        weight reordered for R rows (reordered for no particular size, oneDNN picks a kernel up to
-        15x slower)."""
-        if batch not in self._tables_by_batch:
+    def _gather_index(self, batch: int) -> torch.Tensor:
+        """For `batch` images, the rows of the padded NHWC input to gather: each kept output pixel's
+        taps in turn (R * taps)."""
+        if batch not in self._gather_by_batch:
             top, bottom, left, right = self.pads
             hp, wp = self.input_hw[0] + top + bottom, self.input_hw[1] + left + right
             (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-            ho, wo = self.output_hw
+            wo = self.output_hw[1]
             kept = self.kept_pixels
             base = (kept // wo * sh) * wp + kept % wo * sw
             taps = torch.tensor([i * dh * wp + j * dw for i in range(kh) for j in range(kw)])
             per_image = (base[:, None] + taps[None]).reshape(-1)
             images = torch.arange(batch)[:, None]
-            gather = (images * hp * wp + per_image[None]).reshape(-1)
-            rows = batch * kept.numel()
-            weight = _reorder(self.cols_weight, [0, 0], [1, 1], [1, 1], 1, [1, self.cols_weight.shape[1], rows, 1])
-            self._tables_by_batch[batch] = (gather, weight)
-        return self._tables_by_batch[batch]
+            self._gather_by_batch[batch] = (images * hp * wp + per_image[None]).reshape(-1)
+        return self._gather_by_batch[batch]
+
+    def _cols_weight(self, batch: int) -> torch.Tensor:
+        """The im2col weight reordered for the kept rows of `batch` images (reordered for no
+        particular size, oneDNN picks a kernel up to 15x slower)."""
+        if batch not in self._weight_by_batch:
+            rows = batch * self.kept_count
+            self._weight_by_batch[batch] = _reorder(self.cols_weight, [0, 0], [1, 1], [1, 1], 1,
+                                                    [1, self.cols_weight.shape[1], rows, 1])
+        return self._weight_by_batch[batch]
 
     # -- the two paths -------------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
@@ -320,10 +344,11 @@ class CompiledConv2d(nn.Module):
             return self._sparse_native(x, identity)
         if x.dim() == 2:  # a producer's kept rows: this is a 1x1 conv with the same mask
             n = x.shape[0] // self.kept_count
-            _, weight = self._tables(n)
+            weight = self._cols_weight(n)
             rows, cols = x.shape[0], x
         else:
-            n, weight, cols = self._gather(x)
+            n, cols = self._im2col(x)
+            weight = self._cols_weight(n)
             rows = cols.shape[0]
         attr, scalars = ("none", []) if identity is not None else (self.attr, self.scalars)
         out = _pointwise(cols.view(1, rows, 1, -1).permute(0, 3, 1, 2), weight, self.bias,
@@ -343,13 +368,15 @@ class CompiledConv2d(nn.Module):
         self._skip_zeros(rows, out, _nhwc(identity) if identity is not None else None, self.path == "zeros-pixel")
         return out.permute(0, 3, 1, 2)
 
-    def _skip_zeros(self, rows: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None, by_pixel: bool) -> None:
+    def _skip_zeros(self, rows: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None, by_pixel: bool,
+                    packed: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """The 1x1 conv skipping the zeros of input `rows` (pixels, cin), into `out` (and `residual`)
-        laid out as those pixels' output rows."""
+        laid out as those pixels' output rows; with the `packed` weight and bias, else the conv's own."""
         pixels = rows.shape[0]
+        weight, bias = packed or (self.packed_weight, self.packed_bias)
         lists = self.workspace.get(native.lists_size(pixels, rows.shape[1]), torch.int32)
-        native.sparse_conv1x1(rows, self.packed_weight, self.packed_bias, out.view(pixels, -1), lists, self.lo,
-                              self.hi, residual.reshape(pixels, -1) if residual is not None else None, by_pixel)
+        native.sparse_conv1x1(rows, weight, bias, out.view(pixels, -1), lists, self.lo, self.hi,
+                              residual.reshape(pixels, -1) if residual is not None else None, by_pixel)
 
     def _sparse_native(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
         """The kept pixels straight from the NHWC input by the compiled kernel (taps in the padding
@@ -630,12 +657,12 @@ class CompiledConv2d(nn.Module):
             nhwc = padded
         return nhwc.reshape(-1, c)  # a view: x is channels_last, or was just padded
 
-    def _gather(self, x: torch.Tensor):
-        """The im2col rows of the kept output pixels, in the shared workspace (the path without the
-        compiled kernels)."""
+    def _im2col(self, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The batch size and the im2col rows of the kept output pixels (rows, taps * c), in the
+        shared workspace."""
         self._check(x)
         n, c = x.shape[:2]
-        gather, weight = self._tables(n)
+        gather = self._gather_index(n)
         taps = self.kernel_size[0] * self.kernel_size[1]
         rows = gather.numel() // taps
         padded_numel = self._padded_numel(x)
@@ -643,7 +670,15 @@ class CompiledConv2d(nn.Module):
         source = self._padded_rows(x, space[:padded_numel])
         cols = space[padded_numel:].view(rows, taps * c)
         torch.index_select(source, 0, gather, out=cols.view(-1, c))
-        return n, weight, cols
+        return n, cols
+
+    def zeros_taps(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv by the pixel-by-pixel 1x1 kernel over x's im2col rows, skipping their zeros."""
+        n, cols = self._im2col(x)
+        out = torch.empty(n, *self.output_hw, self.out_channels)
+        self._skip_zeros(cols, out, _nhwc(identity) if identity is not None else None, by_pixel=True,
+                         packed=(self.cols_packed_weight, self.cols_packed_bias))
+        return out.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         if (identity is not None) != self.residual:
@@ -658,6 +693,8 @@ class CompiledConv2d(nn.Module):
             x = x.contiguous(memory_format=CHANNELS_LAST)
         if self.path in ZEROS_PATHS:
             return self.zeros(x, identity)
+        if self.path == TAPS_ZEROS_PATH:
+            return self.zeros_taps(x, identity)
         return self.sparse(x, identity) if self.path in KEPT_PATHS else self.dense(x, identity)
 
     def extra_repr(self) -> str:
