@@ -136,9 +136,9 @@ class CompiledConv2d(nn.Module):
                               and self.stride == (1, 1) and self.pads == (0, 0, 0, 0) and native.available())
         if self.zeros_capable:
             self.packed_weight, self.packed_bias = native.packed_weight(weight, bias)
-        # gathering the im2col rows costs a pass over 9x the input, which the zeros repay on small
-        # maps: the L1 resnet20's 7x7 convs (64 channels, 69-78 % zeros) ran 1.24-1.46x oneDNN's
-        # dense conv, gather included, its 28x28 16-channel ones 0.24-0.30x (AMD Zen 4, batch 64)
+        # gathering the im2col rows writes 9x the input, which the zeros repay on small maps only:
+        # the L1 resnet20's 7x7 convs (64 channels, 69-78 % zeros) ran mostly 1.1-1.4x oneDNN's
+        # dense conv in the model, its 28x28 16-channel ones 0.24-0.30x (AMD Zen 4, batch 64)
         self.taps_zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size != (1, 1)
                                    and native.isa() == "avx512")
         if self.taps_zeros_capable:
