@@ -49,7 +49,8 @@ def one(net, example: torch.Tensor, sparsity: float, rounds: int) -> dict:
         r = benchmark_runtime(net, example, sparsity, rounds=rounds)
     layers = r["compile"]["layers"]
     r["paths"] = {p: sum(c["path"] == p for c in layers) for p in ("dense", "sparse", "zeros", "zeros-pixel", "kernel",
-                                                             "kernel-zeros", "zeros-taps", "onnxruntime")}
+                                                             "kernel-zeros", "zeros-taps", "zeros-3x3",
+                                                             "onnxruntime")}
     del r["compile"]["layers"]
     return r
 

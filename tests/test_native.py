@@ -397,3 +397,67 @@ def test_convs_with_taps_skipping_zeros_over_their_im2col_rows_equal_the_model(t
             got = run(x)
             assert torch.isfinite(got).all() and (got - want).abs().max() <= 1e-4 * scale
             assert (run(x[:1]) - want[:1]).abs().max() <= 1e-4 * scale  # another batch size
+
+
+@pytest.mark.skipif(native.isa() != "avx512", reason="the direct 3x3 kernel is AVX-512's")
+@pytest.mark.parametrize("shape", [(2, 13, 11, 24, 32), (3, 5, 9, 1, 16), (2, 7, 7, 64, 64), (1, 1, 1, 3, 16),
+                                   (2, 6, 17, 40, 16), (5, 9, 10, 64, 32)])  # (n, h, w, cin, cout)
+@pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_direct_3x3_kernel_equals_the_conv(shape, zeros, threads):
+    n, h, w, cin, cout = shape
+    g = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn(n, h, w, cin, generator=g)
+    x[torch.rand(x.shape, generator=g) < zeros] = 0
+    weight, bias = torch.randn(cout, cin, 3, 3, generator=g), torch.randn(cout, generator=g)
+    residual = torch.randn(n, h, w, cout, generator=g)
+    want = (torch.nn.functional.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(), bias.double(), padding=1)
+            .permute(0, 2, 3, 1) + residual.double()).clamp(-1.0, 2.0)
+    out = torch.full((n, h, w, cout), float("nan"))
+    masks = torch.empty(n * h * w, dtype=torch.int64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native.sparse_conv3x3(x, weight.permute(2, 3, 1, 0).contiguous(), bias, out, masks, -1.0, 2.0, residual)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.isfinite(out).all() and (out.double() - want).abs().max() <= 1e-4 * want.abs().max().clamp(min=1)
+
+
+@pytest.mark.skipif(native.isa() != "avx512", reason="the direct 3x3 kernel is AVX-512's")
+def test_the_direct_3x3_kernel_refuses_what_it_cannot_run():
+    x, masks = torch.zeros(1, 4, 4, 16), torch.empty(16, dtype=torch.int64)
+    for weight, out in ((torch.zeros(3, 3, 16, 24), torch.empty(1, 4, 4, 24)),  # 24 outputs
+                        (torch.zeros(3, 3, 16, 16), torch.empty(1, 4, 5, 16))):  # the output's shape
+        with pytest.raises(ValueError, match="sparse_conv3x3"):
+            native.sparse_conv3x3(x, weight, torch.zeros(out.shape[-1]), out, masks)
+    with pytest.raises(ValueError, match="sparse_conv3x3"):  # 65 input channels
+        native.sparse_conv3x3(torch.zeros(1, 4, 4, 65), torch.zeros(3, 3, 65, 16), torch.zeros(16),
+                              torch.empty(1, 4, 4, 16), masks)
+
+
+@pytest.mark.skipif(native.isa() != "avx512", reason="zeros-3x3 is AVX-512's")
+@pytest.mark.parametrize("shift", [-0.8, -100.0])
+def test_narrow_3x3_convs_on_the_direct_kernel_equal_the_model(tmp_path, shift):
+    from actzip.runtime import saved
+
+    torch.manual_seed(0)
+    model = TapsBlock(16, shift).eval()  # conv1 and conv2 16 -> 16 (direct), down 16 -> 32 of stride 2 (taps)
+    x = torch.randn(3, 16, 9, 13)
+    compiled = compile(model, x, repeats=1, engines=OWN)
+    direct = [m for m in compiled.modules() if getattr(m, "direct_zeros_capable", False)]
+    assert len(direct) == 2 and all(m.alternatives == ("kernel", "zeros-3x3") for m in direct)
+    for m in direct:
+        m.path = "zeros-3x3"
+    path = tmp_path / "model.actzip"
+    saved.save(compiled, path)
+    loaded = saved.load(path)
+    assert sum(getattr(m, "path", None) == "zeros-3x3" for m in loaded.modules()) == 2
+    with torch.no_grad():
+        want = model(x)
+        scale = float(want.abs().max())
+        assert scale > 0.1
+        for run in (compiled, loaded):
+            got = run(x)
+            assert torch.isfinite(got).all() and (got - want).abs().max() <= 1e-4 * scale
+            assert (run(x[:1]) - want[:1]).abs().max() <= 1e-4 * scale  # another batch size

@@ -372,7 +372,8 @@ def test_model_without_masks_says_so_and_runs_the_faster_of_onednn_and_actzips_k
     model = _randomize_batchnorm(resnet20(width=0.5))
     x = torch.rand(2, 1, 28, 28)
     compiled = compile(model, x, repeats=1, engines=OWN)
-    assert all(c.path in ("dense", "kernel") and c.sparsity is None for c in compiled.layers)
+    # its ReLU maps have zeros: a 3x3 conv may skip them (test_native), else dense or actzip's kernels
+    assert all(c.path in ("dense", "kernel", "zeros-3x3", "zeros-taps") and c.sparsity is None for c in compiled.layers)
     if native.available():  # every conv timed on actzip's kernels, every pixel kept
         assert all(c.dense_ms is not None and c.sparse_ms is not None for c in compiled.layers)
     assert compiled.report()["sparse_convs"] == 0 and "no pixel masks" in compiled.summary()

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ActzipError, ActzipWarning
-from .conv import CHANNELS_LAST, KEPT_PATHS, TAPS_ZEROS_PATH, ZEROS_PATHS, CompiledConv2d, Workspace
+from .conv import CHANNELS_LAST, DIRECT_ZEROS_PATH, KEPT_PATHS, TAPS_ZEROS_PATH, ZEROS_PATHS, CompiledConv2d, Workspace
 from .fold import MaskedConv2d, replace_module, fold_batchnorm
 from . import native, onnx, prefix
 from .memory import hold_freed_memory
@@ -72,7 +72,8 @@ class LayerChoice:
     path: str  # "dense", "sparse" (kept output pixels only), "zeros" (skips the zero channels of tiles of
     # pixels), "zeros-pixel" (skips each pixel's own zero channels), "kernel" (an unmasked conv by
     # actzip's kept-pixel kernels, every pixel kept), "kernel-zeros" (that, skipping zeros pixel by pixel),
-    # "zeros-taps" (a conv with taps skipping the zeros of its im2col rows)
+    # "zeros-taps" (a conv with taps skipping the zeros of its im2col rows), "zeros-3x3" (a narrow 3x3
+    # conv skipping its input's zeros directly)
     # or "onnxruntime" (in the prefix of the model that onnxruntime runs, see prefix.py)
     reason: str
     input_zeros: float | None = None  # fraction of zeros in the example's input, where it was looked at
@@ -513,6 +514,8 @@ def _alternatives(conv: CompiledConv2d, zeros: float) -> tuple[str, ...]:
     unmasked conv, and the zeros kernels where its input has zeros enough to try."""
     if _sparse_candidate(conv):
         return ("sparse",)
+    if conv.direct_zeros_capable and zeros >= ZEROS_WORTH_TIMING:
+        return ("kernel", DIRECT_ZEROS_PATH) if conv.every_pixel else (DIRECT_ZEROS_PATH,)
     if conv.taps_zeros_capable and zeros >= ZEROS_WORTH_TIMING and conv.cols_bytes(conv.batch) <= TAPS_ZEROS_BYTES:
         return ("kernel", TAPS_ZEROS_PATH) if conv.every_pixel else (TAPS_ZEROS_PATH,)
     if not (conv.zeros_capable and zeros >= ZEROS_WORTH_TIMING):
@@ -526,7 +529,8 @@ def _describe(path: str, zeros: float | None) -> str:
     skipping = f"skipping {100 * zeros:.0f} % zeros" if zeros is not None else ""
     return {"sparse": "sparse", "kernel": "actzip's kernel on every pixel", "dense": "dense",
             "kernel-zeros": f"actzip's kernel on every pixel, {skipping}",
-            "zeros-pixel": f"{skipping} pixel by pixel", TAPS_ZEROS_PATH: f"{skipping} over its taps"}.get(path, skipping)
+            "zeros-pixel": f"{skipping} pixel by pixel", TAPS_ZEROS_PATH: f"{skipping} over its taps",
+            DIRECT_ZEROS_PATH: f"{skipping}, direct 3x3"}.get(path, skipping)
 
 
 def _choose(name: str, conv: CompiledConv2d, input_shape: tuple[int, ...], timed: Timings | None,

@@ -37,6 +37,9 @@ on the rows handed over or, fused, on each band of its depthwise producer (AVX-5
 An unmasked conv with taps (3x3 and the like, any stride) may skip zeros too ("zeros-taps"): its
 input's im2col rows, gathered into the workspace as the path without the compiled kernels gathers
 them, go through the pixel-by-pixel 1x1 kernel with the weight of all its taps (AVX-512 only).
+A 3x3 conv of stride 1 and padding 1 with at most 64 input and 16, 32 or 64 output channels (the
+narrow convs of small ResNets) has a direct kernel that skips its input's zeros instead, with no
+gather ("zeros-3x3", `native.sparse_conv3x3`, AVX-512 only).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from .rows import expand_rows, fill_pixels
 CHANNELS_LAST = torch.channels_last
 ZEROS_PATHS = ("zeros", "zeros-pixel")  # the two kernels that skip a 1x1 conv's input zeros (module doc)
 TAPS_ZEROS_PATH = "zeros-taps"  # a conv with taps skipping its im2col rows' zeros (module doc)
+DIRECT_ZEROS_PATH = "zeros-3x3"  # a narrow 3x3 conv skipping its input's zeros directly (module doc)
 # the paths on the kept-pixel kernels: the kept pixels, or every pixel, or every pixel skipping zeros
 KEPT_PATHS = ("sparse", "kernel", "kernel-zeros")
 DEPTHWISE_BAND = 48  # depthwise kept pixels per band of a fused producer (`native.BandedCall`)
@@ -132,19 +136,8 @@ class CompiledConv2d(nn.Module):
                                      if not self.symmetric else list(input_shape))
         mask = conv.pixel_mask
         self.masked = mask is not None
-        self.zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size == (1, 1)
-                              and self.stride == (1, 1) and self.pads == (0, 0, 0, 0) and native.available())
-        if self.zeros_capable:
-            self.packed_weight, self.packed_bias = native.packed_weight(weight, bias)
-        # gathering the im2col rows writes 9x the input, which the zeros repay on small maps only:
-        # the L1 resnet20's 7x7 convs (64 channels, 69-78 % zeros) ran mostly 1.1-1.4x oneDNN's
-        # dense conv in the model, its 28x28 16-channel ones 0.24-0.30x (AMD Zen 4, batch 64)
-        self.taps_zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size != (1, 1)
-                                   and native.isa() == "avx512")
-        if self.taps_zeros_capable:
-            taps_rows = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1)  # (tap, channel) order
-            self.cols_packed_weight, self.cols_packed_bias = native.packed_weight(taps_rows, bias)
-        self._gather_by_batch: dict[int, torch.Tensor] = {}
+        self._prepare_zeros(weight, bias)
+        self._gather_by_batch: dict[int, torch.Tensor] = {}  # see _gather_index
         self.path = "dense"
         self.pad_buffer: torch.Tensor | None = None  # the zero-bordered input of an asymmetric pad
         self.feeds_kept_only = False  # set by compile: the consumer reads the kept pixels alone
@@ -160,13 +153,35 @@ class CompiledConv2d(nn.Module):
             self._set_mask(keep, conv.masked_value.reshape(-1) if self.masked else torch.zeros(self.out_channels))
             self._prepare_sparse(weight, bias)
 
+    def _prepare_zeros(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Which kernels that skip the input's zeros this conv can run, and the weights they read."""
+        self.zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size == (1, 1)
+                              and self.stride == (1, 1) and self.pads == (0, 0, 0, 0) and native.available())
+        if self.zeros_capable:
+            self.packed_weight, self.packed_bias = native.packed_weight(weight, bias)
+        # gathering the im2col rows writes 9x the input, which the zeros repay on small maps only:
+        # the L1 resnet20's 7x7 convs (64 channels, 69-78 % zeros) ran mostly 1.1-1.4x oneDNN's
+        # dense conv in the model, its 28x28 16-channel ones 0.24-0.30x (AMD Zen 4, batch 64)
+        self.taps_zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size != (1, 1)
+                                   and native.isa() == "avx512")
+        if self.taps_zeros_capable:
+            taps_rows = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1)  # (tap, channel) order
+            self.cols_packed_weight, self.cols_packed_bias = native.packed_weight(taps_rows, bias)
+        self.direct_zeros_capable = (self.taps_zeros_capable and self.kernel_size == (3, 3) and self.stride == (1, 1)
+                                     and self.dilation == (1, 1) and self.pads == (1, 1, 1, 1)
+                                     and self.in_channels <= native.CONV3X3_MAX_INPUTS
+                                     and self.out_channels in native.CONV3X3_OUTPUTS)
+        if self.direct_zeros_capable:
+            self.direct_weight = weight.permute(2, 3, 1, 0).contiguous()  # (3, 3, cin, cout)
+
     def paths(self) -> tuple[str, ...]:
         """The paths this conv can run here (see the module doc)."""
         return (("dense",) + (("sparse",) if self.masked and self.sparse_capable else ())
                 + (("kernel",) if self.every_pixel else ())
                 + (("kernel-zeros",) if self.every_pixel and self.zeros_capable and native.isa() == "avx512" else ())
                 + (ZEROS_PATHS if self.zeros_capable else ())
-                + ((TAPS_ZEROS_PATH,) if self.taps_zeros_capable else ()))
+                + ((TAPS_ZEROS_PATH,) if self.taps_zeros_capable else ())
+                + ((DIRECT_ZEROS_PATH,) if self.direct_zeros_capable else ()))
 
     def _set_mask(self, mask: torch.Tensor, value: torch.Tensor) -> None:
         """The kept and masked output pixels, and the masked pixels' value after the activation."""
@@ -680,6 +695,16 @@ class CompiledConv2d(nn.Module):
                          packed=(self.cols_packed_weight, self.cols_packed_bias))
         return out.permute(0, 3, 1, 2)
 
+    def zeros_3x3(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv by the direct 3x3 kernel that skips x's zeros."""
+        self._check(x)
+        n, _, h, w = x.shape
+        out = torch.empty(n, h, w, self.out_channels)
+        masks = self.workspace.get(2 * n * h * w, torch.int32).view(torch.int64)  # one 64-bit mask per pixel
+        native.sparse_conv3x3(x.permute(0, 2, 3, 1), self.direct_weight, self.bias, out, masks, self.lo, self.hi,
+                              _nhwc(identity) if identity is not None else None)
+        return out.permute(0, 3, 1, 2)
+
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         if (identity is not None) != self.residual:
             raise ValueError("a residual conv takes the tensor to add, and only a residual conv does")
@@ -695,6 +720,8 @@ class CompiledConv2d(nn.Module):
             return self.zeros(x, identity)
         if self.path == TAPS_ZEROS_PATH:
             return self.zeros_taps(x, identity)
+        if self.path == DIRECT_ZEROS_PATH:
+            return self.zeros_3x3(x, identity)
         return self.sparse(x, identity) if self.path in KEPT_PATHS else self.dense(x, identity)
 
     def extra_repr(self) -> str:

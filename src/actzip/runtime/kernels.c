@@ -932,7 +932,7 @@ static void rows_tile_c(const RowsConv *a, int64_t k, int rows, int64_t c0, int6
 typedef struct Job {
     int (*thread_num)(void);
     int kernel;   /* 0: sparse_conv1x1, 1: rows_conv, 2: max_pool, 3: depthwise_rows, 4: producer_depthwise,
-                   5: sparse_conv1x1 pixel by pixel, 6: fill_pixels */
+                   5: sparse_conv1x1 pixel by pixel, 6: fill_pixels, 7: nonzero_masks, 8: sparse_conv3x3 */
     int threads, isa, status;
     int64_t rows, list_ints, ntaps, kw, cin, cout, ldw;
     const float *x, *w, *bias, *residual, *zeros;
@@ -1424,6 +1424,88 @@ static void fill_avx512(const Job *j, int64_t begin, int64_t end) { fill_rows(j,
 /* thread_num where the kernels run on the calling thread alone (no libgomp found) */
 int actzip_thread_zero(void) { return 0; }
 
+/* Sparse-input 3x3 conv, stride 1, padding 1, on NHWC maps of at most 64 input channels and 16, 32
+   or 64 output channels (AVX-512). Each input pixel's non-zero channels are first a 64-bit mask
+   (nonzero_masks, a job over pixels). Then each tile of T output pixels of one output row keeps
+   its T x V sums in registers and walks the 3 x (T + 2) input pixels around it: for each non-zero
+   channel of each, one broadcast and up to 3 weight rows (one per column tap) multiply-add into the
+   up to 3 output pixels that tap reaches. Work per non-zero is the 9 multiply-adds of its taps, so
+   zeros cost nothing but their mask bit; oneDNN and onnxruntime run every input channel.
+   Rows of the job: the output rows of all images (n * h); kw holds the width, in_image the height;
+   lists points at the masks (uint64 per input pixel); w is (3, 3, cin, cout). */
+__attribute__((target("avx512f"))) static void nonzero_masks_avx512(const Job *j, int64_t begin, int64_t end) {
+    uint64_t *m = (uint64_t *)j->lists;
+    const int64_t c = j->cin;
+    for (int64_t p = begin; p < end; p++) {
+        const float *x = j->x + p * c;
+        uint64_t bits = 0;
+        for (int64_t k = 0; k < c; k += 16) {
+            __mmask16 t = c - k >= 16 ? 0xffff : (__mmask16)((1u << (c - k)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(t, x + k);
+            bits |= (uint64_t)_mm512_mask_cmp_ps_mask(t, v, _mm512_setzero_ps(), _CMP_NEQ_UQ) << k;
+        }
+        m[p] = bits;
+    }
+}
+
+__attribute__((target("avx512f,bmi"), always_inline))
+static inline void conv3x3_tile_avx512(const Job *j, int64_t n, int64_t r, int64_t x0, const int V, const int T) {
+    const int64_t H = j->in_image, W = j->kw, C = j->cin, CO = j->cout;
+    const uint64_t *m = (const uint64_t *)j->lists;
+    __m512 acc[T][V];
+    for (int o = 0; o < T; o++)
+        for (int v = 0; v < V; v++) acc[o][v] = _mm512_loadu_ps(j->bias + 16 * v);
+    for (int dy = 0; dy < 3; dy++) {
+        const int64_t iy = r + dy - 1;
+        if (iy < 0 || iy >= H) continue;
+        const float *row = j->x + (n * H + iy) * W * C;
+        const uint64_t *mrow = m + (n * H + iy) * W;
+        const float *wr = j->w + dy * 3 * C * CO;
+#pragma GCC unroll 16
+        for (int i = 0; i < T + 2; i++) {  /* input column x0 - 1 + i feeds outputs i, i - 1, i - 2 */
+            const int64_t ix = x0 - 1 + i;
+            if (ix < 0 || ix >= W) continue;
+            uint64_t bits = mrow[ix];
+            const float *px = row + ix * C;
+            while (bits) {
+                const int64_t c = __builtin_ctzll(bits);
+                bits &= bits - 1;
+                const __m512 b = _mm512_set1_ps(px[c]);
+                const float *w0 = wr + c * CO;
+                for (int v = 0; v < V; v++) {
+                    if (i < T) acc[i][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + 16 * v), acc[i][v]);
+                    if (i >= 1 && i - 1 < T)
+                        acc[i - 1][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + C * CO + 16 * v), acc[i - 1][v]);
+                    if (i >= 2) acc[i - 2][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + 2 * C * CO + 16 * v), acc[i - 2][v]);
+                }
+            }
+        }
+    }
+    const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
+    for (int o = 0; o < T && x0 + o < W; o++) {
+        const int64_t at = ((n * H + r) * W + x0 + o) * CO;
+        for (int v = 0; v < V; v++) {
+            __m512 s = acc[o][v];
+            if (j->residual) s = _mm512_add_ps(s, _mm512_loadu_ps(j->residual + at + 16 * v));
+            _mm512_storeu_ps(j->y + at + 16 * v, _mm512_min_ps(_mm512_max_ps(s, lo), hi));
+        }
+    }
+}
+
+__attribute__((target("avx512f,bmi")))
+static void sparse_conv3x3_avx512(const Job *j, int64_t begin, int64_t end) {
+    const int64_t H = j->in_image, W = j->kw;
+    for (int64_t k = begin; k < end; k++) {
+        const int64_t n = k / H, r = k % H;
+        if (j->cout == 16)
+            for (int64_t x0 = 0; x0 < W; x0 += 8) conv3x3_tile_avx512(j, n, r, x0, 1, 8);
+        else if (j->cout == 32)
+            for (int64_t x0 = 0; x0 < W; x0 += 8) conv3x3_tile_avx512(j, n, r, x0, 2, 8);
+        else
+            for (int64_t x0 = 0; x0 < W; x0 += 4) conv3x3_tile_avx512(j, n, r, x0, 4, 4);
+    }
+}
+
 void actzip_share(void *p) {
     Job *j = p;
     if (j->kernel == 1 && j->by_outputs) {  /* every row, a share of the output channels */
@@ -1449,6 +1531,12 @@ void actzip_share(void *p) {
         status = producer_depthwise(j, begin, end);
     else if (j->kernel == 6)
         (j->isa == 2 ? fill_avx512 : j->isa == 1 ? fill_avx2 : fill_c)(j, begin, end);
+    else if (j->kernel == 7 || j->kernel == 8) {  /* AVX-512 only: the caller offers them nowhere else */
+        if (j->isa != 2 || j->cin > 64 || (j->kernel == 8 && j->cout != 16 && j->cout != 32 && j->cout != 64))
+            status = -1;
+        else
+            (j->kernel == 7 ? nonzero_masks_avx512 : sparse_conv3x3_avx512)(j, begin, end);
+    }
     else if (j->isa == 2)
         max_pool_avx512(j, begin, end);
     else
