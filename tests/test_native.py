@@ -404,21 +404,24 @@ def test_convs_with_taps_skipping_zeros_over_their_im2col_rows_equal_the_model(t
                                    (2, 6, 17, 40, 16), (5, 9, 10, 64, 32)])  # (n, h, w, cin, cout)
 @pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_direct_3x3_kernel_equals_the_conv(shape, zeros, threads):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_direct_3x3_kernel_equals_the_conv(shape, zeros, threads, stride):
     n, h, w, cin, cout = shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     g = torch.Generator().manual_seed(cin + cout)
     x = torch.randn(n, h, w, cin, generator=g)
     x[torch.rand(x.shape, generator=g) < zeros] = 0
     weight, bias = torch.randn(cout, cin, 3, 3, generator=g), torch.randn(cout, generator=g)
-    residual = torch.randn(n, h, w, cout, generator=g)
-    want = (torch.nn.functional.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(), bias.double(), padding=1)
-            .permute(0, 2, 3, 1) + residual.double()).clamp(-1.0, 2.0)
-    out = torch.full((n, h, w, cout), float("nan"))
+    residual = torch.randn(n, ho, wo, cout, generator=g)
+    want = (torch.nn.functional.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(), bias.double(), stride,
+                                       padding=1).permute(0, 2, 3, 1) + residual.double()).clamp(-1.0, 2.0)
+    out = torch.full((n, ho, wo, cout), float("nan"))
     masks = torch.empty(n * h * w, dtype=torch.int64)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        native.sparse_conv3x3(x, weight.permute(2, 3, 1, 0).contiguous(), bias, out, masks, -1.0, 2.0, residual)
+        native.sparse_conv3x3(x, weight.permute(2, 3, 1, 0).contiguous(), bias, out, masks, -1.0, 2.0, residual,
+                              stride)
     finally:
         torch.set_num_threads(before)
     assert torch.isfinite(out).all() and (out.double() - want).abs().max() <= 1e-4 * want.abs().max().clamp(min=1)
@@ -442,17 +445,20 @@ def test_narrow_3x3_convs_on_the_direct_kernel_equal_the_model(tmp_path, shift):
     from actzip.runtime import saved
 
     torch.manual_seed(0)
-    model = TapsBlock(16, shift).eval()  # conv1 and conv2 16 -> 16 (direct), down 16 -> 32 of stride 2 (taps)
+    # conv1 and conv2 16 -> 16 (direct), down 16 -> 32 of stride 2 without padding (taps), then a
+    # direct one of stride 2, with its input's zeros in part
+    model = nn.Sequential(TapsBlock(16, shift), nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU()).eval()
+    model[1].bias.data.fill_(0.1)
     x = torch.randn(3, 16, 9, 13)
     compiled = compile(model, x, repeats=1, engines=OWN)
     direct = [m for m in compiled.modules() if getattr(m, "direct_zeros_capable", False)]
-    assert len(direct) == 2 and all(m.alternatives == ("kernel", "zeros-3x3") for m in direct)
+    assert len(direct) == 3 and all(m.alternatives == ("kernel", "zeros-3x3") for m in direct[:2])
     for m in direct:
         m.path = "zeros-3x3"
     path = tmp_path / "model.actzip"
     saved.save(compiled, path)
     loaded = saved.load(path)
-    assert sum(getattr(m, "path", None) == "zeros-3x3" for m in loaded.modules()) == 2
+    assert sum(getattr(m, "path", None) == "zeros-3x3" for m in loaded.modules()) == 3
     with torch.no_grad():
         want = model(x)
         scale = float(want.abs().max())

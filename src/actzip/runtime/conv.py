@@ -37,7 +37,7 @@ on the rows handed over or, fused, on each band of its depthwise producer (AVX-5
 An unmasked conv with taps (3x3 and the like, any stride) may skip zeros too ("zeros-taps"): its
 input's im2col rows, gathered into the workspace as the path without the compiled kernels gathers
 them, go through the pixel-by-pixel 1x1 kernel with the weight of all its taps (AVX-512 only).
-A 3x3 conv of stride 1 and padding 1 with at most 64 input and 16, 32 or 64 output channels (the
+A 3x3 conv of stride 1 or 2 and padding 1 with at most 64 input and 16, 32 or 64 output channels (the
 narrow convs of small ResNets) has a direct kernel that skips its input's zeros instead, with no
 gather ("zeros-3x3", `native.sparse_conv3x3`, AVX-512 only).
 """
@@ -167,7 +167,8 @@ class CompiledConv2d(nn.Module):
         if self.taps_zeros_capable:
             taps_rows = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1)  # (tap, channel) order
             self.cols_packed_weight, self.cols_packed_bias = native.packed_weight(taps_rows, bias)
-        self.direct_zeros_capable = (self.taps_zeros_capable and self.kernel_size == (3, 3) and self.stride == (1, 1)
+        self.direct_zeros_capable = (self.taps_zeros_capable and self.kernel_size == (3, 3)
+                                     and self.stride in ((1, 1), (2, 2))
                                      and self.dilation == (1, 1) and self.pads == (1, 1, 1, 1)
                                      and self.in_channels <= native.CONV3X3_MAX_INPUTS
                                      and self.out_channels in native.CONV3X3_OUTPUTS)
@@ -699,10 +700,10 @@ class CompiledConv2d(nn.Module):
         """The conv by the direct 3x3 kernel that skips x's zeros."""
         self._check(x)
         n, _, h, w = x.shape
-        out = torch.empty(n, h, w, self.out_channels)
+        out = torch.empty(n, *self.output_hw, self.out_channels)
         masks = self.workspace.get(2 * n * h * w, torch.int32).view(torch.int64)  # one 64-bit mask per pixel
         native.sparse_conv3x3(x.permute(0, 2, 3, 1), self.direct_weight, self.bias, out, masks, self.lo, self.hi,
-                              _nhwc(identity) if identity is not None else None)
+                              _nhwc(identity) if identity is not None else None, self.stride[0])
         return out.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:

@@ -1424,15 +1424,16 @@ static void fill_avx512(const Job *j, int64_t begin, int64_t end) { fill_rows(j,
 /* thread_num where the kernels run on the calling thread alone (no libgomp found) */
 int actzip_thread_zero(void) { return 0; }
 
-/* Sparse-input 3x3 conv, stride 1, padding 1, on NHWC maps of at most 64 input channels and 16, 32
+/* Sparse-input 3x3 conv, stride 1 or 2, padding 1, on NHWC maps of at most 64 input channels and 16, 32
    or 64 output channels (AVX-512). Each input pixel's non-zero channels are first a 64-bit mask
    (nonzero_masks, a job over pixels). Then each tile of T output pixels of one output row keeps
-   its T x V sums in registers and walks the 3 x (T + 2) input pixels around it: for each non-zero
+   its T x V sums in registers and walks the 3 x (S (T - 1) + 3) input pixels under it (stride S): for each non-zero
    channel of each, one broadcast and up to 3 weight rows (one per column tap) multiply-add into the
    up to 3 output pixels that tap reaches. Work per non-zero is the 9 multiply-adds of its taps, so
    zeros cost nothing but their mask bit; oneDNN and onnxruntime run every input channel.
-   Rows of the job: the output rows of all images (n * h); kw holds the width, in_image the height;
-   lists points at the masks (uint64 per input pixel); w is (3, 3, cin, cout). */
+   Rows of the job: the output rows of all images (n * ho); in_image and kw hold the input's height
+   and width, out_image and tile the output's, ldw the stride; lists points at the masks (uint64
+   per input pixel); w is (3, 3, cin, cout). */
 __attribute__((target("avx512f"))) static void nonzero_masks_avx512(const Job *j, int64_t begin, int64_t end) {
     uint64_t *m = (uint64_t *)j->lists;
     const int64_t c = j->cin;
@@ -1449,21 +1450,22 @@ __attribute__((target("avx512f"))) static void nonzero_masks_avx512(const Job *j
 }
 
 __attribute__((target("avx512f,bmi"), always_inline))
-static inline void conv3x3_tile_avx512(const Job *j, int64_t n, int64_t r, int64_t x0, const int V, const int T) {
-    const int64_t H = j->in_image, W = j->kw, C = j->cin, CO = j->cout;
+static inline void conv3x3_tile_avx512(const Job *j, int64_t n, int64_t r, int64_t x0, const int V, const int T,
+                                       const int S) {
+    const int64_t H = j->in_image, W = j->kw, Ho = j->out_image, Wo = j->tile, C = j->cin, CO = j->cout;
     const uint64_t *m = (const uint64_t *)j->lists;
     __m512 acc[T][V];
     for (int o = 0; o < T; o++)
         for (int v = 0; v < V; v++) acc[o][v] = _mm512_loadu_ps(j->bias + 16 * v);
     for (int dy = 0; dy < 3; dy++) {
-        const int64_t iy = r + dy - 1;
+        const int64_t iy = S * r + dy - 1;
         if (iy < 0 || iy >= H) continue;
         const float *row = j->x + (n * H + iy) * W * C;
         const uint64_t *mrow = m + (n * H + iy) * W;
         const float *wr = j->w + dy * 3 * C * CO;
-#pragma GCC unroll 16
-        for (int i = 0; i < T + 2; i++) {  /* input column x0 - 1 + i feeds outputs i, i - 1, i - 2 */
-            const int64_t ix = x0 - 1 + i;
+#pragma GCC unroll 20
+        for (int i = 0; i < S * (T - 1) + 3; i++) {  /* input column S x0 - 1 + i: output (i - dx) / S */
+            const int64_t ix = S * x0 - 1 + i;
             if (ix < 0 || ix >= W) continue;
             uint64_t bits = mrow[ix];
             const float *px = row + ix * C;
@@ -1472,18 +1474,19 @@ static inline void conv3x3_tile_avx512(const Job *j, int64_t n, int64_t r, int64
                 bits &= bits - 1;
                 const __m512 b = _mm512_set1_ps(px[c]);
                 const float *w0 = wr + c * CO;
-                for (int v = 0; v < V; v++) {
-                    if (i < T) acc[i][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + 16 * v), acc[i][v]);
-                    if (i >= 1 && i - 1 < T)
-                        acc[i - 1][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + C * CO + 16 * v), acc[i - 1][v]);
-                    if (i >= 2) acc[i - 2][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + 2 * C * CO + 16 * v), acc[i - 2][v]);
+#pragma GCC unroll 3
+                for (int dx = 0; dx < 3; dx++) {
+                    const int o = (i - dx) / S;  /* the output this tap of this column reaches, if any */
+                    if (i < dx || (i - dx) % S || o >= T) continue;
+                    for (int v = 0; v < V; v++)
+                        acc[o][v] = _mm512_fmadd_ps(b, _mm512_loadu_ps(w0 + dx * C * CO + 16 * v), acc[o][v]);
                 }
             }
         }
     }
     const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
-    for (int o = 0; o < T && x0 + o < W; o++) {
-        const int64_t at = ((n * H + r) * W + x0 + o) * CO;
+    for (int o = 0; o < T && x0 + o < Wo; o++) {
+        const int64_t at = ((n * Ho + r) * Wo + x0 + o) * CO;
         for (int v = 0; v < V; v++) {
             __m512 s = acc[o][v];
             if (j->residual) s = _mm512_add_ps(s, _mm512_loadu_ps(j->residual + at + 16 * v));
@@ -1494,15 +1497,17 @@ static inline void conv3x3_tile_avx512(const Job *j, int64_t n, int64_t r, int64
 
 __attribute__((target("avx512f,bmi")))
 static void sparse_conv3x3_avx512(const Job *j, int64_t begin, int64_t end) {
-    const int64_t H = j->in_image, W = j->kw;
+    const int64_t Ho = j->out_image, Wo = j->tile;
     for (int64_t k = begin; k < end; k++) {
-        const int64_t n = k / H, r = k % H;
-        if (j->cout == 16)
-            for (int64_t x0 = 0; x0 < W; x0 += 8) conv3x3_tile_avx512(j, n, r, x0, 1, 8);
-        else if (j->cout == 32)
-            for (int64_t x0 = 0; x0 < W; x0 += 8) conv3x3_tile_avx512(j, n, r, x0, 2, 8);
-        else
-            for (int64_t x0 = 0; x0 < W; x0 += 4) conv3x3_tile_avx512(j, n, r, x0, 4, 4);
+        const int64_t n = k / Ho, r = k % Ho;
+        for (int64_t x0 = 0; x0 < Wo; x0 += j->cout == 64 ? 4 : 8) {
+            if (j->ldw == 1)
+                j->cout == 16 ? conv3x3_tile_avx512(j, n, r, x0, 1, 8, 1)
+                    : j->cout == 32 ? conv3x3_tile_avx512(j, n, r, x0, 2, 8, 1) : conv3x3_tile_avx512(j, n, r, x0, 4, 4, 1);
+            else
+                j->cout == 16 ? conv3x3_tile_avx512(j, n, r, x0, 1, 8, 2)
+                    : j->cout == 32 ? conv3x3_tile_avx512(j, n, r, x0, 2, 8, 2) : conv3x3_tile_avx512(j, n, r, x0, 4, 4, 2);
+        }
     }
 }
 
@@ -1532,7 +1537,8 @@ void actzip_share(void *p) {
     else if (j->kernel == 6)
         (j->isa == 2 ? fill_avx512 : j->isa == 1 ? fill_avx2 : fill_c)(j, begin, end);
     else if (j->kernel == 7 || j->kernel == 8) {  /* AVX-512 only: the caller offers them nowhere else */
-        if (j->isa != 2 || j->cin > 64 || (j->kernel == 8 && j->cout != 16 && j->cout != 32 && j->cout != 64))
+        if (j->isa != 2 || j->cin > 64
+            || (j->kernel == 8 && ((j->cout != 16 && j->cout != 32 && j->cout != 64) || (j->ldw != 1 && j->ldw != 2))))
             status = -1;
         else
             (j->kernel == 7 ? nonzero_masks_avx512 : sparse_conv3x3_avx512)(j, begin, end);

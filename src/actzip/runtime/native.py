@@ -301,24 +301,26 @@ CONV3X3_MAX_INPUTS = 64  # input channels it runs: one 64-bit mask of non-zeros 
 
 def sparse_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
                    masks: torch.Tensor, lo: float = -float("inf"), hi: float = float("inf"),
-                   residual: torch.Tensor | None = None) -> torch.Tensor:
-    """out = clamp(conv3x3(x, stride 1, padding 1) + bias (+ residual), lo, hi), skipping x's zeros
-    (AVX-512 only). x (N, H, W, cin) and out, residual (N, H, W, cout) are contiguous NHWC float32;
+                   residual: torch.Tensor | None = None, stride: int = 1) -> torch.Tensor:
+    """out = clamp(conv3x3(x, stride 1 or 2, padding 1) + bias (+ residual), lo, hi), skipping x's
+    zeros (AVX-512 only). x (N, H, W, cin) and out, residual (N, Ho, Wo, cout) are contiguous NHWC float32;
     `weight` is (3, 3, cin, cout) contiguous; `masks` an int64 workspace of N * H * W elements.
     cin <= CONV3X3_MAX_INPUTS, cout in CONV3X3_OUTPUTS."""
     n, h, w, cin = x.shape
     cout = out.shape[-1]
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     tensors = (x, weight, bias, out) + ((residual,) if residual is not None else ())
     if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors) or masks.dtype != torch.int64 \
-            or masks.numel() < n * h * w or weight.shape != (3, 3, cin, cout) or out.shape != (n, h, w, cout) \
+            or masks.numel() < n * h * w or weight.shape != (3, 3, cin, cout) or out.shape != (n, ho, wo, cout) \
             or bias.shape != (cout,) or (residual is not None and residual.shape != out.shape) \
-            or cin > CONV3X3_MAX_INPUTS or cout not in CONV3X3_OUTPUTS:
+            or cin > CONV3X3_MAX_INPUTS or cout not in CONV3X3_OUTPUTS or stride not in (1, 2):
         raise ValueError("sparse_conv3x3: shapes, layouts or dtypes do not match")
     common = dict(isa=ISAS.index(isa()), cin=cin, cout=cout, x=x.data_ptr(), lists=masks.data_ptr())
     run_job(Job(kernel=7, rows=n * h * w, **common), n * h * w * cin * 16)
-    run_job(Job(kernel=8, rows=n * h, kw=w, in_image=h, w=weight.data_ptr(), bias=bias.data_ptr(),
+    run_job(Job(kernel=8, rows=n * ho, kw=w, in_image=h, out_image=ho, tile=wo, ldw=stride, w=weight.data_ptr(),
+                bias=bias.data_ptr(),
                 y=out.data_ptr(), residual=residual.data_ptr() if residual is not None else None, lo=lo, hi=hi,
-                **common), n * h * w * cin * cout * 9)
+                **common), n * ho * wo * cin * cout * 9)
     return out
 
 
