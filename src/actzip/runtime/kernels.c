@@ -1424,13 +1424,14 @@ static void fill_avx512(const Job *j, int64_t begin, int64_t end) { fill_rows(j,
 /* thread_num where the kernels run on the calling thread alone (no libgomp found) */
 int actzip_thread_zero(void) { return 0; }
 
-/* Sparse-input 3x3 conv, stride 1 or 2, padding 1, on NHWC maps of at most 64 input channels and 16, 32
-   or 64 output channels (AVX-512). Each input pixel's non-zero channels are first a 64-bit mask
-   (nonzero_masks, a job over pixels). Then each tile of T output pixels of one output row keeps
-   its T x V sums in registers and walks the 3 x (S (T - 1) + 3) input pixels under it (stride S): for each non-zero
-   channel of each, one broadcast and up to 3 weight rows (one per column tap) multiply-add into the
-   up to 3 output pixels that tap reaches. Work per non-zero is the 9 multiply-adds of its taps, so
-   zeros cost nothing but their mask bit; oneDNN and onnxruntime run every input channel.
+/* Sparse-input 3x3 conv, stride 1 or 2, padding 1, on NHWC maps of at most 64 input channels and
+   16, 32 or 64 output channels (AVX-512). Each input pixel's non-zero channels are first a 64-bit
+   mask (nonzero_masks, a job over pixels). Then each tile of T output pixels of one output row
+   keeps its T x V sums in registers and walks the 3 x (S (T - 1) + 3) input pixels under it
+   (stride S): for each non-zero channel of each, one broadcast and up to 3 weight rows (one per
+   column tap) multiply-add into the output pixels those taps reach. Work per non-zero is the 9
+   multiply-adds of its taps, so zeros cost nothing but their mask bit; oneDNN and onnxruntime run
+   every input channel.
    Rows of the job: the output rows of all images (n * ho); in_image and kw hold the input's height
    and width, out_image and tile the output's, ldw the stride; lists points at the masks (uint64
    per input pixel); w is (3, 3, cin, cout). */
