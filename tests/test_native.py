@@ -354,6 +354,26 @@ def test_the_fill_kernel_writes_what_numba_writes(monkeypatch, isa, with_identit
         native.fill_pixels(out, pixels.int(), value)
 
 
+def _forced_saved_and_loaded(compiled, convs, path, model, x, tmp_path):
+    """`convs` of `compiled` on `path` whatever the timing chose, saved and loaded: both the compiled
+    and the loaded model keep the path and give the model's output, at two batch sizes."""
+    from actzip.runtime import saved
+
+    for m in convs:
+        m.path = path
+    saved.save(compiled, tmp_path / "model.actzip")
+    loaded = saved.load(tmp_path / "model.actzip")
+    assert sum(getattr(m, "path", None) == path for m in loaded.modules()) == len(convs)
+    with torch.no_grad():
+        want = model(x)
+        scale = float(want.abs().max())
+        assert scale > 0.1
+        for run in (compiled, loaded):
+            got = run(x)
+            assert torch.isfinite(got).all() and (got - want).abs().max() <= 1e-4 * scale
+            assert (run(x[:1]) - want[:1]).abs().max() <= 1e-4 * scale  # another batch size
+
+
 class TapsBlock(nn.Module):
     """A residual block of 3x3 convs (the second with the add and ReLU fused), then a stride-2 one
     without padding on an odd map: the convs of `zeros-taps`."""
@@ -375,28 +395,13 @@ class TapsBlock(nn.Module):
 @pytest.mark.skipif(native.isa() != "avx512", reason="zeros-taps runs the pixel-by-pixel kernel, AVX-512's")
 @pytest.mark.parametrize("shift", [-0.8, -100.0])  # 60-80 % zeros, and all zeros after the first ReLU
 def test_convs_with_taps_skipping_zeros_over_their_im2col_rows_equal_the_model(tmp_path, shift):
-    from actzip.runtime import saved
-
     torch.manual_seed(0)
     model = TapsBlock(24, shift).eval()
     x = torch.randn(2, 24, 13, 11)
     compiled = compile(model, x, repeats=1, engines=OWN)
     taps = [m for m in compiled.modules() if getattr(m, "taps_zeros_capable", False)]
     assert len(taps) == 3 and all(m.alternatives[-1] == "zeros-taps" for m in taps)  # each input at least half zeros
-    for m in taps:  # whatever the timing chose, the path must give the model's output
-        m.path = "zeros-taps"
-    path = tmp_path / "model.actzip"
-    saved.save(compiled, path)
-    loaded = saved.load(path)
-    assert sum(getattr(m, "path", None) == "zeros-taps" for m in loaded.modules()) == 3
-    with torch.no_grad():
-        want = model(x)
-        scale = float(want.abs().max())
-        assert scale > 0.1
-        for run in (compiled, loaded):
-            got = run(x)
-            assert torch.isfinite(got).all() and (got - want).abs().max() <= 1e-4 * scale
-            assert (run(x[:1]) - want[:1]).abs().max() <= 1e-4 * scale  # another batch size
+    _forced_saved_and_loaded(compiled, taps, "zeros-taps", model, x, tmp_path)
 
 
 @pytest.mark.skipif(native.isa() != "avx512", reason="the direct 3x3 kernel is AVX-512's")
@@ -442,8 +447,6 @@ def test_the_direct_3x3_kernel_refuses_what_it_cannot_run():
 @pytest.mark.skipif(native.isa() != "avx512", reason="zeros-3x3 is AVX-512's")
 @pytest.mark.parametrize("shift", [-0.8, -100.0])
 def test_narrow_3x3_convs_on_the_direct_kernel_equal_the_model(tmp_path, shift):
-    from actzip.runtime import saved
-
     torch.manual_seed(0)
     # conv1 and conv2 16 -> 16 (direct), down 16 -> 32 of stride 2 without padding (taps), then a
     # direct one of stride 2, with its input's zeros in part
@@ -453,17 +456,4 @@ def test_narrow_3x3_convs_on_the_direct_kernel_equal_the_model(tmp_path, shift):
     compiled = compile(model, x, repeats=1, engines=OWN)
     direct = [m for m in compiled.modules() if getattr(m, "direct_zeros_capable", False)]
     assert len(direct) == 3 and all(m.alternatives == ("kernel", "zeros-3x3") for m in direct[:2])
-    for m in direct:
-        m.path = "zeros-3x3"
-    path = tmp_path / "model.actzip"
-    saved.save(compiled, path)
-    loaded = saved.load(path)
-    assert sum(getattr(m, "path", None) == "zeros-3x3" for m in loaded.modules()) == 3
-    with torch.no_grad():
-        want = model(x)
-        scale = float(want.abs().max())
-        assert scale > 0.1
-        for run in (compiled, loaded):
-            got = run(x)
-            assert torch.isfinite(got).all() and (got - want).abs().max() <= 1e-4 * scale
-            assert (run(x[:1]) - want[:1]).abs().max() <= 1e-4 * scale  # another batch size
+    _forced_saved_and_loaded(compiled, direct, "zeros-3x3", model, x, tmp_path)

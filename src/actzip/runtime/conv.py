@@ -95,6 +95,12 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=CHANNELS_LAST).permute(0, 2, 3, 1)
 
 
+def _im2col_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A (out, in, kh, kw) weight as the 1x1 conv over im2col rows: (out, kh*kw*in, 1, 1), in (tap,
+    channel) order as `_im2col` gathers them."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1, 1, 1)
+
+
 def _activation_attr(bounds: tuple[float, float] | None) -> tuple[str, list]:
     if bounds is None:
         return "none", []
@@ -165,8 +171,7 @@ class CompiledConv2d(nn.Module):
         self.taps_zeros_capable = (not self.masked and self.groups == 1 and self.kernel_size != (1, 1)
                                    and native.isa() == "avx512")
         if self.taps_zeros_capable:
-            taps_rows = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1)  # (tap, channel) order
-            self.cols_packed_weight, self.cols_packed_bias = native.packed_weight(taps_rows, bias)
+            self.cols_packed_weight, self.cols_packed_bias = native.packed_weight(_im2col_weight(weight), bias)
         self.direct_zeros_capable = (self.taps_zeros_capable and self.kernel_size == (3, 3)
                                      and self.stride in ((1, 1), (2, 2))
                                      and self.dilation == (1, 1) and self.pads == (1, 1, 1, 1)
@@ -217,10 +222,8 @@ class CompiledConv2d(nn.Module):
         elif self.native:
             self.taps_weight, self.taps_bias = native.packed_taps_weight(weight, bias)
             self._kept_rows_by_batch: dict[tuple, native.KeptRows] = {}
-        elif self.sparse_capable:  # else by oneDNN over gathered rows, with the im2col weight:
-            # (out, kh*kw*in) in (tap, channel) order, as a 1x1 conv
-            self.cols_weight = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1, 1, 1).contiguous(
-                memory_format=CHANNELS_LAST)
+        elif self.sparse_capable:  # else by oneDNN over gathered rows, with the im2col weight
+            self.cols_weight = _im2col_weight(weight).contiguous(memory_format=CHANNELS_LAST)
             self._weight_by_batch: dict[int, torch.Tensor] = {}
 
     def macs(self, batch: int) -> int:
